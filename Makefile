@@ -1,0 +1,37 @@
+# Two commands: `make demo` (the main job on the synthetic world) and `make test`.
+# Both set up .venv from requirements/constraints.txt and system ffmpeg when missing;
+# a stamp file makes a rerun on an up-to-date machine skip the install.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_OUT ?= demo_out
+PYTEST_ARGS ?=
+
+.PHONY: demo demo-real test setup ffmpeg clean
+
+setup: $(STAMP) ffmpeg
+
+$(STAMP): requirements/constraints.txt setup.cfg pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -c requirements/constraints.txt -e '.[ray,test]'
+	@touch $(STAMP)
+
+ffmpeg:
+	@command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || { \
+	  echo "installing system ffmpeg (Debian package)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq ffmpeg >/dev/null; }
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: setup
+	$(PY) -m pipeline.demo --output $(DEMO_OUT)
+
+demo-real: setup
+	$(PY) -m pipeline.demo_real --output $(DEMO_OUT)/real
+
+clean:
+	rm -rf $(DEMO_OUT) .pytest_cache
