@@ -28,10 +28,10 @@ test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: setup
-	$(PY) -m pipeline.demo --output $(DEMO_OUT)
+	$(PY) -m htf.demo --output $(DEMO_OUT)
 
 demo-real: setup
-	$(PY) -m pipeline.demo_real --output $(DEMO_OUT)/real
+	$(PY) -m htf.demo_real --output $(DEMO_OUT)/real
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache

@@ -1,0 +1,149 @@
+"""The synthetic audio-visual world: real files, boxes that match the pixels, class-specific sound."""
+import json
+import subprocess
+import sys
+
+import av
+import numpy as np
+import pytest
+
+from pipeline.synth import CLASSES, WorldConfig, generate_world, keyframe_index, plan_clip, render_audio
+
+SMALL = dict(size=128, seconds=2.0, fps=10, workers=1)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    out = tmp_path_factory.mktemp("world")
+    cfg = WorldConfig(n=6, seed=3, **SMALL)
+    generate_world(cfg, out, progress=False)
+    return out, cfg
+
+
+def decode_frames(path):
+    with av.open(str(path)) as container:
+        return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+
+
+def decode_audio(path):
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        chunks = [f.to_ndarray() for f in container.decode(audio=0)]
+        return np.concatenate([c.reshape(-1, c.shape[-1])[0] for c in chunks]), stream.rate
+
+
+def test_writes_h264_video_with_an_aac_track_for_every_clip(world):
+    out, cfg = world
+    files = sorted((out / "video").glob("*.mp4"))
+    assert len(files) == cfg.n
+    with av.open(str(files[0])) as c:
+        assert c.streams.video[0].codec_context.name == "h264"
+        assert c.streams.audio[0].codec_context.name == "aac"
+        assert c.streams.video[0].width == cfg.size
+
+
+def test_keyframe_contains_the_sounding_object_inside_its_box(world):
+    out, cfg = world
+    boxes = {b["file"]: b for b in json.loads((out / "boxes.json").read_text())}
+    checked = 0
+    for clip in json.loads((out / "world.json").read_text())["clips"]:
+        frame = decode_frames(out / "video" / f"{clip['id']}.mp4")[keyframe_index(cfg)]
+        x1, y1, x2, y2 = (np.array(boxes[clip["id"]]["bbox"][0]) * cfg.size).round().astype(int)
+        sounder = CLASSES[clip["objects"][clip["sounding"]]["class"]]
+        assert boxes[clip["id"]]["class"] == sounder.name
+        # centre of the box, where every shape covers the pixel (the cross is hollow off-axis)
+        cy, cx = (y1 + y2) // 2, (x1 + x2) // 2
+        patch = frame[cy - 2:cy + 3, cx - 2:cx + 3].reshape(-1, 3).astype(float)
+        colour = np.array(sounder.color, float)
+        # the texture alternates full and 0.55x shades of the class colour; both are
+        # the colour's direction in RGB, which the background noise is not
+        cos = (patch @ colour) / (np.linalg.norm(patch, axis=1) * np.linalg.norm(colour) + 1e-9)
+        drawn_on_top = clip["draw_order"][-1] == clip["sounding"] or not _overlaps_centre(clip, cfg)
+        if drawn_on_top:
+            assert np.median(cos) > 0.97, (clip["id"], sounder.name, patch.mean(0))
+            checked += 1
+    assert checked >= 3  # most clips have the sounding object's centre unoccluded
+
+
+def _overlaps_centre(clip, cfg):
+    """Whether another object covers the sounding box's centre at the keyframe."""
+    s = clip["objects"][clip["sounding"]]
+    return any(abs(o["cx"] - s["cx"]) < o["w"] / 2 + 8 and abs(o["cy"] - s["cy"]) < o["h"] / 2 + 8
+               for i, o in enumerate(clip["objects"]) if i != clip["sounding"])
+
+
+def test_sounding_boxes_are_large_enough_to_reach_ciou_half_under_a_median_mask():
+    cfg = WorldConfig(n=200, seed=0)
+    for i in range(cfg.n):
+        plan = plan_clip(cfg, i)
+        obj = plan["objects"][plan["sounding"]]
+        assert obj["w"] * obj["h"] / cfg.size**2 >= 0.27
+
+
+def test_audio_peaks_at_the_sounding_class_fundamental(world):
+    out, cfg = world
+    for clip in json.loads((out / "world.json").read_text())["clips"][:3]:
+        samples, rate = decode_audio(out / "video" / f"{clip['id']}.mp4")
+        spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
+        freqs = np.fft.rfftfreq(len(samples), 1 / rate)
+        peak = freqs[np.argmax(spectrum[freqs > 80]) + np.sum(freqs <= 80)]
+        f0 = clip["audio"]["f0"]
+        assert abs(peak - f0) / f0 < 0.03, (clip["id"], peak, f0)
+
+
+def test_each_class_has_a_distinct_pitch_so_sound_identifies_the_class():
+    f0s = sorted(c.f0 for c in CLASSES)
+    # per-clip jitter is +-3 %, class pitches are >= 20 % apart: no confusion possible
+    assert all(b / a > 1.2 for a, b in zip(f0s, f0s[1:]))
+
+
+def test_same_seed_gives_the_same_world_and_another_seed_a_different_one(tmp_path):
+    a = WorldConfig(n=1, seed=5, **SMALL)
+    assert plan_clip(a, 0) == plan_clip(a, 0)
+    assert np.array_equal(render_audio(plan_clip(a, 0), a), render_audio(plan_clip(a, 0), a))
+    assert plan_clip(a, 0) != plan_clip(WorldConfig(n=1, seed=6, **SMALL), 0)
+    generate_world(a, tmp_path / "x", progress=False)
+    generate_world(a, tmp_path / "y", progress=False)
+    fx = decode_frames(tmp_path / "x" / "video" / "syn5_00000.mp4")
+    fy = decode_frames(tmp_path / "y" / "video" / "syn5_00000.mp4")
+    assert all(np.array_equal(p, q) for p, q in zip(fx, fy))
+    assert (tmp_path / "x" / "boxes.json").read_text() == (tmp_path / "y" / "boxes.json").read_text()
+
+
+def test_splits_are_disjoint_and_cover_every_clip(world):
+    out, cfg = world
+    splits = {s: (out / f"{s}.txt").read_text().split() for s in ("train", "val", "test")}
+    all_ids = [i for ids in splits.values() for i in ids]
+    assert len(all_ids) == len(set(all_ids)) == cfg.n
+
+
+def test_motion_is_a_prior_but_not_sufficient():
+    cfg = WorldConfig(n=400, seed=1)
+    sounder_moves = distractor_moves = 0
+    for i in range(cfg.n):
+        plan = plan_clip(cfg, i)
+        for j, obj in enumerate(plan["objects"][:2]):
+            moving = obj["motion"]["amp"] > 0
+            if j == plan["sounding"]:
+                sounder_moves += moving
+            else:
+                distractor_moves += moving
+    assert 0.75 < sounder_moves / cfg.n < 0.95
+    assert 0.3 < distractor_moves / cfg.n < 0.6
+
+
+def test_rerun_skips_clips_already_written(tmp_path):
+    cfg = WorldConfig(n=2, seed=9, **SMALL)
+    generate_world(cfg, tmp_path, progress=False)
+    first = tmp_path / "video" / "syn9_00000.mp4"
+    stamp = first.stat().st_mtime_ns
+    generate_world(cfg, tmp_path, progress=False)
+    assert first.stat().st_mtime_ns == stamp
+
+
+def test_command_line_prints_where_it_wrote_the_world(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "pipeline.synth", "--output", str(tmp_path / "w"),
+                             "--n", "2", "--size", "64", "--seconds", "1", "--fps", "8", "--workers", "1"],
+                            capture_output=True, text=True, check=True)
+    assert str(tmp_path / "w") in result.stdout
+    assert len(list((tmp_path / "w" / "video").glob("*.mp4"))) == 2
