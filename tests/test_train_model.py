@@ -1,0 +1,171 @@
+"""HTFModel: shapes, the official key names, and the forward pass against an independent
+implementation built from torchvision's resnet18 the way the official code builds it."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models import resnet18
+
+from htf.config import ConfigError
+from train.config import OFFICIAL_DATA_SETTINGS, ModelConfig
+from train.loss import lvs_loss
+from train.model import HTFModel, load_model
+
+
+class ReferenceHTF(nn.Module):
+    """Official structure from torchvision parts (DESIGN.md §2), written independently."""
+
+    def __init__(self, flow: str = "cnn"):
+        super().__init__()
+        self.flow = flow
+        self.imgnet = resnet18()
+        self.imgnet.avgpool, self.imgnet.fc = nn.Identity(), nn.Identity()
+        self.audnet = resnet18()
+        self.audnet.conv1 = nn.Conv2d(1, 64, 7, 2, 3, bias=False)
+        self.audnet.avgpool, self.audnet.fc = nn.AdaptiveMaxPool2d(1), nn.Identity()
+        if flow == "cnn":
+            self.flownet = resnet18()
+            self.flownet.conv1 = nn.Conv2d(2, 64, 7, 2, 3, bias=False)
+            self.flownet.avgpool, self.flownet.fc = nn.Identity(), nn.Identity()
+        kin = 512 if flow == "cnn" else 2
+        if flow != "none":
+            self.flowatt = nn.Module()
+            self.flowatt.query_conv = nn.Conv2d(512, 64, 1)
+            self.flowatt.key_conv = nn.Conv2d(kin, 64, 1)
+            self.flowatt.value_conv = nn.Conv2d(512, 512, 1)
+
+    def forward(self, image, flow, spec):
+        img = self.imgnet(image).view(-1, 512, 7, 7)
+        aud = F.normalize(self.audnet(spec), dim=1)
+        if self.flow != "none":
+            f = self.flownet(flow).view(-1, 512, 7, 7) if self.flow == "cnn" else F.adaptive_max_pool2d(flow, 7)
+            b = img.shape[0]
+            q = self.flowatt.query_conv(img).view(b, 64, 49)
+            k = self.flowatt.key_conv(f).view(b, 64, 49)
+            v = self.flowatt.value_conv(img).view(b, 512, 49)
+            energy = torch.einsum("bci,bcj->bij", q, k) / math.sqrt(64)    # i: query, j: key
+            attn = energy.softmax(-1)
+            out = torch.einsum("bcj,bij->bci", v, attn).view(b, 512, 7, 7)
+            img = img + out
+        img = F.normalize(img, dim=1)
+        return torch.einsum("bchw,bc->bhw", img, aud), img, aud
+
+
+def _randomise(module: nn.Module, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in module.state_dict().items():
+            if t.dtype.is_floating_point:
+                t.copy_(torch.randn(t.shape, generator=g) * (0.05 if "weight" in name else 0.01)
+                        + (1.0 if "bn" in name and name.endswith("weight") else 0.0))
+                if "running_var" in name:
+                    t.abs_().add_(0.5)
+
+
+def _inputs(b=2, s=224, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(b, 3, s, s, generator=g), torch.randn(b, 2, s, s, generator=g),
+            torch.randn(b, 1, 64, 40, generator=g))
+
+
+@pytest.mark.parametrize("flow", ["cnn", "maxpool", "none"])
+def test_official_pth_loads_by_key_mapping_and_gives_the_same_map(tmp_path, flow):
+    ref = ReferenceHTF(flow)
+    _randomise(ref, seed=1)
+    ref.eval()
+    path = tmp_path / "official.pth"
+    torch.save({"model": ref.state_dict()}, path)
+    model = load_model(path)
+    assert model.cfg.flow == flow and model.data_settings == OFFICIAL_DATA_SETTINGS
+    image, flw, spec = _inputs(b=1)
+    with torch.no_grad():
+        want, _, _ = ref(image, flw, spec)
+        got = model(image, flw, spec)["map"]
+    assert got.shape == (1, 7, 7)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_lightning_ckpt_with_model_prefix_loads(tmp_path):
+    ref = ReferenceHTF("maxpool")
+    _randomise(ref, seed=2)
+    path = tmp_path / "epoch=9.ckpt"
+    torch.save({"epoch": 9, "state_dict": {f"model.{k}": v for k, v in ref.state_dict().items()}}, path)
+    model = load_model(path)
+    ref.eval()
+    image, flw, spec = _inputs(b=1, seed=4)
+    with torch.no_grad():
+        torch.testing.assert_close(model(image, flw, spec)["map"], ref(image, flw, spec)[0],
+                                   atol=1e-5, rtol=1e-4)
+
+
+def test_loss_from_model_equals_lvs_formula_on_its_features():
+    model = HTFModel(ModelConfig(width=8, image_size=56, freeze_vision=False)).eval()
+    image, flw, spec = _inputs(b=3, s=56, seed=5)
+    out = model(image, flw, spec, return_loss=True)
+    loss, amap = lvs_loss(out["image_features"], out["audio_features"], model.cfg.loss)
+    assert torch.isfinite(out["loss"])
+    torch.testing.assert_close(out["loss"], loss)
+    torch.testing.assert_close(out["map"], amap)
+    assert out["map"].abs().max() <= 1 + 1e-5
+
+
+@pytest.mark.parametrize("size,width", [(112, 16), (56, 8)])
+def test_small_backbone_keeps_a_7x7_map(size, width):
+    model = HTFModel(ModelConfig(width=width, image_size=size))
+    image, flw, spec = _inputs(b=1, s=size)
+    out = model(image, flw, spec, return_loss=True)
+    assert out["map"].shape == (1, 7, 7) and out["image_features"].shape[1] == 8 * width
+    assert torch.isfinite(out["loss"])
+
+
+def test_unsupported_image_size_is_rejected_naming_the_key():
+    from htf.config import load_config
+    with pytest.raises(ConfigError, match="image_size"):
+        load_config(ModelConfig, overrides=["image_size=100"])
+
+
+def test_frozen_vision_has_no_trainable_parameters_and_bn_mode_is_configurable():
+    frozen = HTFModel(ModelConfig(width=8, image_size=56, freeze_vision=True, frozen_bn="eval")).train()
+    assert not any(p.requires_grad for p in frozen.imgnet.parameters())
+    assert all(p.requires_grad for p in frozen.audnet.parameters())
+    assert not frozen.imgnet.bn1.training and frozen.audnet.bn1.training
+    official = HTFModel(ModelConfig(width=8, image_size=56, freeze_vision=True)).train()
+    assert official.imgnet.bn1.training          # official: BatchNorm stays in train mode
+
+
+def test_audio_init_is_official_and_flow_stem_is_fresh():
+    torch.manual_seed(0)
+    model = HTFModel(ModelConfig(width=64, image_size=224))
+    bn_w = torch.cat([m.weight for m in model.audnet.modules() if isinstance(m, nn.BatchNorm2d)])
+    assert 0.01 < bn_w.std().item() < 0.03 and abs(bn_w.mean().item() - 1) < 0.01
+    assert tuple(model.flownet.conv1.weight.shape) == (64, 2, 7, 7)
+    # PyTorch default (kaiming-uniform, a=sqrt(5)) bound = 1/sqrt(fan_in)
+    assert model.flownet.conv1.weight.abs().max() <= 1 / math.sqrt(2 * 49) + 1e-6
+
+
+def test_missing_weights_file_fails_with_its_name():
+    with pytest.raises(ConfigError, match="no_such_weights.pth"):
+        HTFModel(ModelConfig(vision_weights="/nowhere/no_such_weights.pth"))
+
+
+def test_local_torchvision_weights_file_is_loaded(tmp_path):
+    tv = resnet18()
+    _randomise(tv, seed=9)
+    path = tmp_path / "resnet18.pth"
+    torch.save(tv.state_dict(), path)
+    model = HTFModel(ModelConfig(vision_weights=str(path), flow_weights=str(path)))
+    torch.testing.assert_close(model.imgnet.layer3[1].conv2.weight, tv.layer3[1].conv2.weight)
+    torch.testing.assert_close(model.flownet.layer1[0].bn1.bias, tv.layer1[0].bn1.bias)
+    assert model.flownet.conv1.weight.shape[1] == 2
+
+
+def test_mismatched_state_dict_names_the_file(tmp_path):
+    path = tmp_path / "bad.pth"
+    torch.save({"model": {"imgnet.conv1.weight": torch.zeros(64, 3, 7, 7)}}, path)
+    with pytest.raises(ValueError, match="bad.pth"):
+        load_model(path)

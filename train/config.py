@@ -1,0 +1,149 @@
+"""The trainer's one typed config object (loaded with :func:`htf.config.load_config`).
+
+Sections: ``model`` (architecture, input settings and loss: everything needed to rebuild
+the network from a checkpoint), ``augment`` (train-time only), ``data`` (streaming),
+``optim`` and ``train`` (loop, precision, checkpoints, logging). Defaults are the official
+Hear The Flow recipe; ``configs/train/*.yaml`` presets override them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+MAP_SIZE = 7                        # the localisation map is always 7x7
+SUPPORTED_STRIDES = (32, 16, 8)     # image_size / 7
+
+
+@dataclass
+class LossConfig:
+    """``lvs``: the official trimap loss (DESIGN.md §2); ``ezvsl``: multiple-instance InfoNCE."""
+    kind: Literal["lvs", "ezvsl"] = "lvs"
+    epsilon: float = 0.65           # positive threshold
+    epsilon_margin: float = 0.25    # negative threshold = epsilon - epsilon_margin
+    tau: float = 0.03               # sigmoid sharpness of the soft trimap
+    trimap: bool = True             # False: Neg = 1 - Pos (no uncertain band)
+    logit_temperature: float = 0.07
+    ezvsl_temperature: float = 0.03
+
+    def validate(self) -> None:
+        if self.tau <= 0 or self.logit_temperature <= 0 or self.ezvsl_temperature <= 0:
+            raise ValueError("tau, logit_temperature and ezvsl_temperature must be > 0")
+
+
+@dataclass
+class ModelConfig:
+    flow: Literal["cnn", "maxpool", "none"] = "cnn"   # none = audio-visual baseline (ablation)
+    width: int = 64                 # ResNet-18 base width: 64 is the standard (and official) net
+    image_size: int = 224           # input side S; the backbone stride is S / 7 (32, 16 or 8)
+    freeze_vision: bool = True      # official: vision ResNet has requires_grad=False
+    frozen_bn: Literal["train", "eval"] = "train"   # BatchNorm of a frozen vision net (see docs)
+    vision_weights: str | None = None   # None | torchvision name (IMAGENET1K_V1) | path to .pth
+    flow_weights: str | None = None     # same; conv1 (2 input channels) always starts fresh
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    flow_scale: float = 1.0         # multiplies the flow tensor (pixels of the S x S input)
+    audio_frames: int | None = None  # spectrogram frames fed to the net (None: as stored)
+    loss: LossConfig = field(default_factory=LossConfig)
+
+    def validate(self) -> None:
+        if self.width < 8 or self.width % 8:
+            raise ValueError(f"width must be a multiple of 8 (>= 8), got {self.width}")
+        stride = self.image_size // MAP_SIZE
+        if self.image_size % MAP_SIZE or stride not in SUPPORTED_STRIDES:
+            sizes = [MAP_SIZE * s for s in SUPPORTED_STRIDES]
+            raise ValueError(f"image_size must be one of {sizes} (7x7 map), got {self.image_size}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError("mean and std need 3 values each (std > 0)")
+        if self.audio_frames is not None and self.audio_frames < 1:
+            raise ValueError("audio_frames must be >= 1 or null")
+
+    @property
+    def feat_dim(self) -> int:
+        return 8 * self.width
+
+
+@dataclass
+class AugmentConfig:
+    """Train-time augmentation; frame and flow always receive the same geometric transform."""
+    crop_fraction: list[float] = field(default_factory=lambda: [224 / 246, 224 / 246])
+    hflip: float = 0.5              # probability; negates x flow (unless official uint8 flow)
+    brightness: float = 0.0         # max relative brightness/contrast jitter
+    audio_time_shift: bool = True   # random crop of audio_frames within the stored spectrogram
+    audio_gain: float = 0.0         # max |offset| added to the (log) feature: a gain change
+    audio_noise: float = 0.0        # std of Gaussian noise added to the feature
+    freq_masks: int = 0             # SpecAugment-style masks (count; width up to 1/8 of axis)
+    time_masks: int = 0
+
+    def validate(self) -> None:
+        lo, hi = self.crop_fraction if len(self.crop_fraction) == 2 else (0.0, 0.0)
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"crop_fraction must be [lo, hi] with 0 < lo <= hi <= 1, got {self.crop_fraction}")
+        if not 0 <= self.hflip <= 1:
+            raise ValueError("hflip must be a probability")
+
+
+@dataclass
+class DataConfig:
+    batch_size: int = 128           # per process
+    workers: int = 4                # DataLoader workers per process
+    shuffle_buffer: int = 1000      # samples; 0 disables
+    epoch_samples: int | None = None  # samples per epoch (all ranks); None: count the shards
+    val_batch_size: int = 64
+    prefetch_factor: int = 2
+
+    def validate(self) -> None:
+        if self.batch_size < 1 or self.val_batch_size < 1 or self.workers < 0:
+            raise ValueError("batch sizes must be >= 1 and workers >= 0")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.0
+    schedule: Literal["constant", "cosine"] = "constant"
+    warmup_steps: int = 0
+    grad_clip: float | None = None  # max global grad norm; None: off (official)
+
+
+@dataclass
+class LoopConfig:
+    epochs: int = 100
+    max_steps: int | None = None    # stop (with a checkpoint) after this many steps in total
+    seed: int = 0
+    amp: Literal["none", "bf16", "fp16"] = "bf16"  # GPU only; CPU runs in float32
+    save_every_steps: int = 500
+    log_every_steps: int = 20
+    val_every_epochs: int = 1
+    select_metric: str = "auc"      # from val metrics; falls back to -loss without boxes
+    check_finite_every: int = 1     # steps between NaN/Inf loss checks (all ranks agree)
+    dist_timeout_s: int = 1800
+    init_from: str | None = None    # start from these weights (ours or official)
+
+    def validate(self) -> None:
+        if self.epochs < 1 or self.save_every_steps < 1 or self.log_every_steps < 1:
+            raise ValueError("epochs, save_every_steps and log_every_steps must be >= 1")
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: LoopConfig = field(default_factory=LoopConfig)
+
+
+# The data settings of the released Hear The Flow weights, in the shape of a shard's
+# meta["pipeline"] (DESIGN.md §2): Farneback flow at native resolution, clipped to uint8
+# through JPEG and read back /255 (no rescaling, no sign); linear 257-bin spectrogram.
+OFFICIAL_DATA_SETTINGS: dict = {
+    "frames": {"train_frame": "middle", "test_frame": "imagetoframe", "size": None},
+    "flow": {"method": "farneback", "encoding": "official_uint8", "resolution": "native",
+             "farneback": [0.5, 3, 15, 3, 5, 1.2, 0]},
+    "audio": {"feature": "linear", "sample_rate": 22050, "seconds": 3.0, "nperseg": 512,
+              "noverlap": 274, "window": ["tukey", 0.25], "n_bins": 257, "log_eps": 1e-7,
+              "divide": 12.0},
+}

@@ -1,0 +1,284 @@
+"""The Hear The Flow model (DESIGN.md §2) and loading of ours and the official weights.
+
+Module names follow torchvision's ResNet-18 and the official code (``imgnet``, ``audnet``,
+``flownet``, ``flowatt.{query,key,value}_conv``) so released state dicts load by a pure key
+mapping (strip ``model.`` / ``module.`` prefixes). ``width`` < 64 gives the same structure
+with fewer channels for CPU runs; ``image_size`` 112 or 56 drops the stem max-pool (and the
+stem stride) so the map stays 7x7.
+
+BatchNorm of a frozen vision net: the official code only sets ``requires_grad=False``, so
+its BatchNorm layers stay in train mode (batch statistics, running stats keep moving).
+``frozen_bn: train`` reproduces that; ``frozen_bn: eval`` keeps them in eval mode (fixed
+ImageNet statistics), the usual choice when fine-tuning on small batches.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.resnet import BasicBlock, conv1x1
+
+from htf.config import ConfigError, load_config, to_dict
+from train.config import MAP_SIZE, OFFICIAL_DATA_SETTINGS, ModelConfig
+from train.loss import localization_loss, own_maps
+
+CHECKPOINT_FORMAT = "htf-train-v1"
+
+
+# ------------------------------------------------------------------------------ backbones
+
+class ResNetTrunk(nn.Module):
+    """ResNet-18 without avgpool/fc: ``[B, in_ch, S, S] -> [B, 8*width, S/stride, S/stride]``.
+
+    Same child names as torchvision's ``resnet18`` (conv1, bn1, relu, maxpool, layer1-4).
+    """
+
+    def __init__(self, in_channels: int = 3, width: int = 64, stride: int = 32) -> None:
+        super().__init__()
+        stem_stride = 1 if stride == 8 else 2
+        self.conv1 = nn.Conv2d(in_channels, width, 7, stem_stride, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1) if stride == 32 else nn.Identity()
+        self._inplanes = width
+        self.layer1 = self._make_layer(width, 1)
+        self.layer2 = self._make_layer(2 * width, 2)
+        self.layer3 = self._make_layer(4 * width, 2)
+        self.layer4 = self._make_layer(8 * width, 2)
+        for m in self.modules():     # torchvision's ResNet initialisation
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.constant_(m.weight, 1)
+                nn.init.constant_(m.bias, 0)
+
+    def _make_layer(self, planes: int, stride: int) -> nn.Sequential:
+        downsample = None
+        if stride != 1 or self._inplanes != planes:
+            downsample = nn.Sequential(conv1x1(self._inplanes, planes, stride), nn.BatchNorm2d(planes))
+        blocks = [BasicBlock(self._inplanes, planes, stride, downsample), BasicBlock(planes, planes)]
+        self._inplanes = planes
+        return nn.Sequential(*blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+
+class AudioNet(ResNetTrunk):
+    """Audio ResNet-18 from scratch: 1-channel stem, global max-pool -> [B, 8*width]."""
+
+    def __init__(self, width: int = 64) -> None:
+        super().__init__(in_channels=1, width=width, stride=32)
+        for m in self.modules():     # official audio initialisation
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.normal_(m.weight, mean=1.0, std=0.02)
+                nn.init.constant_(m.bias, 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_max_pool2d(super().forward(x), 1).flatten(1)
+
+
+class FlowAttention(nn.Module):
+    """Cross attention: queries and values from the visual map, keys from the flow map."""
+
+    def __init__(self, dim: int, key_in_dim: int) -> None:
+        super().__init__()
+        self.query_conv = nn.Conv2d(dim, dim // 8, 1)
+        self.key_conv = nn.Conv2d(key_in_dim, dim // 8, 1)
+        self.value_conv = nn.Conv2d(dim, dim, 1)
+        self.scale = 1.0 / math.sqrt(dim // 8)
+
+    def forward(self, visual: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = visual.shape
+        q = self.query_conv(visual).flatten(2).transpose(1, 2)     # [B, N, C/8]
+        k = self.key_conv(flow).flatten(2)                         # [B, C/8, N]
+        attn = torch.softmax(torch.bmm(q, k) * self.scale, dim=-1)  # [B, N, N]
+        v = self.value_conv(visual).flatten(2)                     # [B, C, N]
+        return torch.bmm(v, attn.transpose(1, 2)).view(b, c, h, w)
+
+
+# ---------------------------------------------------------------------- pretrained weights
+
+def _fetch_torchvision_resnet18(name: str) -> dict[str, torch.Tensor]:
+    """ImageNet weights by torchvision name; fails fast, with what to do, when offline."""
+    from torchvision.models import ResNet18_Weights
+    try:
+        weights = ResNet18_Weights[name]
+    except KeyError:
+        raise ConfigError(f"unknown torchvision ResNet-18 weights '{name}' "
+                          f"(known: {[w.name for w in ResNet18_Weights]}) and no such file") from None
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+    if not cached.is_file() and os.environ.get("HTF_OFFLINE", "") not in ("", "0"):
+        raise RuntimeError(f"weights '{name}' are not cached at {cached} and HTF_OFFLINE is set; "
+                           f"download {weights.url} there or give a local path")
+    try:
+        return weights.get_state_dict(progress=False)
+    except Exception as err:  # URLError, socket errors, ...
+        raise RuntimeError(f"could not download ResNet-18 weights '{name}' from {weights.url} ({err}); "
+                           f"on an offline machine put the file at {cached} or set the weights "
+                           f"option to a local .pth path") from err
+
+
+def load_backbone_weights(trunk: ResNetTrunk, source: str, skip: tuple[str, ...] = ()) -> None:
+    """Load torchvision-style ResNet-18 weights (path or name) into ``trunk``; fc is ignored."""
+    if Path(source).suffix in (".pth", ".pt", ".bin") or os.path.sep in source:
+        if not Path(source).is_file():
+            raise ConfigError(f"backbone weights file not found: {source}")
+        state = torch.load(source, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state.get("model", state))
+    else:
+        state = _fetch_torchvision_resnet18(source)
+    state = {k: v for k, v in state.items() if not k.startswith("fc.") and not k.startswith(skip)}
+    own = trunk.state_dict()
+    wrong = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if wrong:
+        raise ConfigError(f"backbone weights {source}: shape mismatch for {wrong[:3]} "
+                          f"(pretrained weights need width 64)")
+    missing, unexpected = trunk.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith(skip)]
+    if missing or unexpected:
+        raise ConfigError(f"backbone weights {source}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+# --------------------------------------------------------------------------------- model
+
+class HTFModel(nn.Module):
+    """Vision + audio (+ flow attention) -> 7x7 cosine map; optionally the training loss."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.data_settings: dict[str, Any] | None = None
+        stride = cfg.image_size // MAP_SIZE
+        dim = cfg.feat_dim
+        self.imgnet = ResNetTrunk(3, cfg.width, stride)
+        self.audnet = AudioNet(cfg.width)
+        if cfg.flow == "cnn":
+            self.flownet: nn.Module = ResNetTrunk(2, cfg.width, stride)
+            self.flownet.conv1.reset_parameters()   # a fresh 2-channel stem, as the official code
+            self.flowatt = FlowAttention(dim, dim)
+        elif cfg.flow == "maxpool":
+            self.flownet = nn.AdaptiveMaxPool2d(MAP_SIZE)
+            self.flowatt = FlowAttention(dim, 2)
+        if cfg.vision_weights:
+            load_backbone_weights(self.imgnet, cfg.vision_weights)
+        if cfg.flow == "cnn" and cfg.flow_weights:
+            load_backbone_weights(self.flownet, cfg.flow_weights, skip=("conv1.",))
+        if cfg.freeze_vision:
+            for p in self.imgnet.parameters():
+                p.requires_grad_(False)
+        self.train()
+
+    def train(self, mode: bool = True) -> "HTFModel":
+        super().train(mode)
+        if mode and self.cfg.freeze_vision and self.cfg.frozen_bn == "eval":
+            self.imgnet.eval()
+        return self
+
+    def features(self, image: torch.Tensor, flow: torch.Tensor | None,
+                 spec: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(attended visual map [B, C, 7, 7], audio vector [B, C]), both L2-normalised, float32."""
+        img = self.imgnet(image)
+        if self.cfg.flow != "none":
+            if flow is None:
+                raise ValueError(f"model has flow '{self.cfg.flow}' but no flow was given")
+            img = img + self.flowatt(img, self.flownet(flow))
+        aud = self.audnet(spec)
+        return F.normalize(img.float(), dim=1), F.normalize(aud.float(), dim=1)
+
+    def forward(self, image: torch.Tensor, flow: torch.Tensor | None, spec: torch.Tensor,
+                return_loss: bool = False) -> dict[str, torch.Tensor]:
+        img, aud = self.features(image, flow, spec)
+        if return_loss:
+            loss, amap = localization_loss(img, aud, self.cfg.loss)
+            return {"map": amap, "loss": loss, "image_features": img, "audio_features": aud}
+        return {"map": own_maps(img, aud), "image_features": img, "audio_features": aud}
+
+
+# ------------------------------------------------------------------------------- loading
+
+def _strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for k, v in state.items():
+        for prefix in ("model.", "module."):
+            if k.startswith(prefix):
+                k = k[len(prefix):]
+        out[k] = v
+    return out
+
+
+def _official_config(state: dict[str, torch.Tensor]) -> ModelConfig:
+    """Infer the official variant from its state dict (flow type and width)."""
+    if "imgnet.conv1.weight" not in state:
+        raise ValueError(f"not a Hear The Flow state dict: no 'imgnet.conv1.weight' "
+                         f"(first keys: {list(state)[:5]})")
+    if any(k.startswith("flownet.") for k in state):
+        flow = "cnn"
+    elif "flowatt.key_conv.weight" in state:
+        flow = "maxpool"
+    else:
+        flow = "none"
+    width = int(state["imgnet.conv1.weight"].shape[0])
+    return ModelConfig(flow=flow, width=width, image_size=224)
+
+
+def _torch_load(path: Path, map_location: Any) -> Any:
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        if path.suffix != ".ckpt":
+            raise ValueError(f"{path}: cannot read checkpoint: {err}") from err
+        # Lightning checkpoints pickle their hyper-parameters: load fully (trusted files only).
+        return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def model_from_state(state: dict[str, torch.Tensor], cfg: ModelConfig, source: str) -> HTFModel:
+    cfg = dataclasses.replace(cfg, vision_weights=None, flow_weights=None)  # never download here
+    model = HTFModel(cfg)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{source}: weights do not match the model (flow={cfg.flow}, width={cfg.width}): "
+                         f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                         f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+    return model
+
+
+def load_model(path: str | os.PathLike, map_location: Any = "cpu") -> HTFModel:
+    """Our checkpoint, the official ``{'model': state_dict}`` .pth, or a Lightning .ckpt -> model.
+
+    The model is returned in eval mode with ``model.data_settings`` set (the shards'
+    ``meta["pipeline"]`` it was trained on; the htf-official settings for official weights).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    ckpt = _torch_load(path, map_location)
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"{path}: expected a dict checkpoint, got {type(ckpt).__name__}")
+    if ckpt.get("format") == CHECKPOINT_FORMAT:
+        cfg = load_config(ModelConfig, base=ckpt["config"]["model"])
+        model = model_from_state(ckpt["model"], cfg, str(path))
+        model.data_settings = ckpt.get("data_settings")
+    else:
+        state = ckpt.get("state_dict", ckpt.get("model", ckpt))
+        if not isinstance(state, dict):
+            raise ValueError(f"{path}: no state dict under 'model' or 'state_dict'")
+        state = _strip_prefix(state)
+        model = model_from_state(state, _official_config(state), str(path))
+        model.data_settings = dict(OFFICIAL_DATA_SETTINGS)
+    return model.eval()
+
+
+def checkpoint_payload(model: HTFModel, full_config: Any) -> dict[str, Any]:
+    """The model part of our checkpoint (the trainer adds optimizer, step, RNG, ...)."""
+    return {"format": CHECKPOINT_FORMAT, "model": model.state_dict(),
+            "config": to_dict(full_config), "data_settings": model.data_settings}
