@@ -105,12 +105,24 @@ def put_label(image: np.ndarray, text: str) -> np.ndarray:
 
 def overlay(frame: np.ndarray, map2d: np.ndarray, boxes: Sequence | None = None,
             label: str | None = None, alpha: float = 0.5, colormap: str = "jet",
-            thickness: int = 2, interpolation: str = "bicubic") -> np.ndarray:
-    """The picture a person wants: frame + heat map + ground-truth boxes + a corner label."""
+            thickness: int = 2, interpolation: str = "bicubic", min_side: int = 256) -> np.ndarray:
+    """The picture a person wants: frame + heat map + ground-truth boxes + a corner label.
+
+    A frame whose short side is under ``min_side`` is enlarged first (display only)."""
+    frame = enlarge(frame, min_side)
     h, w = frame.shape[:2]
     out = blend(frame, heat_for_frame(map2d, h, w, interpolation), alpha, colormap)
     out = draw_boxes(out, boxes, thickness)
     return put_label(out, label) if label else out
+
+
+def enlarge(frame: np.ndarray, min_side: int) -> np.ndarray:
+    """Bicubic enlargement so the short side is at least ``min_side`` (never shrinks)."""
+    h, w = frame.shape[:2]
+    if min_side <= 0 or min(h, w) >= min_side:
+        return frame
+    scale = min_side / min(h, w)
+    return cv2.resize(frame, (int(round(w * scale)), int(round(h * scale))), interpolation=cv2.INTER_CUBIC)
 
 
 def save_png(image: np.ndarray, path: str | os.PathLike) -> Path:
