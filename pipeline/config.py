@@ -1,0 +1,192 @@
+"""Typed settings of the preprocessing pipeline (loaded with ``htf.config.load_config``).
+
+Sections ``frames``, ``flow`` and ``audio`` decide what a sample contains and are copied
+verbatim into every sample's ``meta["pipeline"]``, so a model always knows the data it was
+trained on. ``pack`` and ``run`` only decide how the work is organised.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Optional
+
+
+@dataclass
+class FramesConfig:
+    # Stored frames: short side resized to this many pixels (0 keeps the native size).
+    short_side: int = 256
+    # The long side is capped too, so a panorama or a portrait video stays bounded.
+    max_long_side: int = 512
+    # Files with more source pixels than this are rejected: decoding one 16k frame
+    # costs more memory than a worker should hold.
+    max_source_pixels: int = 8192 * 8192
+    # Clips with fewer frames cannot give a flow pair (keyframe, keyframe + 1).
+    min_frames: int = 2
+
+    def validate(self) -> None:
+        if self.short_side < 0 or (0 < self.short_side < 16):
+            raise ValueError("short_side must be 0 (native) or >= 16")
+        if self.max_long_side < self.short_side:
+            raise ValueError("max_long_side must be >= short_side")
+        if self.min_frames < 2:
+            raise ValueError("min_frames must be >= 2 (flow needs a pair)")
+
+
+@dataclass
+class FlowConfig:
+    # farneback | dis | any ptlflow model name (raft, raft_small, ...)
+    method: str = "dis"
+    # 'stored': flow of the stored (resized) frames; 'native': of the source-size frames,
+    # then resized to the stored size (what the official preprocessing does).
+    resolution: Literal["stored", "native"] = "stored"
+    # Scale vectors with the resize. The official code does not (a defect kept only in
+    # the htf-official preset).
+    rescale_vectors: bool = True
+    # 'signed': float flow in stored-frame pixels. 'uint8_clip': the official JPEG round
+    # trip (rounded, clipped to 0..255, divided by 255: negative motion is lost).
+    encoding: Literal["signed", "uint8_clip"] = "signed"
+    # OpenCV Farneback parameters; the defaults are the official ones.
+    farneback_pyr_scale: float = 0.5
+    farneback_levels: int = 3
+    farneback_winsize: int = 15
+    farneback_iterations: int = 3
+    farneback_poly_n: int = 5
+    farneback_poly_sigma: float = 1.2
+    # OpenCV DIS preset: ultrafast | fast | medium
+    dis_preset: Literal["ultrafast", "fast", "medium"] = "medium"
+    # Learned models: a checkpoint path, or a ptlflow checkpoint name (e.g. 'things') that
+    # must already be in the torch hub cache: nothing is ever downloaded.
+    ckpt: Optional[str] = None
+    # Without a checkpoint a learned model has random weights (meaningless flow); only
+    # benchmarks and tests should ask for that.
+    allow_random_init: bool = False
+    # Execution details (not part of the cache key: they do not change what is computed).
+    device: str = "cpu"
+    fp16: bool = True
+    batch_size: int = 8
+
+    def validate(self) -> None:
+        if not self.method:
+            raise ValueError("method must be a flow method name")
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        if not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise ValueError(f"device must be cpu or cuda[:N], got {self.device!r}")
+
+
+@dataclass
+class AudioConfig:
+    # 'logmel': log-mel spectrogram; 'linear': the official 257-bin linear log spectrogram.
+    feature: Literal["logmel", "linear"] = "logmel"
+    sample_rate: int = 16000
+    seconds: float = 3.0
+    # Window centre: the keyframe time (default) or the middle of the clip (official).
+    center: Literal["keyframe", "clip_middle"] = "keyframe"
+    # log-mel parameters (25 ms window, 10 ms hop at 16 kHz -> 301 frames for 3 s)
+    n_mels: int = 80
+    n_fft: int = 512
+    win_length: int = 400
+    hop_length: int = 160
+    fmin: float = 20.0
+    fmax: Optional[float] = None
+    # linear (official): scipy.signal.spectrogram(nperseg=512, noverlap=274), log(S+1e-7)/12
+    nperseg: int = 512
+    noverlap: int = 274
+    # A track shorter than the window is tiled (official behaviour) unless it covers less
+    # than this fraction of it: then the clip is rejected as audio_too_short.
+    min_coverage: float = 0.3
+    # A window quieter than this (RMS, dB full scale) is digital silence: rejected.
+    min_rms_dbfs: float = -80.0
+
+    def validate(self) -> None:
+        if self.sample_rate < 1000 or self.seconds <= 0:
+            raise ValueError("sample_rate must be >= 1000 and seconds > 0")
+        if self.noverlap >= self.nperseg:
+            raise ValueError("noverlap must be < nperseg")
+        if not 0 < self.min_coverage <= 1:
+            raise ValueError("min_coverage must be in (0, 1]")
+
+
+@dataclass
+class PackConfig:
+    # Shard names: <prefix>-000000.tar; the prefix lets train/val/test share a folder.
+    prefix: str = "shard"
+    # Samples per shard; 0 = estimate from target_shard_mb and the stored sample size.
+    samples_per_shard: int = 0
+    target_shard_mb: float = 640.0
+
+    def validate(self) -> None:
+        if not self.prefix or "/" in self.prefix or "." in self.prefix:
+            raise ValueError(f"prefix must be a plain name without '/' or '.', got {self.prefix!r}")
+        if self.samples_per_shard < 0 or self.target_shard_mb <= 0:
+            raise ValueError("samples_per_shard must be >= 0 and target_shard_mb > 0")
+
+
+@dataclass
+class RunConfig:
+    workers: int = 1
+    executor: Literal["local", "ray"] = "local"
+    # Ray cluster address ('auto' joins a running cluster); empty starts a local instance.
+    ray_address: str = ""
+    # Per-clip wall-clock limit: a pathological file is recorded as a failure, not a hang.
+    clip_timeout_s: float = 120.0
+    # Flow cache folder; empty = <output>/cache
+    cache_dir: str = ""
+    progress: bool = True
+
+    def validate(self) -> None:
+        if self.workers < 1 or self.clip_timeout_s <= 0:
+            raise ValueError("workers must be >= 1 and clip_timeout_s > 0")
+
+
+@dataclass
+class InputConfig:
+    # 'flickr' | 'vggsound' | 'generic': how ids in lists map to file stems.
+    # VGGSound lists use 'YTID_000019' where VGG-SS files are named the same; a list
+    # entry with a start second in other forms ('YTID_19') is normalised to 6 digits.
+    id_style: Literal["generic", "flickr", "vggsound"] = "generic"
+    video_extensions: list[str] = field(default_factory=lambda: [
+        ".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".flv", ".mpg", ".mpeg", ".3gp", ".ts"])
+    audio_extensions: list[str] = field(default_factory=lambda: [
+        ".wav", ".flac", ".mp3", ".m4a", ".aac", ".ogg", ".opus"])
+
+
+@dataclass
+class PipelineConfig:
+    frames: FramesConfig = field(default_factory=FramesConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    pack: PackConfig = field(default_factory=PackConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    input: InputConfig = field(default_factory=InputConfig)
+    # Free text: which preset this is (recorded in samples as meta['source']).
+    source: str = "generic"
+
+
+# Flow settings that do not change the computed values, so they stay out of cache keys.
+_FLOW_RUNTIME_FIELDS = ("device", "fp16", "batch_size", "allow_random_init")
+
+
+def sample_settings(cfg: PipelineConfig) -> dict[str, Any]:
+    """What goes into ``meta['pipeline']``: the settings that decide a sample's content."""
+    return {"frames": asdict(cfg.frames), "flow": asdict(cfg.flow), "audio": asdict(cfg.audio)}
+
+
+def flow_cache_key(cfg: PipelineConfig) -> str:
+    """Short hash of everything the cached flow depends on (frames + flow settings)."""
+    flow = {k: v for k, v in asdict(cfg.flow).items() if k not in _FLOW_RUNTIME_FIELDS}
+    return _digest({"frames": asdict(cfg.frames), "flow": flow})
+
+
+def content_fingerprint(cfg: PipelineConfig) -> str:
+    """Hash of every setting that changes shard content (a finished shard with another
+    fingerprint is rebuilt on the next run)."""
+    settings = sample_settings(cfg)
+    settings["flow"] = {k: v for k, v in settings["flow"].items()
+                        if k not in ("device", "fp16", "batch_size")}
+    return _digest({"settings": settings, "source": cfg.source})
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]

@@ -1,0 +1,264 @@
+"""Stage 2, decode: the keyframe and the next frame, plus the audio window around the keyframe.
+
+Frames are read with PyAV: one seek to the keyframe's timestamp and two decoded frames.
+That is several times faster than an ffmpeg subprocess per frame (see
+bench/results_pipeline.md) and frame-exact for variable-frame-rate files, because the
+keyframe is addressed by its presentation timestamp from the index stage, not by
+``index / fps``.
+
+Audio: mono, resampled to ``audio.sample_rate``, ``audio.seconds`` long, centred on the
+keyframe time (or the middle of the clip). A window reaching past either end of the track
+is shifted inside it; a track shorter than the window is tiled, as the official code does.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+
+from pipeline.config import FramesConfig, PipelineConfig
+from pipeline.errors import ClipError
+from pipeline.index import ProbeInfo, open_container, probe_video
+
+# Decoding starts this long before the window so that the first decoded audio frame
+# already covers the window start after a seek to the nearest preceding packet.
+_AUDIO_SEEK_MARGIN_S = 0.5
+
+
+@dataclass
+class DecodedClip:
+    frame0: np.ndarray                 # uint8 [H, W, 3] RGB keyframe at stored size
+    frame1: np.ndarray                 # uint8 [H, W, 3] RGB next frame at stored size
+    waveform: np.ndarray               # float32 [N] mono
+    sample_rate: int
+    keyframe_index: int
+    keyframe_time: float
+    probe: ProbeInfo
+    audio_info: dict[str, Any] = field(default_factory=dict)
+    native0: Optional[np.ndarray] = None   # uint8 [h, w] grayscale, only for native-resolution flow
+    native1: Optional[np.ndarray] = None
+
+
+def stored_size(width: int, height: int, frames_cfg: FramesConfig) -> tuple[int, int]:
+    """(w, h) of the stored frame: short side -> frames.short_side, long side capped."""
+    if frames_cfg.short_side == 0:
+        return width, height
+    scale = frames_cfg.short_side / min(width, height)
+    if max(width, height) * scale > frames_cfg.max_long_side:
+        scale = frames_cfg.max_long_side / max(width, height)
+    return max(2, int(round(width * scale))), max(2, int(round(height * scale)))
+
+
+def official_keyframe_from_entry(entry: int, frame_count: int) -> int:
+    """The Flickr test rule: imagetoframe entry -> frame = entry - 1 (entry - 2 at the end)."""
+    return entry - 2 if entry >= frame_count else entry - 1
+
+
+def choose_keyframe(probe: ProbeInfo, keyframe_index: int | None, keyframe_entry: int | None,
+                    min_frames: int = 2) -> int:
+    n = probe.frame_count
+    if n < min_frames:
+        raise ClipError("too_few_frames", f"{probe.path}: {n} frame(s), need >= {min_frames}")
+    if keyframe_index is None and keyframe_entry is not None:
+        keyframe_index = official_keyframe_from_entry(keyframe_entry, n)
+    k = n // 2 if keyframe_index is None else int(keyframe_index)
+    if not 0 <= k < n - 1:
+        raise ClipError("keyframe_out_of_range",
+                        f"{probe.path}: keyframe {k} needs a next frame but the clip has {n} frames")
+    return k
+
+
+def decode_clip(video_path: str, cfg: PipelineConfig, keyframe_index: int | None = None,
+                audio_path: str | None = None, keyframe_entry: int | None = None,
+                probe: ProbeInfo | None = None) -> DecodedClip:
+    """Keyframe + next frame (stored size, RGB) and the audio window of one clip.
+
+    ``keyframe_index`` None -> the middle frame (frame_count // 2); ``keyframe_entry`` is
+    an official imagetoframe entry (converted with the official rule). ``audio_path``
+    replaces the video's own audio track.
+    """
+    video_path = str(video_path)
+    if probe is None:
+        probe = probe_video(video_path, audio_path, cfg.frames.max_source_pixels)
+    k = choose_keyframe(probe, keyframe_index, keyframe_entry, cfg.frames.min_frames)
+    size = stored_size(probe.width, probe.height, cfg.frames)
+    native = cfg.flow.resolution == "native"
+    pair = _decode_pair(video_path, probe, k, size, native)
+    t_key = probe.timestamps[k] - probe.timestamps[0]
+    center = t_key if cfg.audio.center == "keyframe" else probe.duration / 2
+    wave, info = load_audio_window(audio_path or video_path, center, cfg.audio.seconds,
+                                   cfg.audio.sample_rate, cfg.audio.min_coverage,
+                                   offset=probe.timestamps[0] if audio_path is None else 0.0)
+    _reject_silence(wave, cfg.audio.min_rms_dbfs, audio_path or video_path, info)
+    return DecodedClip(frame0=pair[0], frame1=pair[1], waveform=wave, sample_rate=cfg.audio.sample_rate,
+                       keyframe_index=k, keyframe_time=round(t_key, 6), probe=probe, audio_info=info,
+                       native0=pair[2] if native else None, native1=pair[3] if native else None)
+
+
+# ------------------------------------------------------------------------------- frames
+
+def _convert(frame, size: tuple[int, int], native: bool) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    rgb = frame.to_ndarray(format="rgb24", width=size[0], height=size[1], interpolation="AREA")
+    gray = frame.to_ndarray(format="gray") if native else None
+    return rgb, gray
+
+
+def _decode_pair(path: str, probe: ProbeInfo, k: int, size: tuple[int, int], native: bool):
+    """Decode frames k and k+1 by timestamp; falls back to counting frames from the start
+    when a container cannot seek or carries no usable timestamps."""
+    try:
+        frames = _decode_by_seek(path, probe, k)
+    except ClipError:
+        raise
+    except Exception:
+        frames = None
+    if frames is None:
+        frames = _decode_by_count(path, k)
+    (rgb0, g0), (rgb1, g1) = _convert(frames[0], size, native), _convert(frames[1], size, native)
+    return rgb0, rgb1, g0, g1
+
+
+def _decode_by_seek(path: str, probe: ProbeInfo, k: int):
+    target, following = probe.timestamps[k], probe.timestamps[k + 1]
+    with open_container(path) as container:
+        stream = container.streams.video[0]
+        tb = float(stream.time_base)
+        # Half a frame of tolerance: timestamps of decoded frames and packets can differ by
+        # rounding in some containers.
+        eps = 0.5 * (following - target)
+        container.seek(int(math.floor(target / tb)), stream=stream, backward=True, any_frame=False)
+        got = []
+        try:
+            for frame in container.decode(stream):
+                if frame.pts is None:
+                    return None
+                t = frame.pts * tb
+                if t < target - eps:
+                    continue
+                if not got and t > target + eps:
+                    return None        # the seek landed past the keyframe: count instead
+                got.append(frame)
+                if len(got) == 2:
+                    return got
+        except Exception as err:
+            raise ClipError("decode_error", f"{path}: frame {k}: {type(err).__name__}: {err}") from None
+    raise ClipError("decode_error", f"{path}: stream ended before frame {k + 1} (truncated file?)")
+
+
+def _decode_by_count(path: str, k: int):
+    with open_container(path) as container:
+        got = []
+        try:
+            for i, frame in enumerate(container.decode(container.streams.video[0])):
+                if i >= k:
+                    got.append(frame)
+                    if len(got) == 2:
+                        return got
+        except Exception as err:
+            raise ClipError("decode_error", f"{path}: frame {k}: {type(err).__name__}: {err}") from None
+    raise ClipError("decode_error", f"{path}: fewer than {k + 2} decodable frames (truncated file?)")
+
+
+# -------------------------------------------------------------------------------- audio
+
+def load_audio_window(path: str, center: float, seconds: float, sample_rate: int,
+                      min_coverage: float = 0.5, offset: float = 0.0) -> tuple[np.ndarray, dict[str, Any]]:
+    """Mono float32 window of ``seconds`` centred on ``center`` (s from the video start).
+
+    ``offset`` is the video's first timestamp, so audio and video share a time origin.
+    """
+    n_out = int(round(seconds * sample_rate))
+    t0 = center - seconds / 2 + offset
+    with open_container(path) as container:
+        if not container.streams.audio:
+            raise ClipError("no_audio_stream", f"{path} has no audio stream")
+        stream = container.streams.audio[0]
+        track_start, track_end = _audio_extent(container, stream)
+        if track_end is not None and track_end - track_start >= seconds:
+            # Shift the window inside the track when the keyframe is near an end.
+            t0 = min(max(t0, track_start), track_end - seconds)
+            samples, first_time = _decode_audio(container, stream, t0, t0 + seconds, sample_rate)
+            start = int(round((t0 - first_time) * sample_rate))
+            if first_time is not None and start >= 0 and len(samples) - start >= n_out:
+                wave = samples[start:start + n_out]
+                return wave, {"window": [round(t0 - offset, 4), round(t0 - offset + seconds, 4)],
+                              "tiled": False, "track_seconds": round(track_end - track_start, 3)}
+    return _whole_track_window(path, center + offset, seconds, sample_rate, min_coverage, offset)
+
+
+def _reject_silence(wave: np.ndarray, min_rms_dbfs: float, path: str, info: dict[str, Any]) -> None:
+    rms_db = 20 * math.log10(float(np.sqrt(np.mean(np.square(wave, dtype=np.float64)))) + 1e-12)
+    info["rms_dbfs"] = round(rms_db, 1)
+    if rms_db < min_rms_dbfs:
+        raise ClipError("silent_audio", f"{path}: audio window {info.get('window')} is silent "
+                                        f"({rms_db:.0f} dBFS < audio.min_rms_dbfs={min_rms_dbfs:g})")
+
+
+def _audio_extent(container, stream) -> tuple[float, Optional[float]]:
+    start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+    if stream.duration:
+        return start, start + float(stream.duration * stream.time_base)
+    if container.duration:
+        return start, start + container.duration / 1_000_000
+    return start, None
+
+
+def _decode_audio(container, stream, t_from: float, t_to: float, sample_rate: int,
+                  seek: bool = True) -> tuple[np.ndarray, Optional[float]]:
+    """Resampled mono samples from about ``t_from`` to past ``t_to``, and the time of the first."""
+    import av
+
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+    if seek and t_from > _AUDIO_SEEK_MARGIN_S:
+        container.seek(int((t_from - _AUDIO_SEEK_MARGIN_S) / float(stream.time_base)),
+                       stream=stream, backward=True)
+    chunks: list[np.ndarray] = []
+    first_time: Optional[float] = None
+    try:
+        for frame in container.decode(stream):
+            if frame.time is not None and first_time is None:
+                first_time = float(frame.time)
+            for out in resampler.resample(frame):
+                chunks.append(out.to_ndarray().reshape(-1))
+            if frame.time is not None and frame.time > t_to + 0.1:
+                break
+        for out in resampler.resample(None):
+            chunks.append(out.to_ndarray().reshape(-1))
+    except av.error.FFmpegError as err:
+        if not chunks:
+            raise ClipError("audio_decode_error", f"{container.name}: {err}") from None
+    samples = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
+    return samples, first_time
+
+
+def _whole_track_window(path: str, center: float, seconds: float, sample_rate: int,
+                        min_coverage: float, offset: float) -> tuple[np.ndarray, dict[str, Any]]:
+    """Fallback for short tracks and unknown durations: read it all, tile when short."""
+    n_out = int(round(seconds * sample_rate))
+    with open_container(path) as container:
+        stream = container.streams.audio[0]
+        samples, first_time = _decode_audio(container, stream, 0.0, math.inf, sample_rate, seek=False)
+    if len(samples) == 0:
+        raise ClipError("no_audio_samples", f"{path}: the audio stream decodes to no samples")
+    coverage = len(samples) / n_out
+    if coverage < min_coverage:
+        raise ClipError("audio_too_short",
+                        f"{path}: {len(samples) / sample_rate:.2f} s of audio, window {seconds:g} s "
+                        f"(audio.min_coverage={min_coverage:g})")
+    track_seconds = round(len(samples) / sample_rate, 3)
+    tiled = len(samples) < n_out
+    if tiled:
+        samples = np.tile(samples, int(math.ceil(n_out / len(samples))))
+        wave = samples[:n_out]
+        start = 0.0
+    else:
+        first = first_time or 0.0
+        start = center - seconds / 2 - first
+        i0 = int(round(min(max(start, 0.0), (len(samples) - n_out) / sample_rate) * sample_rate))
+        i0 = min(max(i0, 0), len(samples) - n_out)
+        wave = samples[i0:i0 + n_out]
+        start = first + i0 / sample_rate - offset
+    return wave, {"window": [round(start, 4), round(start + seconds, 4)], "tiled": tiled,
+                  "track_seconds": track_seconds}
