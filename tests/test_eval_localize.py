@@ -1,0 +1,67 @@
+"""python -m eval.localize on a video file: no shards, the checkpoint's own pipeline settings."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import cv2
+import pytest
+import torch
+
+from eval.localize import main, pipeline_config
+
+pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs system ffmpeg")
+SETTINGS = {"frames": {"short_side": 64, "max_long_side": 128},
+            "flow": {"method": "dis", "dis_preset": "ultrafast"},
+            "audio": {"feature": "logmel", "n_mels": 32, "seconds": 1.0}}
+
+
+def _video(path, audio=True):
+    """A 2 s 96x64 clip: a moving test pattern with a tone (or no audio stream)."""
+    cmd = ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=96x64:rate=10:duration=2"]
+    if audio:
+        cmd += ["-f", "lavfi", "-i", "sine=frequency=440:duration=2", "-c:a", "aac", "-shortest"]
+    subprocess.run(cmd + ["-pix_fmt", "yuv420p", str(path)], check=True)
+    return path
+
+
+def _checkpoint(path):
+    from train.config import ModelConfig, TrainConfig
+    from train.model import HTFModel, checkpoint_payload
+
+    cfg = TrainConfig(model=ModelConfig(width=8, image_size=56, audio_frames=64))
+    torch.manual_seed(0)
+    model = HTFModel(cfg.model)
+    model.data_settings = SETTINGS
+    torch.save(checkpoint_payload(model, cfg), path)
+    return str(path)
+
+
+def test_pipeline_config_follows_the_checkpoint_settings():
+    cfg = pipeline_config(SETTINGS, ["flow.device=cpu"])
+    assert (cfg.frames.short_side, cfg.flow.method, cfg.audio.n_mels) == (64, "dis", 32)
+
+
+def test_localize_writes_keyframe_png_and_overlay_video_with_audio(tmp_path):
+    video = _video(tmp_path / "clip.mp4")
+    out = tmp_path / "out"
+    assert main(["--checkpoint", _checkpoint(tmp_path / "m.pt"), "--video", str(video),
+                 "--output", str(out), "--every", "5"]) == 0
+    result = json.loads((out / "clip_localize.json").read_text())
+    assert result["keyframe_index"] == 10 and len(result["map"]) == 7
+    assert result["analysed_frames"] == [0, 5, 10, 15]
+    assert result["pipeline"]["frames"]["short_side"] == 64
+    png = cv2.imread(str(out / "clip_keyframe.png"))
+    assert png is not None and min(png.shape[:2]) >= 256
+    probe = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=codec_type",
+                            "-of", "csv=p=0", str(out / "clip_overlay.mp4")],
+                           capture_output=True, text=True, check=True).stdout.split()
+    assert sorted(probe) == ["audio", "video"]
+
+
+def test_video_without_audio_is_rejected_with_the_reason(tmp_path, capsys):
+    video = _video(tmp_path / "mute.mp4", audio=False)
+    assert main(["--checkpoint", _checkpoint(tmp_path / "m.pt"), "--video", str(video),
+                 "--output", str(tmp_path / "out")]) == 2
+    assert "no_audio_stream" in capsys.readouterr().err
