@@ -137,13 +137,16 @@ class TrainConfig:
 
 
 # The data settings of the released Hear The Flow weights, in the shape of a shard's
-# meta["pipeline"] (DESIGN.md §2): Farneback flow at native resolution, clipped to uint8
-# through JPEG and read back /255 (no rescaling, no sign); linear 257-bin spectrogram.
+# meta["pipeline"] (names of pipeline/config.py; DESIGN.md §2): Farneback flow at native
+# resolution, vectors not rescaled, clipped to uint8 through JPEG and read back /255;
+# the linear 257-bin log spectrogram of 3 s at 22,050 Hz around the clip's middle.
+OFFICIAL_FLOW_ENCODING = "uint8_clip"
 OFFICIAL_DATA_SETTINGS: dict = {
-    "frames": {"train_frame": "middle", "test_frame": "imagetoframe", "size": None},
-    "flow": {"method": "farneback", "encoding": "official_uint8", "resolution": "native",
-             "farneback": [0.5, 3, 15, 3, 5, 1.2, 0]},
-    "audio": {"feature": "linear", "sample_rate": 22050, "seconds": 3.0, "nperseg": 512,
-              "noverlap": 274, "window": ["tukey", 0.25], "n_bins": 257, "log_eps": 1e-7,
-              "divide": 12.0},
+    "frames": {"short_side": 0},
+    "flow": {"method": "farneback", "resolution": "native", "rescale_vectors": False,
+             "encoding": OFFICIAL_FLOW_ENCODING, "farneback_pyr_scale": 0.5,
+             "farneback_levels": 3, "farneback_winsize": 15, "farneback_iterations": 3,
+             "farneback_poly_n": 5, "farneback_poly_sigma": 1.2},
+    "audio": {"feature": "linear", "sample_rate": 22050, "seconds": 3.0,
+              "center": "clip_middle", "nperseg": 512, "noverlap": 274},
 }

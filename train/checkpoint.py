@@ -1,0 +1,76 @@
+"""Checkpoints: atomic writes, RNG states, resume discovery.
+
+A checkpoint is written to ``<name>.tmp`` in the same folder, flushed to disk, then renamed
+over the old file: a crash or ``kill -9`` in the middle leaves the previous checkpoint
+intact. Everything in it loads with ``torch.load(weights_only=True)`` (no pickled objects).
+"""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def save_atomic(state: dict[str, Any], path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        torch.save(state, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def load(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        raise RuntimeError(f"cannot read checkpoint {path}: {err}") from err
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch (CPU + CUDA) generator states, as plain lists and tensors."""
+    np_state = np.random.get_state()
+    state = {"python": list(random.getstate()[1]) + [random.getstate()[2]],
+             "python_version": random.getstate()[0],
+             "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                       "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((state["python_version"], tuple(py[:-1]), py[-1]))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoint_dir(output: str | os.PathLike) -> Path:
+    return Path(output) / "checkpoints"
+
+
+def latest_path(output: str | os.PathLike) -> Path:
+    return checkpoint_dir(output) / "latest.pt"
+
+
+def best_path(output: str | os.PathLike) -> Path:
+    return checkpoint_dir(output) / "best.pt"

@@ -1,0 +1,374 @@
+"""The training loop: set-up, steps, validation, checkpoints and logs.
+
+Read top to bottom: :func:`fit` builds everything and runs the epochs; one optimisation
+step is :func:`train_step`; :func:`validate` computes the validation loss and, where the
+shards carry boxes, cIoU/AUC with the evaluator's metric functions.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from htf.config import save_config
+from train import checkpoint as ckpt
+from train import distributed as du
+from train.config import TrainConfig
+from train.data import TrainStream, count_samples, expand_urls, first_sample, train_loader, val_loader
+from train.model import HTFModel, checkpoint_payload, load_model
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or Inf: training stops instead of learning from garbage."""
+
+
+class ResumeError(RuntimeError):
+    """The output folder and the resume request disagree."""
+
+
+@dataclass
+class RunState:
+    step: int = 0
+    epoch: int = 0
+    best_score: float = -math.inf
+    best_metrics: dict[str, Any] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------- set-up
+
+def seed_everything(seed: int, rank: int) -> None:
+    random.seed(seed + rank)
+    np.random.seed((seed + rank) % 2**32)
+    torch.manual_seed(seed + rank)
+
+
+def build_optimizer(model: HTFModel, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.Adam(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+                            weight_decay=cfg.optim.weight_decay)
+
+
+def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then constant or cosine decay to 0 at ``total`` steps."""
+    warm = cfg.optim.warmup_steps
+    if warm and step < warm:
+        return (step + 1) / warm
+    if cfg.optim.schedule == "cosine":
+        progress = min(1.0, (step - warm) / max(1, total - warm))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return 1.0
+
+
+def autocast(cfg: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
+    if device.type != "cuda" or cfg.train.amp == "none":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if cfg.train.amp == "bf16" else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def wants_resume(resume_flag: bool, output: Path) -> bool:
+    """--resume, or a torchrun restart (``--max-restarts``) of a run that saved a checkpoint.
+
+    A fresh start on a folder that already holds a checkpoint is refused, so a typo in
+    --output never overwrites a run."""
+    has_latest = ckpt.latest_path(output).is_file()
+    if resume_flag or du.restart_count() > 0:
+        return has_latest
+    if has_latest:
+        raise ResumeError(f"{ckpt.latest_path(output)} exists: pass --resume to continue that run, "
+                          f"or choose another --output")
+    return False
+
+
+# ------------------------------------------------------------------------------ logging
+
+class Logger:
+    """metrics.jsonl + TensorBoard + console, on rank 0 only."""
+
+    def __init__(self, output: Path, enabled: bool) -> None:
+        self.enabled = enabled
+        self.tb = None
+        if enabled:
+            self.jsonl = open(output / "metrics.jsonl", "a", buffering=1)
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.tb = SummaryWriter(str(output / "tb"))
+            except ImportError:  # tensorboard is optional at run time
+                print("warning: tensorboard not installed; logging to metrics.jsonl only", file=sys.stderr)
+
+    def log(self, kind: str, step: int, values: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.jsonl.write(json.dumps({"kind": kind, "step": step, "time": time.time(), **values}) + "\n")
+        if self.tb is not None:
+            for k, v in values.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self.tb.add_scalar(f"{kind}/{k}", v, step)
+
+    def print(self, text: str) -> None:
+        if self.enabled:
+            print(text, flush=True)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.jsonl.close()
+            if self.tb is not None:
+                self.tb.close()
+
+
+# ---------------------------------------------------------------------------- one step
+
+def train_step(model: torch.nn.Module, batch: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+               scaler: torch.amp.GradScaler, cfg: TrainConfig, info: du.DistInfo, step: int,
+               epoch: int) -> float | None:
+    """Forward, finiteness check, backward, clip, update. Returns the rank-mean loss when checked."""
+    dev = info.device
+    image, flow, spec = (batch[k].to(dev, non_blocking=True) for k in ("image", "flow", "spec"))
+    with autocast(cfg, dev):
+        loss = model(image, flow, spec, return_loss=True)["loss"]
+    mean_loss = None
+    if step % cfg.train.check_finite_every == 0:
+        total = du.all_reduce_sum(loss.detach().float().reshape(1).clone(), info)
+        mean_loss = total.item() / info.world
+        if not math.isfinite(mean_loss):
+            raise NonFiniteLossError(f"loss is {mean_loss} at step {step + 1} (epoch {epoch}); stopping "
+                                     f"before the update. Lower optim.lr, set optim.grad_clip, or "
+                                     f"check the data; the last good weights are in checkpoints/latest.pt")
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if cfg.optim.grad_clip:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
+                                       cfg.optim.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return mean_loss
+
+
+# ---------------------------------------------------------------------------- validation
+
+def _ciou_functions() -> tuple[Any, Any] | None:
+    try:
+        from eval.metrics import clip_ciou, summarize
+    except ImportError as err:
+        print(f"warning: eval.metrics unavailable ({err}); validation reports the loss only", file=sys.stderr)
+        return None
+    return clip_ciou, summarize
+
+
+@torch.no_grad()
+def validate(model: HTFModel, urls: list[str], cfg: TrainConfig, info: du.DistInfo) -> dict[str, Any]:
+    """Validation loss (batches of >= 2) and, for clips with boxes, cIoU@0.5 / mean cIoU / AUC."""
+    was_training = model.training
+    model.eval()
+    metrics_fns = _ciou_functions()
+    loss_sum, loss_n, cious = 0.0, 0, []
+    for batch, metas in val_loader(urls, cfg.model, cfg.data, info.rank, info.world):
+        image, flow, spec = (batch[k].to(info.device) for k in ("image", "flow", "spec"))
+        with autocast(cfg, info.device):
+            out = model(image, flow, spec, return_loss=image.shape[0] > 1)
+        if "loss" in out:
+            loss_sum += float(out["loss"]) * image.shape[0]
+            loss_n += image.shape[0]
+        if metrics_fns is None:
+            continue
+        for map7, meta in zip(out["map"].float().cpu().numpy(), metas):
+            if meta["boxes"]:
+                cious.append(metrics_fns[0](map7, meta["boxes"], meta["box_format"]))
+    model.train(was_training)
+    gathered = du.gather_objects((loss_sum, loss_n, cious), info)
+    loss_sum = sum(g[0] for g in gathered)
+    loss_n = sum(g[1] for g in gathered)
+    all_cious = [c for g in gathered for c in g[2]]
+    metrics: dict[str, Any] = {"loss": loss_sum / loss_n if loss_n else float("nan")}
+    if all_cious and metrics_fns is not None:
+        metrics.update(metrics_fns[1](all_cious))
+    return metrics
+
+
+def selection_score(metrics: dict[str, Any], name: str) -> tuple[str, float]:
+    """(metric used, score where higher is better); losses are negated."""
+    if name not in metrics or not math.isfinite(float(metrics[name])):
+        name = "loss"
+    value = float(metrics.get(name, float("nan")))
+    return name, (-value if "loss" in name else value)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+def save_checkpoint(path: Path, model: HTFModel, optimizer: torch.optim.Optimizer,
+                    scaler: torch.amp.GradScaler, scheduler: Any, state: RunState,
+                    cfg: TrainConfig, info: du.DistInfo) -> None:
+    """Collective (gathers every rank's RNG state); rank 0 writes."""
+    rngs = du.gather_objects(ckpt.rng_state(), info)
+    if not info.is_main:
+        return
+    payload = checkpoint_payload(model, cfg)
+    payload.update({"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                    "scheduler": scheduler.state_dict(), "step": state.step, "epoch": state.epoch,
+                    "best_score": state.best_score, "best_metrics": state.best_metrics,
+                    "rng": rngs, "world_size": info.world})
+    ckpt.save_atomic(payload, path)
+
+
+def restore(path: Path, model: HTFModel, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+            scheduler: Any, info: du.DistInfo) -> RunState:
+    saved = ckpt.load(path, map_location=info.device)
+    model.load_state_dict(saved["model"])
+    model.data_settings = saved.get("data_settings")
+    optimizer.load_state_dict(saved["optimizer"])
+    scaler.load_state_dict(saved["scaler"])
+    scheduler.load_state_dict(saved["scheduler"])
+    rngs = saved.get("rng") or []
+    if len(rngs) == info.world:
+        ckpt.set_rng_state(rngs[info.rank])
+    return RunState(step=saved["step"], epoch=saved["epoch"], best_score=saved["best_score"],
+                    best_metrics=saved.get("best_metrics", {}))
+
+
+# ----------------------------------------------------------------------------------- fit
+
+def _data_settings(urls: list[str], val_urls: list[str], log: Logger) -> dict[str, Any] | None:
+    settings = first_sample(urls).meta.get("pipeline")
+    if val_urls:
+        val_settings = first_sample(val_urls).meta.get("pipeline")
+        if val_settings != settings:
+            log.print("warning: validation shards were made with other pipeline settings than the "
+                      "training shards")
+    return settings
+
+
+def fit(cfg: TrainConfig, train_shards: str, val_shards: str | None, output: str | Path,
+        resume: bool = False) -> dict[str, Any]:
+    """Train as configured; returns the final state (step, epoch, best metrics)."""
+    info = du.init_distributed(cfg.train.dist_timeout_s)
+    try:
+        return _fit(cfg, train_shards, val_shards, Path(output), resume, info)
+    finally:
+        du.cleanup(info)
+
+
+def _fit(cfg: TrainConfig, train_shards: str, val_shards: str | None, output: Path,
+         resume: bool, info: du.DistInfo) -> dict[str, Any]:
+    seed_everything(cfg.train.seed, info.rank)
+    if info.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    do_resume = wants_resume(resume, output)
+    du.barrier(info)
+    if info.is_main:
+        (output / "logs").mkdir(parents=True, exist_ok=True)
+        save_config(cfg, output / "config.yaml")
+    du.barrier(info)
+    log = Logger(output, info.is_main)
+
+    urls = expand_urls(train_shards)
+    val_urls = expand_urls(val_shards) if val_shards else []
+    epoch_samples = cfg.data.epoch_samples or du.broadcast_object(
+        count_samples(urls) if info.is_main else None, info)
+    steps_per_epoch = max(1, epoch_samples // (cfg.data.batch_size * info.world))
+    total_steps = steps_per_epoch * cfg.train.epochs
+    if cfg.train.max_steps is not None:
+        total_steps = min(total_steps, cfg.train.max_steps)
+
+    model = HTFModel(cfg.model)
+    if cfg.train.init_from:
+        model.load_state_dict(load_model(cfg.train.init_from).state_dict())
+    model.data_settings = _data_settings(urls, val_urls, log)
+    model.to(info.device)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, steps_per_epoch * cfg.train.epochs, cfg))
+    scaler = torch.amp.GradScaler("cuda", enabled=info.device.type == "cuda" and cfg.train.amp == "fp16")
+    state = RunState()
+    if do_resume:
+        state = restore(ckpt.latest_path(output), model, optimizer, scaler, scheduler, info)
+        log.print(f"resumed from {ckpt.latest_path(output)} at step {state.step} (epoch {state.epoch})")
+    ddp_model: torch.nn.Module = model
+    if info.enabled:
+        ddp_model = DistributedDataParallel(
+            model, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
+
+    log.print(f"training on {info.world} process(es), {info.device}: {epoch_samples} samples/epoch, "
+              f"{steps_per_epoch} steps/epoch of {cfg.data.batch_size}/process, "
+              f"{total_steps} steps in total")
+    stream = TrainStream(urls, cfg.model, cfg.augment, cfg.data, info.rank, info.world, cfg.train.seed)
+    steps_run = 0
+    save = lambda path: save_checkpoint(path, model, optimizer, scaler, scheduler, state, cfg, info)  # noqa: E731
+    while state.step < total_steps:
+        state.epoch = state.step // steps_per_epoch
+        stream.set_epoch(state.epoch, state.step)
+        batches = iter(train_loader(stream, cfg.data))
+        end_of_epoch = min((state.epoch + 1) * steps_per_epoch, total_steps)
+        window = {"loss": 0.0, "n": 0, "wait": 0.0, "steps": 0, "t0": time.perf_counter()}
+        ddp_model.train()
+        while state.step < end_of_epoch:
+            t_wait = time.perf_counter()
+            batch = next(batches)
+            window["wait"] += time.perf_counter() - t_wait
+            loss = train_step(ddp_model, batch, optimizer, scaler, cfg, info, state.step, state.epoch)
+            scheduler.step()
+            state.step += 1
+            steps_run += 1
+            window["steps"] += 1
+            if loss is not None:
+                window["loss"] += loss
+                window["n"] += 1
+            if state.step % cfg.train.log_every_steps == 0 or state.step == end_of_epoch:
+                _log_window(log, window, state, cfg, info, optimizer, total_steps)
+                window = {"loss": 0.0, "n": 0, "wait": 0.0, "steps": 0, "t0": time.perf_counter()}
+            if state.step % cfg.train.save_every_steps == 0 and state.step < end_of_epoch:
+                save(ckpt.latest_path(output))
+        del batches
+        epoch_done = state.step % steps_per_epoch == 0
+        if epoch_done and val_urls and (state.step // steps_per_epoch) % cfg.train.val_every_epochs == 0:
+            _validate_and_select(model, val_urls, cfg, info, state, log, output, save)
+        save(ckpt.latest_path(output))
+    _write_rank_summary(output, info, state, steps_run)
+    log.print(f"done: step {state.step}, best {state.best_metrics}")
+    log.close()
+    return {"step": state.step, "epoch": state.epoch, "best_metrics": state.best_metrics,
+            "steps_run": steps_run}
+
+
+def _log_window(log: Logger, window: dict[str, float], state: RunState, cfg: TrainConfig,
+                info: du.DistInfo, optimizer: torch.optim.Optimizer, total_steps: int) -> None:
+    elapsed = max(time.perf_counter() - window["t0"], 1e-9)
+    values = {"epoch": state.epoch, "loss": window["loss"] / max(1, window["n"]),
+              "lr": optimizer.param_groups[0]["lr"],
+              "samples_per_s": window["steps"] * cfg.data.batch_size * info.world / elapsed,
+              "data_wait_frac": window["wait"] / elapsed}
+    log.log("train", state.step, values)
+    log.print(f"epoch {state.epoch} step {state.step}/{total_steps} loss {values['loss']:.4f} "
+              f"lr {values['lr']:.2e} {values['samples_per_s']:.1f} samples/s "
+              f"data-wait {values['data_wait_frac']:.1%}")
+
+
+def _validate_and_select(model: HTFModel, val_urls: list[str], cfg: TrainConfig, info: du.DistInfo,
+                         state: RunState, log: Logger, output: Path, save: Any) -> None:
+    metrics = validate(model, val_urls, cfg, info)
+    name, score = selection_score(metrics, cfg.train.select_metric)
+    improved = score > state.best_score
+    if improved:
+        state.best_score, state.best_metrics = score, {**metrics, "step": state.step, "selected_on": name}
+    log.log("val", state.step, {**metrics, "selected_on": name, "best": improved})
+    log.print(f"validation at step {state.step}: " + ", ".join(
+        f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
+        + (" (best so far)" if improved else ""))
+    if improved:
+        save(ckpt.best_path(output))
+
+
+def _write_rank_summary(output: Path, info: du.DistInfo, state: RunState, steps_run: int) -> None:
+    summary = {"rank": info.rank, "world_size": info.world, "final_step": state.step,
+               "steps_run": steps_run}
+    (output / "logs" / f"rank{info.rank}.json").write_text(json.dumps(summary) + "\n")

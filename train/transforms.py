@@ -1,0 +1,130 @@
+"""Sample -> model inputs, for training (augmented) and validation/test (``eval_inputs``).
+
+Frame and flow always get the same geometry. Flow vectors follow the geometry: scaled
+by the resize factor of each axis and, on a horizontal flip, x is negated — except for
+the official uint8 encoding (``flow.encoding: uint8_clip``), whose values are not vectors
+in pixels any more; there the official behaviour (no scaling, no sign change) is kept so
+released weights see what they were trained on.
+
+Resizing: area interpolation when shrinking (no aliasing), bicubic (frame) / bilinear
+(flow) when enlarging.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from htf.sample import ClipSample
+from train.config import OFFICIAL_FLOW_ENCODING, AugmentConfig, ModelConfig
+
+
+def official_flow(meta: dict[str, Any]) -> bool:
+    """True when the sample's flow is the official clipped-uint8 encoding."""
+    flow_settings = (meta.get("pipeline") or {}).get("flow") or {}
+    return flow_settings.get("encoding") == OFFICIAL_FLOW_ENCODING
+
+
+def _resize(img: np.ndarray, size: tuple[int, int], enlarge: int) -> np.ndarray:
+    """``img`` [H, W, C] -> [size[1], size[0], C] (cv2 order: size = (w, h))."""
+    h, w = img.shape[:2]
+    interp = cv2.INTER_AREA if size[0] * size[1] < w * h else enlarge
+    out = cv2.resize(img, size, interpolation=interp)
+    return out if out.ndim == 3 else out[:, :, None]
+
+
+def _geometry(frame: np.ndarray, flow: np.ndarray, box: tuple[int, int, int, int], size: int,
+              flip: bool, vectors: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Crop ``box`` = (x0, y0, w, h) of frame [H,W,3] and flow [2,H,W], resize to size x size."""
+    x0, y0, w, h = box
+    frame = _resize(np.ascontiguousarray(frame[y0:y0 + h, x0:x0 + w]), (size, size), cv2.INTER_CUBIC)
+    f = np.ascontiguousarray(flow[:, y0:y0 + h, x0:x0 + w].transpose(1, 2, 0))
+    f = _resize(f, (size, size), cv2.INTER_LINEAR).transpose(2, 0, 1).copy()
+    if vectors:
+        f[0] *= size / w
+        f[1] *= size / h
+    if flip:
+        frame = frame[:, ::-1]
+        f = f[:, :, ::-1]
+        if vectors:
+            f[0] = -f[0]
+    return frame, f
+
+
+def _to_tensors(frame: np.ndarray, flow: np.ndarray, spec: np.ndarray,
+                cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    mean = np.asarray(cfg.mean, np.float32)
+    std = np.asarray(cfg.std, np.float32)
+    image = (frame.astype(np.float32) / 255.0 - mean) / std
+    return (torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+            torch.from_numpy(np.ascontiguousarray(flow * np.float32(cfg.flow_scale))),
+            torch.from_numpy(np.ascontiguousarray(spec[None], dtype=np.float32)))
+
+
+def fit_time(spec: np.ndarray, frames: int | None, offset: int | None = None) -> np.ndarray:
+    """Crop [F, T] to ``frames`` columns (centred unless ``offset``); tile a shorter one."""
+    if frames is None:
+        return spec
+    t = spec.shape[1]
+    if t < frames:
+        spec = np.tile(spec, (1, -(-frames // t)))
+        t = spec.shape[1]
+    start = (t - frames) // 2 if offset is None else min(max(offset, 0), t - frames)
+    return spec[:, start:start + frames]
+
+
+def eval_arrays(sample: ClipSample, cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Test-time inputs: whole frame resized to S x S, centred audio crop."""
+    h, w = sample.frame.shape[:2]
+    frame, flow = _geometry(sample.frame, sample.flow, (0, 0, w, h), cfg.image_size, False,
+                            vectors=not official_flow(sample.meta))
+    return _to_tensors(frame, flow, fit_time(sample.spec, cfg.audio_frames), cfg)
+
+
+def eval_inputs(sample: ClipSample, model: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(image [3,S,S], flow [2,S,S], spec [1,F,T]) exactly as validation prepares them."""
+    return eval_arrays(sample, model.cfg)
+
+
+def _augment_spec(spec: np.ndarray, aug: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
+    spec = spec.astype(np.float32, copy=True)
+    if aug.audio_gain > 0:
+        spec += np.float32(rng.uniform(-aug.audio_gain, aug.audio_gain))
+    if aug.audio_noise > 0:
+        spec += rng.normal(0, aug.audio_noise, spec.shape).astype(np.float32)
+    fill = np.float32(spec.mean())
+    for axis, count in ((0, aug.freq_masks), (1, aug.time_masks)):
+        n = spec.shape[axis]
+        for _ in range(count):
+            width = int(rng.integers(0, max(1, n // 8) + 1))
+            start = int(rng.integers(0, n - width + 1))
+            if axis == 0:
+                spec[start:start + width] = fill
+            else:
+                spec[:, start:start + width] = fill
+    return spec
+
+
+def train_arrays(sample: ClipSample, cfg: ModelConfig, aug: AugmentConfig,
+                 rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Augmented training inputs: random square crop (a fraction of the short side), flip,
+    brightness/contrast jitter; random audio crop in time, gain, noise, masks."""
+    h, w = sample.frame.shape[:2]
+    side = int(round(min(h, w) * rng.uniform(*aug.crop_fraction)))
+    side = max(1, min(side, h, w))
+    box = (int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1)), side, side)
+    flip = bool(rng.random() < aug.hflip)
+    frame, flow = _geometry(sample.frame, sample.flow, box, cfg.image_size, flip,
+                            vectors=not official_flow(sample.meta))
+    if aug.brightness > 0:
+        gain = rng.uniform(1 - aug.brightness, 1 + aug.brightness)
+        shift = rng.uniform(-aug.brightness, aug.brightness) * 255 * 0.5
+        frame = np.clip(frame.astype(np.float32) * gain + shift, 0, 255)
+    spec = sample.spec
+    if aug.audio_time_shift and cfg.audio_frames is not None and spec.shape[1] > cfg.audio_frames:
+        spec = fit_time(spec, cfg.audio_frames, int(rng.integers(0, spec.shape[1] - cfg.audio_frames + 1)))
+    else:
+        spec = fit_time(spec, cfg.audio_frames)
+    return _to_tensors(frame, flow, _augment_spec(spec, aug, rng), cfg)
