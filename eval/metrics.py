@@ -43,7 +43,6 @@ BOX_FORMATS: tuple[str, ...] = ("flickr", "vggss")
 AUC_THRESHOLDS: tuple[float, ...] = tuple(0.05 * i for i in range(21))
 SUCCESS_THRESHOLD = 0.5
 _CUBIC_A = -0.75  # the cubic convolution constant of torch / OpenCV bicubic resizing
-_COORD_EPS = 1e-6  # guards floor(size * x) against float noise of normalised coordinates
 
 
 # --------------------------------------------------------------------------- ground truth
@@ -75,7 +74,7 @@ def _flatten_boxes(boxes: Sequence) -> list[list[float]]:
 def box_to_pixels(box: Sequence[float], size: int = 224) -> tuple[int, int, int, int]:
     """Normalised xyxy -> integer pixel xyxy at ``size`` (floor, as ``int(224 * v / 256)``)."""
     clipped = np.clip(np.asarray(box, dtype=np.float64), 0.0, 1.0)
-    x1, y1, x2, y2 = (int(math.floor(v * size + _COORD_EPS)) for v in clipped)
+    x1, y1, x2, y2 = (int(math.floor(v * size)) for v in clipped)
     return x1, y1, x2, y2
 
 

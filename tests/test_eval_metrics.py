@@ -59,6 +59,13 @@ def test_flickr_256_boxes_scale_by_224_over_256_with_floor():
     np.testing.assert_array_equal(gt, expected)
 
 
+def test_flickr_pixels_survive_the_six_decimal_rounding_of_stored_boxes():
+    # shards store normalised boxes rounded to 6 decimals; every 256-px coordinate must
+    # still land on the official pixel int(224 * v / 256)
+    for v in range(257):
+        assert M.box_to_pixels([round(v / 256, 6)] * 2 + [1.0, 1.0])[0] == int(224 * v / 256), v
+
+
 @pytest.mark.parametrize("name,mode,align", [("bicubic", "bicubic", False),
                                               ("bilinear", "bilinear", False),
                                               ("bilinear_align_corners", "bilinear", True)])
