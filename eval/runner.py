@@ -414,7 +414,8 @@ def _write_pictures(run: _Run, out: Path) -> list[dict]:
     made = []
     for kind, items in (("best", run.extremes.sorted_best()), ("worst", run.extremes.sorted_worst())):
         for rank, item in enumerate(items, 1):
-            image = overlay(item.frame, item.map, item.boxes, f"{item.id}  cIoU {item.ciou:.3f}",
+            label = f"{item.id}  cIoU {item.ciou:.3f}" + ("  (constant map)" if M.is_constant(item.map) else "")
+            image = overlay(item.frame, item.map, item.boxes, label,
                             pc.alpha, pc.colormap, pc.box_thickness, interp)
             rel = f"heatmaps/{kind}_{rank:02d}_{item.id.replace('/', '_')}.png"
             save_png(image, out / rel)

@@ -77,3 +77,30 @@ def test_checkpoint_with_missing_keys_is_refused_naming_them(shards, tmp_path, c
     torch.save(payload, ckpt)
     assert main(["--checkpoint", str(ckpt), "--shards", shards, "--output", str(tmp_path / "r")]) == 2
     assert "audnet.conv1.weight" in capsys.readouterr().err
+
+
+def _official_state(width=8):
+    from train.config import ModelConfig
+    from train.model import HTFModel
+
+    torch.manual_seed(0)
+    return HTFModel(ModelConfig(width=width, image_size=224)).state_dict()
+
+
+def test_official_pth_on_non_official_shards_warns_naming_the_settings(shards, tmp_path):
+    pth = tmp_path / "flickr.pth"
+    torch.save({"model": _official_state()}, pth)
+    assert main(["--checkpoint", str(pth), "--shards", shards, "--output", str(tmp_path / "r")]) == 0
+    warnings = json.loads((tmp_path / "r" / "metrics.json").read_text())["warnings"]
+    assert any("flow.method: shards 'dis', checkpoint expects 'farneback'" in w for w in warnings)
+
+
+def test_official_lightning_ckpt_with_htf_official_preset_refuses_other_shards(shards, tmp_path, capsys):
+    from pathlib import Path
+
+    ckpt = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in _official_state().items()}}, ckpt)
+    preset = Path(__file__).resolve().parents[1] / "configs" / "eval" / "htf-official.yaml"
+    assert main(["--checkpoint", str(ckpt), "--shards", shards, "--output", str(tmp_path / "r"),
+                 "--config", str(preset)]) == 2
+    assert "audio.feature: shards 'logmel', checkpoint expects 'linear'" in capsys.readouterr().err
