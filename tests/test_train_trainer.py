@@ -1,0 +1,116 @@
+"""The trainer in one process: outputs, checkpoint loading, NaN stop, resume rules."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import webdataset as wds
+
+from htf.sample import encode_sample
+from tests.train_helpers import PIPELINE, synthetic_sample, write_shards
+from train import checkpoint as ckpt
+from train.__main__ import main
+from train.model import load_model
+
+TINY = ["model.width=8", "model.image_size=56", "model.freeze_vision=false", "model.audio_frames=32",
+        "data.batch_size=4", "data.workers=0", "data.shuffle_buffer=8", "data.val_batch_size=8",
+        "train.epochs=2", "train.log_every_steps=1", "train.save_every_steps=2", "train.amp=none"]
+
+
+def _args(train: str, out: Path, val: str | None = None, extra: list[str] = ()) -> list[str]:
+    argv = ["--train-shards", train, "--output", str(out)]
+    if val:
+        argv += ["--val-shards", val]
+    for item in TINY + list(extra):
+        argv += ["--set", item]
+    return argv
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data")
+    return write_shards(folder, "train", [6, 5]), write_shards(folder, "val", [6], seed=1)
+
+
+@pytest.fixture(scope="module")
+def run(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert main(_args(data[0], out, data[1])) == 0
+    return out
+
+
+def _records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_run_writes_checkpoints_metrics_and_tensorboard(run):
+    assert ckpt.latest_path(run).is_file() and ckpt.best_path(run).is_file()
+    records = _records(run)
+    train = [r for r in records if r["kind"] == "train"]
+    assert [r["step"] for r in train] == [1, 2, 3, 4]      # 11 samples // batch 4 = 2 steps x 2 epochs
+    assert all(np.isfinite(r["loss"]) and r["samples_per_s"] > 0 and 0 <= r["data_wait_frac"] <= 1
+               for r in train)
+    val = [r for r in records if r["kind"] == "val"]
+    assert len(val) == 2 and all(r["n"] == 6 and 0 <= r["auc"] <= 1 for r in val)
+    assert list((run / "tb").iterdir())
+    assert torch.load(ckpt.latest_path(run), weights_only=True)["step"] == 4
+
+
+def test_checkpoint_loads_as_model_with_its_data_and_input_settings(run):
+    model = load_model(ckpt.best_path(run))
+    assert model.data_settings == PIPELINE
+    assert model.cfg.image_size == 56 and model.cfg.width == 8 and not model.training
+    sample = synthetic_sample(0)
+    from train.transforms import eval_inputs
+    image, flow, spec = eval_inputs(sample, model)
+    out = model(image[None], flow[None], spec[None])
+    assert out["map"].shape == (1, 7, 7)
+
+
+def test_existing_run_is_not_overwritten_without_resume(run, data, capsys):
+    assert main(_args(data[0], run)) == 1
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_torchrun_restart_resumes_from_latest_by_itself(data, tmp_path, monkeypatch):
+    assert main(_args(data[0], tmp_path, extra=["train.max_steps=3"])) == 0
+    assert torch.load(ckpt.latest_path(tmp_path), weights_only=True)["step"] == 3
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    assert main(_args(data[0], tmp_path)) == 0
+    steps = [r["step"] for r in _records(tmp_path) if r["kind"] == "train"]
+    assert steps == [1, 2, 3, 4]                             # the second run did step 4 only
+
+
+def test_nan_loss_stops_with_a_message_naming_the_step(tmp_path, capsys):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    with wds.TarWriter(str(folder / "train-000000.tar")) as sink:
+        for i in range(8):
+            sample = synthetic_sample(i)
+            sample.spec[:] = np.nan
+            sink.write(encode_sample(sample))
+    assert main(_args(str(folder / "train-000000.tar"), tmp_path / "run")) == 1
+    err = capsys.readouterr().err
+    assert "loss is nan at step 1" in err
+
+
+def test_bad_override_names_the_key(data, tmp_path, capsys):
+    assert main(_args(data[0], tmp_path, extra=["optim.lrr=1"])) == 2
+    assert "optim.lrr" in capsys.readouterr().err
+
+
+def test_atomic_save_keeps_the_previous_checkpoint_when_writing_fails(tmp_path, monkeypatch):
+    path = tmp_path / "latest.pt"
+    ckpt.save_atomic({"step": 1}, path)
+
+    def broken_save(obj, fh):
+        fh.write(b"partial")
+        raise OSError("disk full")
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        ckpt.save_atomic({"step": 2}, path)
+    monkeypatch.undo()
+    assert ckpt.load(path)["step"] == 1
