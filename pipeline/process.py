@@ -16,6 +16,7 @@ from htf.sample import ClipSample
 from pipeline.audio import audio_feature
 from pipeline.config import PipelineConfig, sample_settings
 from pipeline.decode import DecodedClip, decode_clip
+from pipeline.errors import ClipError
 from pipeline.flow import compute_flow_batch, encode_flow_values, resize_flow
 
 
@@ -40,6 +41,10 @@ def finish_flow(raw: np.ndarray, decoded: DecodedClip, cfg: PipelineConfig) -> n
 def clip_flows(decoded: list[DecodedClip], cfg: PipelineConfig) -> list[np.ndarray]:
     """Stored flow for each decoded clip; learned methods see them as one batch."""
     raw = compute_flow_batch([flow_inputs(d, cfg) for d in decoded], cfg.flow)
+    for r, d in zip(raw, decoded):
+        if not np.isfinite(r).all():
+            raise ClipError("flow_not_finite", f"{d.probe.path}: {cfg.flow.method} returned NaN/inf "
+                                               f"(frames {d.frame0.shape[1]}x{d.frame0.shape[0]} too small?)")
     return [finish_flow(r, d, cfg) for r, d in zip(raw, decoded)]
 
 

@@ -1,0 +1,67 @@
+"""Small synthetic worlds and bad files for the pipeline tests (generated once per process)."""
+from __future__ import annotations
+
+import functools
+import json
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from pathlib import Path
+
+from htf.config import load_config
+from htf.sample import decode_sample
+from pipeline.config import PipelineConfig
+from pipeline.synth import WorldConfig, generate_world
+
+
+@functools.lru_cache(maxsize=None)
+def world(n: int = 6, size: int = 64, seconds: float = 4.0, seed: int = 3) -> Path:
+    """A synthetic world in a temp folder (reused by every test of the process)."""
+    out = Path(tempfile.mkdtemp(prefix=f"htf_world_{n}_{size}_"))
+    generate_world(WorldConfig(n=n, seed=seed, size=size, seconds=seconds, workers=1), out, progress=False)
+    return out
+
+
+def world_config(size: int = 64) -> WorldConfig:
+    return WorldConfig(n=6, seed=3, size=size, workers=1)
+
+
+def small_config(*overrides: str) -> PipelineConfig:
+    """Pipeline settings sized for tests: 64-px frames, 2 samples per shard, no bar."""
+    base = ["frames.short_side=64", "frames.max_long_side=128", "pack.samples_per_shard=2",
+            "run.progress=false", "audio.n_mels=32"]
+    return load_config(PipelineConfig, None, base + list(overrides))
+
+
+def ffmpeg(*args: str) -> None:
+    subprocess.run(["ffmpeg", "-v", "error", "-y", *args], check=True)
+
+
+def copy_world(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def read_shards(out: Path, prefix: str = "shard") -> list:
+    """Decoded samples of every shard of ``prefix`` in shard order."""
+    samples = []
+    for shard in sorted(out.glob(f"{prefix}-*.tar")):
+        with tarfile.open(shard) as tar:
+            groups: dict[str, dict] = {}
+            for member in tar.getmembers():
+                key, ext = member.name.split(".", 1)
+                groups.setdefault(key, {"__key__": key})[ext] = tar.extractfile(member).read()
+        samples.extend(decode_sample(g) for g in groups.values())
+    return samples
+
+
+def failures(out: Path) -> list[dict]:
+    path = out / "failures.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def shard_bytes(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.glob("*.tar"))}
+
+
