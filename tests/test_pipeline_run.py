@@ -1,0 +1,117 @@
+"""Whole runs: outputs, per-clip failures, determinism, prefixes, flow cache reuse, CLI."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.__main__ import main
+from pipeline.runner import RunInputs, run_pipeline
+from tests.pipeline_helpers import failures, ffmpeg, read_shards, shard_bytes, small_config, world
+
+CONTRACT_META_KEYS = {"id", "source", "keyframe_index", "keyframe_time", "fps", "frame_count",
+                      "orig_size", "frame_size", "boxes", "box_format", "pipeline"}
+
+
+def _run(out: Path, *overrides: str, stage: str = "pack", **inputs) -> object:
+    root = inputs.pop("input_dir", world())
+    return run_pipeline(small_config(*overrides), RunInputs(str(root), str(out), **inputs), stage)
+
+
+def test_run_writes_shards_sizes_reports_and_contract_samples(tmp_path: Path):
+    root = world()
+    summary = _run(tmp_path, annotations=str(root / "boxes.json"))
+    assert summary.written == 6 and sum(summary.failures.values()) == 0
+    sizes = json.loads((tmp_path / "sizes.json").read_text())
+    assert sizes == {"shard-000000.tar": 2, "shard-000001.tar": 2, "shard-000002.tar": 2}
+    assert (tmp_path / "failures.jsonl").read_text() == ""
+    saved = yaml.safe_load((tmp_path / "pipeline_config.yaml").read_text())
+    assert saved["frames"]["short_side"] == 64
+    samples = read_shards(tmp_path)
+    assert [s.id for s in samples] == sorted(p.stem for p in (root / "video").glob("*.mp4"))
+    for s in samples:
+        assert CONTRACT_META_KEYS <= set(s.meta)
+        assert s.meta["box_format"] == "vggss" and len(s.meta["boxes"][0][0]) == 4
+        assert s.meta["pipeline"]["flow"]["method"] == "dis"
+        assert s.frame.shape == (64, 64, 3) and s.flow.shape == (2, 64, 64) and s.spec.shape == (32, 301)
+
+
+def test_bad_files_are_recorded_with_their_reason_and_good_clips_still_written(tmp_path: Path):
+    raw = tmp_path / "raw" / "video"
+    raw.mkdir(parents=True)
+    videos = sorted((world() / "video").glob("*.mp4"))
+    shutil.copy(videos[0], raw / "good.mp4")
+    (raw / "empty.mp4").write_bytes(b"")
+    (raw / "notes.mp4").write_text("this is not a video")
+    (raw / "truncated.mp4").write_bytes(videos[1].read_bytes()[: videos[1].stat().st_size // 3])
+    ffmpeg("-i", str(videos[2]), "-an", "-c", "copy", str(raw / "noaudio.mp4"))
+    ffmpeg("-i", str(videos[3]), "-frames:v", "1", "-c:a", "copy", str(raw / "oneframe.mp4"))
+    shutil.copy(videos[4], raw / "good.mkv")                       # duplicate id 'good'
+    split = tmp_path / "list.csv"
+    split.write_text("id,label\ngood,x\nempty,x\nnotes,x\ntruncated,x\nnoaudio,x\noneframe,x\nghost,x\n")
+    out = tmp_path / "out"
+    summary = _run(out, input_dir=tmp_path / "raw", split_list=str(split))
+    reasons = {f["id"]: f["reason"] for f in failures(out)}
+    assert summary.written == 1 and [s.id for s in read_shards(out)] == ["good"]
+    assert reasons == {"good": "duplicate_id", "empty": "empty_file", "notes": "unreadable_container",
+                       "truncated": "unreadable_container", "noaudio": "no_audio_stream",
+                       "oneframe": "too_few_frames", "ghost": "missing_file"}
+    for record in failures(out):
+        assert record["stage"] in {"index", "decode"} and record["detail"]
+
+
+def test_shards_are_identical_whatever_the_worker_count(tmp_path: Path):
+    _run(tmp_path / "w1", "run.workers=1")
+    _run(tmp_path / "w2", "run.workers=2")
+    one, two = shard_bytes(tmp_path / "w1"), shard_bytes(tmp_path / "w2")
+    assert len(one) == 3 and one == two
+
+
+def test_changing_audio_settings_reuses_every_cached_flow(tmp_path: Path):
+    first = _run(tmp_path)
+    second = _run(tmp_path, "audio.feature=linear", "audio.sample_rate=22050")
+    assert first.flow_computed == 6
+    assert second.flow_computed == 0 and second.flow_cached == 6
+    assert read_shards(tmp_path)[0].spec.shape == (257, 276)
+
+
+def test_prefixes_share_one_folder_and_sizes_json_merges(tmp_path: Path):
+    root = world()
+    _run(tmp_path, "pack.prefix=train", split_list=str(root / "train.txt"))
+    _run(tmp_path, "pack.prefix=test", split_list=str(root / "test.txt"))
+    sizes = json.loads((tmp_path / "sizes.json").read_text())
+    n_train = len((root / "train.txt").read_text().split())
+    n_test = len((root / "test.txt").read_text().split())
+    assert sum(v for k, v in sizes.items() if k.startswith("train-")) == n_train
+    assert sum(v for k, v in sizes.items() if k.startswith("test-")) == n_test
+    assert (tmp_path / "train-000000.tar").exists() and (tmp_path / "test-000000.tar").exists()
+
+
+def test_a_clip_over_the_time_limit_is_a_failure_not_a_hang(tmp_path: Path):
+    summary = _run(tmp_path, "run.clip_timeout_s=0.0001")
+    assert summary.written == 0
+    assert summary.failures == {"timeout": 6}
+
+
+def test_cli_runs_with_presets_flags_and_set_overrides(tmp_path: Path, capsys):
+    code = main(["run", "--config", "configs/pipeline/synthetic.yaml", "--input", str(world()),
+                 "--output", str(tmp_path), "--flow", "farneback", "--shard-prefix", "val",
+                 "--no-progress", "--set", "pack.samples_per_shard=4", "--set", "frames.short_side=64"])
+    assert code == 0
+    assert "6 written" in capsys.readouterr().out
+    assert json.loads((tmp_path / "sizes.json").read_text()) == {"val-000000.tar": 4, "val-000001.tar": 2}
+    assert read_shards(tmp_path, "val")[0].meta["pipeline"]["flow"]["method"] == "farneback"
+
+
+def test_cli_rejects_an_unknown_config_key_naming_it(tmp_path: Path, capsys):
+    code = main(["run", "--input", str(world()), "--output", str(tmp_path), "--set", "flow.methd=dis"])
+    assert code == 2 and "flow.methd" in capsys.readouterr().err
+
+
+def test_cli_refuses_a_learned_flow_without_weights_before_touching_clips(tmp_path: Path, capsys):
+    code = main(["run", "--input", str(world()), "--output", str(tmp_path), "--flow", "raft", "--no-progress"])
+    assert code == 2 and "--flow-ckpt" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.tar"))
