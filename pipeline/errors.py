@@ -19,9 +19,15 @@ class FlowSetupError(RuntimeError):
     raised before any clip is processed."""
 
 
-class ClipTimeout(ClipError):
+class ClipTimeout(BaseException):
+    """The per-clip time limit fired. A BaseException so that no ``except Exception`` in
+    decoding code can swallow it and misreport the clip."""
+
+    reason = "timeout"
+
     def __init__(self, seconds: float) -> None:
-        super().__init__("timeout", f"clip took longer than {seconds:g} s (run.clip_timeout_s)")
+        self.detail = f"clip took longer than {seconds:g} s (run.clip_timeout_s)"
+        super().__init__(self.detail)
 
 
 def failure_record(clip_id: str, stage: str, reason: str, detail: str = "",

@@ -154,7 +154,7 @@ def _guard(clip: ClipJob, stage: str, seconds: float, fn, *args, **kwargs):
     try:
         with time_limit(seconds):
             return fn(*args, **kwargs)
-    except ClipError as err:
+    except (ClipError, ClipTimeout) as err:
         raise _ClipFailed(failure_record(clip.id, stage, err.reason, err.detail, clip.video)) from None
     except MemoryError:
         raise _ClipFailed(failure_record(clip.id, stage, "out_of_memory", "", clip.video)) from None
