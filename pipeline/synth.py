@@ -1,10 +1,12 @@
 """A synthetic audio-visual world: real video files whose sound comes from a known object.
 
-Each clip shows two large objects of distinct classes (and sometimes a small silent third
-one) on a textured background. Exactly one large object sounds; its *class* decides the
-sound (pitch, timbre and rhythm), so the task needs both audio and vision. The sounding
-object moves in most clips, silent objects sometimes move too: motion is a useful prior
-but not sufficient.
+Each clip shows two large objects (and sometimes a small silent third one) on a textured
+background. Exactly one large object sounds; its *class* decides the sound (pitch, timbre
+and rhythm), so the task needs both audio and vision. The sounding object moves in most
+clips, silent objects sometimes move too: motion is a useful prior but not sufficient.
+In about a third of the clips both large objects are of the same class (two drums, one
+played): sound then says *what* sounds but not *which one*, and only motion can tell --
+the case optical flow is for.
 
 Large objects cover 27-41 % of the frame: under the field's median threshold a predicted
 mask covers half the frame, so a smaller box could never reach cIoU 0.5.
@@ -72,6 +74,7 @@ class WorldConfig:
     p_sounder_moves: float = 0.85
     p_distractor_moves: float = 0.45
     p_small_distractor: float = 0.5
+    p_same_class: float = 0.35
     split: tuple[float, float, float] = (0.7, 0.1, 0.2)
     workers: int = 2
 
@@ -97,6 +100,8 @@ def plan_clip(cfg: WorldConfig, index: int) -> dict[str, Any]:
     s = cfg.size
     classes = rng.permutation(len(CLASSES))
     horizontal = bool(rng.random() < 0.5)           # objects side by side or stacked
+    if rng.random() < cfg.p_same_class:             # two instances of one class
+        classes[1] = classes[0]
     objects = []
     for slot in range(2):
         w, h = rng.uniform(0.52, 0.64, size=2)

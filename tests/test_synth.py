@@ -147,3 +147,15 @@ def test_command_line_prints_where_it_wrote_the_world(tmp_path):
                             capture_output=True, text=True, check=True)
     assert str(tmp_path / "w") in result.stdout
     assert len(list((tmp_path / "w" / "video").glob("*.mp4"))) == 2
+
+
+def test_about_a_third_of_clips_pair_two_objects_of_the_sounding_class():
+    cfg = WorldConfig(n=400, seed=2)
+    same = 0
+    for i in range(cfg.n):
+        plan = plan_clip(cfg, i)
+        big = [o["class"] for o in plan["objects"] if not o["small"]]
+        same += big[0] == big[1]
+        small = [o["class"] for o in plan["objects"] if o["small"]]
+        assert all(c not in big for c in small)  # the small distractor never shares a class
+    assert 0.25 < same / cfg.n < 0.45
