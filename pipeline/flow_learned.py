@@ -68,6 +68,12 @@ def load_ptlflow_model(method: str, ckpt: Optional[str], allow_random_init: bool
         raise FlowSetupError(f"unknown flow method '{method}': use farneback, dis, or a ptlflow "
                              f"model name (e.g. raft, raft_small)")
     path = resolve_checkpoint(method, ckpt, allow_random_init)
+    if path is None:
+        # Random weights, seeded: every worker and every rerun builds the same network, so
+        # benchmark and resume runs stay reproducible.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return ptlflow.get_model(method).eval()
     return ptlflow.get_model(method, ckpt_path=path).eval()
 
 

@@ -103,7 +103,8 @@ def load_finished(task: Task) -> Optional[TaskResult]:
         return None
     if data.get("shard") and not (Path(task.output) / data["shard"]).exists():
         return None
-    data["skipped"] = True
+    # Nothing was computed or read from the cache by this run for a finished task.
+    data.update(skipped=True, flow_computed=0, flow_cached=0, seconds=0.0)
     return TaskResult(**data)
 
 

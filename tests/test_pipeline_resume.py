@@ -1,0 +1,70 @@
+"""Resumability: kill -9 a run and rerun it: same samples, nothing partial, no flow redone."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.pipeline_helpers import read_shards, shard_bytes, world
+
+# RAFT-small with random weights on CPU: slow enough (~0.5 s a clip) to be killed mid-run.
+SLOW_RUN = ["--flow", "raft_small", "--set", "flow.allow_random_init=true", "--set", "frames.short_side=128",
+            "--set", "pack.samples_per_shard=1", "--set", "audio.n_mels=32", "--workers", "1", "--no-progress"]
+
+
+def _command(out: Path) -> list[str]:
+    return [sys.executable, "-m", "pipeline", "run", "--input", str(world(n=3, size=128, seed=4)),
+            "--output", str(out), *SLOW_RUN]
+
+
+def test_killed_run_resumes_to_the_same_shards_without_recomputing_cached_flow(tmp_path: Path):
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    subprocess.run(_command(reference), check=True, capture_output=True)
+
+    proc = subprocess.Popen(_command(resumed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 120
+    while not (resumed / "shard-000000.tar").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = sorted(p.name for p in resumed.glob("shard-*.tar"))
+    assert 1 <= len(done_before) < 3, "the run must be killed part-way for this test to mean anything"
+    cached_before = _cached_flows(resumed)
+
+    subprocess.run(_command(resumed), check=True, capture_output=True)
+    summary = json.loads((resumed / "summary_shard_pack.json").read_text())
+    assert summary["tasks_skipped"] == len(done_before)
+    assert summary["flow_computed"] == 3 - cached_before
+    assert shard_bytes(resumed) == shard_bytes(reference)
+    assert not list(resumed.glob(".*.tmp"))
+    ids = [s.id for s in read_shards(resumed)]
+    assert len(ids) == len(set(ids)) == 3
+
+
+def _cached_flows(out: Path) -> int:
+    from pipeline.cache import ArrayCache
+
+    return sum(len(ArrayCache(out / "cache", key.name)) for key in (out / "cache" / "flow").iterdir())
+
+
+def test_a_partial_shard_left_by_a_crash_is_discarded_and_rebuilt(tmp_path: Path):
+    from pipeline.runner import RunInputs, run_pipeline
+    from tests.pipeline_helpers import small_config
+
+    cfg = small_config()
+    run_pipeline(cfg, RunInputs(str(world()), str(tmp_path)))
+    complete = shard_bytes(tmp_path)
+    # Simulate a crash in the middle of writing shard 1: its temp file half written, the
+    # final file and the task's record gone.
+    (tmp_path / ".shard-000001.tar.tmp").write_bytes(complete["shard-000001.tar"][:1000])
+    (tmp_path / "shard-000001.tar").unlink()
+    (tmp_path / ".work" / "pack" / "shard-000001.json").unlink()
+    summary = run_pipeline(cfg, RunInputs(str(world()), str(tmp_path)))
+    assert shard_bytes(tmp_path) == complete
+    assert summary.tasks_skipped == 2 and summary.flow_computed == 0
+    assert not (tmp_path / ".shard-000001.tar.tmp").exists()
