@@ -105,7 +105,7 @@ class BatchedFlow:
 
     def _forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         if self.kind == "ptlflow":
-            images = torch.stack([a.flip(1), b.flip(1)], dim=1)      # RGB -> BGR
+            images = torch.stack([a.flip(1), b.flip(1)], dim=1).contiguous()      # RGB -> BGR
             return self.model({"images": images})["flows"][:, 0]
         h, w = a.shape[-2:]
         ph, pw = (-h) % 8, (-w) % 8
