@@ -1,0 +1,48 @@
+"""The demo's report: the verdict it prints is computed from the measured metrics."""
+import json
+
+import pytest
+
+from htf.demo import ROWS, plot_training_curves, results_table, verdict
+
+
+def metrics(c: float) -> dict:
+    return {"ciou_at_0.5": c, "mean_ciou": c / 2, "auc": c / 3, "n": 10}
+
+
+def test_verdict_measures_the_margin_over_the_best_baseline():
+    results = {"htf": metrics(0.8), "noflow": metrics(0.7), "center": metrics(0.1),
+               "flow": metrics(0.55), "random": metrics(0.0)}
+    v = verdict(results)
+    assert v["best_baseline"] == "flow"
+    assert v["margin_over_best_baseline"] == pytest.approx(0.25)
+    assert v["beats_baselines_by_0.2"] and v["htf_at_least_noflow"]
+
+
+def test_verdict_reports_a_missed_target_instead_of_hiding_it():
+    results = {"htf": metrics(0.6), "noflow": metrics(0.7), "center": metrics(0.5),
+               "flow": metrics(0.3), "random": metrics(0.0)}
+    v = verdict(results)
+    assert not v["beats_baselines_by_0.2"] and not v["htf_at_least_noflow"]
+    assert v["htf_vs_noflow"] == pytest.approx(-0.1)
+
+
+def test_results_table_has_one_row_per_method_in_a_fixed_order():
+    results = {k: metrics(0.1 * i) for i, (k, _) in enumerate(ROWS)}
+    table = results_table(results)
+    assert table[0][:2] == ["method", "cIoU@0.5"]
+    assert [r[0] for r in table[1:]] == [label for _, label in ROWS]
+    assert table[2][1] == "0.100"
+
+
+def test_training_curves_are_drawn_from_each_runs_metrics_log(tmp_path):
+    runs = {}
+    for name in ("htf", "noflow"):
+        run = tmp_path / name
+        run.mkdir()
+        lines = [{"kind": "train", "step": s, "loss": 3 - 0.1 * s} for s in range(1, 6)]
+        lines += [{"kind": "val", "step": 5, "ciou_at_0.5": 0.4, "loss": 2.0}]
+        (run / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+        runs[name] = run
+    png = plot_training_curves(runs, tmp_path / "curves.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
