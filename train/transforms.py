@@ -6,8 +6,8 @@ the official uint8 encoding (``flow.encoding: uint8_clip``), whose values are no
 in pixels any more; there the official behaviour (no scaling, no sign change) is kept so
 released weights see what they were trained on.
 
-Resizing: area interpolation when shrinking (no aliasing), bicubic (frame) / bilinear
-(flow) when enlarging.
+Resizing: area interpolation when shrinking by 2x or more (no aliasing), otherwise bicubic
+(frame) / bilinear (flow). Normalisation goes through a 256-entry table per channel.
 """
 from __future__ import annotations
 
@@ -27,39 +27,44 @@ def official_flow(meta: dict[str, Any]) -> bool:
     return flow_settings.get("encoding") == OFFICIAL_FLOW_ENCODING
 
 
-def _resize(img: np.ndarray, size: tuple[int, int], enlarge: int) -> np.ndarray:
-    """``img`` [H, W, C] -> [size[1], size[0], C] (cv2 order: size = (w, h))."""
-    h, w = img.shape[:2]
-    interp = cv2.INTER_AREA if size[0] * size[1] < w * h else enlarge
-    out = cv2.resize(img, size, interpolation=interp)
-    return out if out.ndim == 3 else out[:, :, None]
+def _interp(src: tuple[int, int], size: int, enlarge: int) -> int:
+    """Area when shrinking by more than 2x (no aliasing), else ``enlarge`` (cheap, smooth)."""
+    return cv2.INTER_AREA if size * 2 <= min(src) else enlarge
 
 
 def _geometry(frame: np.ndarray, flow: np.ndarray, box: tuple[int, int, int, int], size: int,
               flip: bool, vectors: bool) -> tuple[np.ndarray, np.ndarray]:
     """Crop ``box`` = (x0, y0, w, h) of frame [H,W,3] and flow [2,H,W], resize to size x size."""
     x0, y0, w, h = box
-    frame = _resize(np.ascontiguousarray(frame[y0:y0 + h, x0:x0 + w]), (size, size), cv2.INTER_CUBIC)
-    f = np.ascontiguousarray(flow[:, y0:y0 + h, x0:x0 + w].transpose(1, 2, 0))
-    f = _resize(f, (size, size), cv2.INTER_LINEAR).transpose(2, 0, 1).copy()
-    if vectors:
-        f[0] *= size / w
-        f[1] *= size / h
+    frame = cv2.resize(frame[y0:y0 + h, x0:x0 + w], (size, size),
+                       interpolation=_interp((h, w), size, cv2.INTER_CUBIC))
+    interp = _interp((h, w), size, cv2.INTER_LINEAR)
+    channels = [cv2.resize(flow[c, y0:y0 + h, x0:x0 + w], (size, size), interpolation=interp)
+                for c in range(2)]
     if flip:
-        frame = frame[:, ::-1]
-        f = f[:, :, ::-1]
-        if vectors:
-            f[0] = -f[0]
-    return frame, f
+        frame = cv2.flip(frame, 1)
+        channels = [cv2.flip(c, 1) for c in channels]
+    if vectors:   # vectors follow the geometry: scale per axis, x sign flips with the image
+        channels[0] *= np.float32(size / w * (-1.0 if flip else 1.0))
+        channels[1] *= np.float32(size / h)
+    return frame, np.stack(channels)
+
+
+def _normalise_lut(cfg: ModelConfig) -> np.ndarray:
+    """[3, 256] float32 table: uint8 value -> (v / 255 - mean) / std, per channel."""
+    v = np.arange(256, dtype=np.float64) / 255.0
+    return np.stack([(v - m) / s for m, s in zip(cfg.mean, cfg.std)]).astype(np.float32)
 
 
 def _to_tensors(frame: np.ndarray, flow: np.ndarray, spec: np.ndarray,
                 cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    mean = np.asarray(cfg.mean, np.float32)
-    std = np.asarray(cfg.std, np.float32)
-    image = (frame.astype(np.float32) / 255.0 - mean) / std
-    return (torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
-            torch.from_numpy(np.ascontiguousarray(flow * np.float32(cfg.flow_scale))),
+    lut = _normalise_lut(cfg)
+    chw = np.ascontiguousarray(frame.transpose(2, 0, 1))
+    image = np.stack([np.take(lut[c], chw[c]) for c in range(3)])
+    flow = np.ascontiguousarray(flow, dtype=np.float32)
+    if cfg.flow_scale != 1.0:
+        flow = flow * np.float32(cfg.flow_scale)
+    return (torch.from_numpy(image), torch.from_numpy(flow),
             torch.from_numpy(np.ascontiguousarray(spec[None], dtype=np.float32)))
 
 
@@ -121,7 +126,7 @@ def train_arrays(sample: ClipSample, cfg: ModelConfig, aug: AugmentConfig,
     if aug.brightness > 0:
         gain = rng.uniform(1 - aug.brightness, 1 + aug.brightness)
         shift = rng.uniform(-aug.brightness, aug.brightness) * 255 * 0.5
-        frame = np.clip(frame.astype(np.float32) * gain + shift, 0, 255)
+        frame = np.clip(frame.astype(np.float32) * gain + shift, 0, 255).astype(np.uint8)
     spec = sample.spec
     if aug.audio_time_shift and cfg.audio_frames is not None and spec.shape[1] > cfg.audio_frames:
         spec = fit_time(spec, cfg.audio_frames, int(rng.integers(0, spec.shape[1] - cfg.audio_frames + 1)))
