@@ -27,17 +27,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from htf.sample import ClipSample, decode_sample, encode_sample  # noqa: E402
 from train.config import AugmentConfig, ModelConfig  # noqa: E402
 from train.model import HTFModel  # noqa: E402
-from train.transforms import train_arrays  # noqa: E402
 
 
 class UtilSampler:
     """Samples GPU utilisation (nvidia-smi, else torch.cuda.utilization) in a thread."""
 
-    def __init__(self, period: float = 0.2) -> None:
-        self.period, self.values, self._stop = period, [], threading.Event()
+    def __init__(self, period: float = 0.2, enabled: bool = True) -> None:
+        self.period, self.values, self._stop, self.enabled = period, [], threading.Event(), enabled
         self.smi = shutil.which("nvidia-smi")
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -63,31 +61,38 @@ class UtilSampler:
             time.sleep(self.period)
 
     def __enter__(self) -> "UtilSampler":
-        self.thread.start()
+        if self.enabled:
+            self.thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
-        self.thread.join()
+        if self.enabled:
+            self.thread.join()
 
     @property
     def mean(self) -> float | None:
         return float(np.mean(self.values)) if self.values else None
 
 
-def run_config(amp: str, batch: int, steps: int, freeze_vision: bool) -> dict:
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def run_config(amp: str, batch: int, steps: int, freeze_vision: bool, dev: torch.device) -> dict:
     torch.manual_seed(0)
-    dev = torch.device("cuda")
+    cuda = dev.type == "cuda"
     model = HTFModel(ModelConfig(width=64, image_size=224, freeze_vision=freeze_vision)).to(dev).train()
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=cuda and amp == "fp16")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp) if cuda else None
     image = torch.randn(batch, 3, 224, 224, device=dev)
     flow = torch.randn(batch, 2, 224, 224, device=dev)
     spec = torch.randn(batch, 1, 257, 276, device=dev)
 
     def step() -> float:
-        with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
+        with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
             loss = model(image, flow, spec, return_loss=True)["loss"]
         value = loss.detach().float().item()     # the trainer's per-step NaN check syncs too
         opt.zero_grad(set_to_none=True)
@@ -96,24 +101,33 @@ def run_config(amp: str, batch: int, steps: int, freeze_vision: bool) -> dict:
         scaler.update()
         return value
 
-    for _ in range(8):
+    for _ in range(8 if cuda else 1):
         step()
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    with UtilSampler() as util:
+    _sync(dev)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    with UtilSampler(enabled=cuda) as util:
         start = time.perf_counter()
         losses = [step() for _ in range(steps)]
-        torch.cuda.synchronize()
+        _sync(dev)
         elapsed = time.perf_counter() - start
     return {"amp": amp, "batch": batch, "freeze_vision": freeze_vision, "steps": steps,
             "samples_per_s": steps * batch / elapsed, "step_ms": 1000 * elapsed / steps,
-            "gpu_util_pct": util.mean, "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
+            "gpu_util_pct": util.mean, "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0,
             "loss_finite": bool(np.isfinite(losses).all())}
 
 
-def loader_rate_per_core(n: int = 64) -> float:
-    """decode_sample + train_arrays (224 px, official augmentation), one thread."""
-    import cv2
+def loader_rate_per_core(n: int = 64) -> float | None:
+    """decode_sample + train_arrays (224 px, official augmentation), one thread; None
+    when OpenCV is not installed on this machine."""
+    try:
+        import cv2
+
+        from htf.sample import ClipSample, decode_sample, encode_sample
+        from train.transforms import train_arrays
+    except ImportError as err:
+        print(f"loader rate skipped: {err}", flush=True)
+        return None
     cv2.setNumThreads(1)
     rng = np.random.default_rng(0)
     raws = []
@@ -135,22 +149,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "gpu_train_check.json"))
+    p.add_argument("--device", default="cuda", help="cuda (the check); cpu only to smoke-test the script")
     args = p.parse_args(argv)
-    if not torch.cuda.is_available():
+    dev = torch.device(args.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
         print("error: no CUDA device; this check needs a GPU", file=sys.stderr)
         return 1
     torch.backends.cudnn.benchmark = True
     t0 = time.time()
-    results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "runs": []}
+    name = torch.cuda.get_device_name() if dev.type == "cuda" else "cpu"
+    results = {"device": name, "torch": torch.__version__, "runs": []}
     for amp, frozen in (("bf16", True), ("fp16", True), ("none", True), ("bf16", False)):
-        r = run_config(amp, args.batch, args.steps, frozen)
+        r = run_config(amp, args.batch, args.steps, frozen, dev)
         results["runs"].append(r)
         print(json.dumps(r), flush=True)
-        torch.cuda.empty_cache()
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
     per_core = loader_rate_per_core()
     best = max(r["samples_per_s"] for r in results["runs"])
     results["loader_samples_per_s_per_core"] = per_core
-    results["loader_cores_to_feed_fastest"] = best / per_core
+    results["loader_cores_to_feed_fastest"] = best / per_core if per_core else None
     results["wall_s"] = time.time() - t0
     Path(args.out).write_text(json.dumps(results, indent=1))
     print(f"\n{results['device']}, batch {args.batch}:")
@@ -160,8 +178,10 @@ def main(argv: list[str] | None = None) -> int:
         util = "n/a" if r["gpu_util_pct"] is None else f"{r['gpu_util_pct']:.0f}"
         print(f"| {r['amp']} | {'frozen' if r['freeze_vision'] else 'trained'} | {r['samples_per_s']:.0f} "
               f"| {r['step_ms']:.1f} | {util} | {r['peak_mem_gib']:.1f} |")
-    print(f"loader: {per_core:.0f} samples/s per CPU core -> {best / per_core:.1f} workers feed the fastest run "
-          f"(total {results['wall_s']:.0f} s)")
+    if per_core:
+        print(f"loader: {per_core:.0f} samples/s per CPU core -> {best / per_core:.1f} workers feed "
+              f"the fastest run")
+    print(f"total {results['wall_s']:.0f} s; results in {args.out}")
     return 0
 
 

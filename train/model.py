@@ -2,7 +2,8 @@
 
 Module names follow torchvision's ResNet-18 and the official code (``imgnet``, ``audnet``,
 ``flownet``, ``flowatt.{query,key,value}_conv``) so released state dicts load by a pure key
-mapping (strip ``model.`` / ``module.`` prefixes). ``width`` < 64 gives the same structure
+mapping (strip ``model.`` / ``module.`` prefixes). The module needs torch and torchvision
+only (YAML and the config loader are imported where used), so GPU checks run on bare images. ``width`` < 64 gives the same structure
 with fewer channels for CPU runs; ``image_size`` 112 or 56 drops the stem max-pool (and the
 stem stride) so the map stays 7x7.
 
@@ -24,7 +25,6 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock, conv1x1
 
-from htf.config import ConfigError, load_config, to_dict
 from train.config import MAP_SIZE, OFFICIAL_DATA_SETTINGS, ModelConfig
 from train.loss import localization_loss, own_maps
 
@@ -111,6 +111,8 @@ class FlowAttention(nn.Module):
 def _fetch_torchvision_resnet18(name: str) -> dict[str, torch.Tensor]:
     """ImageNet weights by torchvision name; fails fast, with what to do, when offline."""
     from torchvision.models import ResNet18_Weights
+
+    from htf.config import ConfigError
     try:
         weights = ResNet18_Weights[name]
     except KeyError:
@@ -130,6 +132,7 @@ def _fetch_torchvision_resnet18(name: str) -> dict[str, torch.Tensor]:
 
 def load_backbone_weights(trunk: ResNetTrunk, source: str, skip: tuple[str, ...] = ()) -> None:
     """Load torchvision-style ResNet-18 weights (path or name) into ``trunk``; fc is ignored."""
+    from htf.config import ConfigError
     if Path(source).suffix in (".pth", ".pt", ".bin") or os.path.sep in source:
         if not Path(source).is_file():
             raise ConfigError(f"backbone weights file not found: {source}")
@@ -265,6 +268,7 @@ def load_model(path: str | os.PathLike, map_location: Any = "cpu") -> HTFModel:
     if not isinstance(ckpt, dict):
         raise ValueError(f"{path}: expected a dict checkpoint, got {type(ckpt).__name__}")
     if ckpt.get("format") == CHECKPOINT_FORMAT:
+        from htf.config import load_config
         cfg = load_config(ModelConfig, base=ckpt["config"]["model"])
         model = model_from_state(ckpt["model"], cfg, str(path))
         model.data_settings = ckpt.get("data_settings")
@@ -280,5 +284,6 @@ def load_model(path: str | os.PathLike, map_location: Any = "cpu") -> HTFModel:
 
 def checkpoint_payload(model: HTFModel, full_config: Any) -> dict[str, Any]:
     """The model part of our checkpoint (the trainer adds optimizer, step, RNG, ...)."""
+    from htf.config import to_dict
     return {"format": CHECKPOINT_FORMAT, "model": model.state_dict(),
             "config": to_dict(full_config), "data_settings": model.data_settings}
