@@ -169,3 +169,27 @@ def test_mismatched_state_dict_names_the_file(tmp_path):
     torch.save({"model": {"imgnet.conv1.weight": torch.zeros(64, 3, 7, 7)}}, path)
     with pytest.raises(ValueError, match="bad.pth"):
         load_model(path)
+
+
+def _two_identical_objects_one_moving():
+    """Visual map with the same feature at two places; flow features differ there."""
+    torch.manual_seed(0)
+    visual = torch.randn(1, 64, 7, 7)
+    visual[..., 1, 1] = visual[..., 5, 5] = torch.randn(64)
+    flow = torch.zeros(1, 64, 7, 7)
+    flow[..., 1, 1] = 3.0          # only the first object moves
+    return visual, flow
+
+
+def test_official_flow_attention_cannot_tell_identical_objects_apart_by_motion():
+    from train.model import FlowAttention
+    visual, flow = _two_identical_objects_one_moving()
+    out = FlowAttention(64, 64)(visual, flow)
+    assert torch.allclose(out[..., 1, 1], out[..., 5, 5], atol=1e-6)
+
+
+def test_flow_query_attention_lets_each_location_ask_with_its_own_motion():
+    from train.model import FlowAttention
+    visual, flow = _two_identical_objects_one_moving()
+    out = FlowAttention(64, 64, flow_query=True)(visual, flow)
+    assert not torch.allclose(out[..., 1, 1], out[..., 5, 5], atol=1e-3)
