@@ -9,6 +9,7 @@ from pipeline.runner import RunInputs, run_pipeline
 from tests.pipeline_helpers import shard_bytes, small_config, world
 
 
+@pytest.mark.timeout(240)  # a wedged Ray start must fail this test, not stall the suite
 def test_ray_executor_on_a_local_instance_writes_the_same_shards_as_the_process_pool(tmp_path: Path):
     ray = pytest.importorskip("ray", reason="ray is not installed")
     local = run_pipeline(small_config("run.workers=2"), RunInputs(str(world()), str(tmp_path / "local")))
