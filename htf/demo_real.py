@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from htf.demo import REPO, DemoPlan, make_shards, make_shards_from_folder, make_world, run_command, train_model
+from htf.demo import REPO, DemoPlan, make_shards, make_shards_from_folder, make_world, train_model
 
 DEFAULT_VIDEOS = REPO.parent / "shared" / "data" / "real_videos"
 DEFAULT_CHECKPOINT = REPO / "demo_out" / "runs" / "htf" / "checkpoints" / "best.pt"
@@ -70,6 +70,24 @@ def summarize_pipeline(shards: Path) -> tuple[list[str], list[dict]]:
     return sorted(set(accepted)), failures
 
 
+def localize_all(checkpoint: Path, videos: list[Path], out: Path, every: int,
+                 with_overlay: int) -> tuple[list[str], list[tuple[str, str]]]:
+    """``eval.localize`` on each clip, the model loaded once; a failing clip is recorded, not fatal."""
+    from eval.localize import localize
+    from train.model import load_model
+
+    model = load_model(str(checkpoint))
+    done, failed = [], []
+    for k, video in enumerate(videos):
+        print(f"[demo-real] localize {video.name}", flush=True)
+        try:
+            localize(model, str(video), out, every=every if k < with_overlay else None)
+            done.append(video.stem)
+        except Exception as err:  # one bad clip must not stop the others
+            failed.append((video.stem, f"{type(err).__name__}: {err}"))
+    return done, failed
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m htf.demo_real", description=__doc__.split("\n")[0])
     p.add_argument("--output", default="demo_out/real")
@@ -91,17 +109,8 @@ def main(argv: list[str] | None = None) -> int:
                                      pipeline_preset_of(checkpoint, out / "pipeline_from_checkpoint.yaml"))
     accepted, failures = summarize_pipeline(shards)
     videos = {v.stem: v for v in a.videos.iterdir() if v.is_file()}
-    pictures, localize_failures = [], []
-    for k, clip in enumerate(accepted):
-        cmd = [sys.executable, "-m", "eval.localize", "--checkpoint", str(checkpoint),
-               "--video", str(videos[clip]), "--output", str(out / "localize")]
-        if k < a.videos_with_overlay:
-            cmd += ["--every", str(a.every)]
-        try:
-            run_command(cmd, out / "logs" / f"localize_{clip}.log")
-            pictures.append(clip)
-        except SystemExit as err:
-            localize_failures.append((clip, str(err).splitlines()[-1]))
+    pictures, localize_failures = localize_all(checkpoint, [videos[c] for c in accepted], out / "localize",
+                                               a.every, a.videos_with_overlay)
     reasons = Counter(f.get("reason", "?").split(":")[0] for f in failures)
     lines = ["# Real footage through the whole path", "", __doc__.split("\n\n")[2].replace("\n", " "), "",
              f"- videos in {a.videos}: {len(videos)}",

@@ -183,6 +183,11 @@ class HTFModel(nn.Module):
         elif cfg.flow == "maxpool":
             self.flownet = nn.AdaptiveMaxPool2d(MAP_SIZE)
             self.flowatt = FlowAttention(dim, 2, cfg.attention == "flow_query")
+        if cfg.flow != "none" and cfg.attention_value_init == "zero":
+            # Residual branch starts at zero: the model begins as the no-flow model and
+            # adds flow context only as far as it helps (from-scratch training on a CPU).
+            nn.init.zeros_(self.flowatt.value_conv.weight)
+            nn.init.zeros_(self.flowatt.value_conv.bias)
         if cfg.vision_weights:
             load_backbone_weights(self.imgnet, cfg.vision_weights)
         if cfg.flow == "cnn" and cfg.flow_weights:
