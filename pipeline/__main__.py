@@ -5,14 +5,22 @@ stage (``flow`` fills the flow cache, e.g. on a GPU machine, before ``pack`` on 
 """
 from __future__ import annotations
 
-import argparse
-import sys
-from pathlib import Path
+import os
 
-from htf.config import ConfigError, load_config
-from pipeline.config import PipelineConfig
-from pipeline.errors import FlowSetupError
-from pipeline.runner import RunInputs, run_pipeline
+# One core per worker process: BLAS and OpenMP read these when numpy, OpenCV or torch load
+# (imported below), so they must be set first; without them a single worker's small
+# matrix products spin a thread per core and --workers N fights itself.
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from htf.config import ConfigError, load_config  # noqa: E402
+from pipeline.config import PipelineConfig  # noqa: E402
+from pipeline.errors import FlowSetupError  # noqa: E402
+from pipeline.runner import RunInputs, run_pipeline  # noqa: E402
 
 COMMANDS = {"run": "pack", "index": "index", "decode": "decode", "flow": "flow", "audio": "audio", "pack": "pack"}
 

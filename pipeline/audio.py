@@ -32,11 +32,42 @@ def audio_feature(waveform: np.ndarray, sample_rate: int, audio_cfg: AudioConfig
     raise ValueError(f"unknown audio feature {audio_cfg.feature!r}")
 
 
+def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
+    """Slaney mel scale (librosa's default, htk=False): linear below 1 kHz, log above."""
+    hz = np.asarray(hz, dtype=np.float64)
+    f_sp, min_log_hz, logstep = 200.0 / 3, 1000.0, np.log(6.4) / 27.0
+    mel = hz / f_sp
+    above = hz >= min_log_hz
+    mel[above] = min_log_hz / f_sp + np.log(hz[above] / min_log_hz) / logstep
+    return mel
+
+
+def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    mel = np.asarray(mel, dtype=np.float64)
+    f_sp, min_log_hz, logstep = 200.0 / 3, 1000.0, np.log(6.4) / 27.0
+    min_log_mel = min_log_hz / f_sp
+    hz = f_sp * mel
+    above = mel >= min_log_mel
+    hz[above] = min_log_hz * np.exp(logstep * (mel[above] - min_log_mel))
+    return hz
+
+
 @functools.lru_cache(maxsize=8)
 def _mel_basis(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None) -> np.ndarray:
-    import librosa
-
-    return librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)
+    """Slaney-normalised triangular mel filters [n_mels, n_fft // 2 + 1], the same as
+    ``librosa.filters.mel`` with its defaults (tests check it). Built here because
+    importing librosa (and scipy.signal with it) costs ~2 s in every worker process."""
+    fmax = sample_rate / 2.0 if fmax is None else float(fmax)
+    fft_hz = np.fft.rfftfreq(n_fft, d=1.0 / sample_rate)
+    edges = _mel_to_hz(np.linspace(_hz_to_mel(np.array([fmin]))[0], _hz_to_mel(np.array([fmax]))[0], n_mels + 2))
+    widths = np.diff(edges)
+    ramps = edges[:, None] - fft_hz[None, :]
+    lower = -ramps[:-2] / widths[:-1, None]
+    upper = ramps[2:] / widths[1:, None]
+    # Rounded to float32 before the normalisation, in librosa's order: bit-identical filters.
+    weights = np.maximum(0.0, np.minimum(lower, upper)).astype(np.float32)
+    weights *= (2.0 / (edges[2:n_mels + 2] - edges[:n_mels]))[:, None]
+    return weights
 
 
 @functools.lru_cache(maxsize=8)

@@ -20,7 +20,7 @@ import numpy as np
 
 from pipeline.config import FramesConfig, PipelineConfig
 from pipeline.errors import ClipError
-from pipeline.index import ProbeInfo, open_container, probe_video
+from pipeline.index import ProbeInfo, open_container, probe_container
 
 # Decoding starts this long before the window so that the first decoded audio frame
 # already covers the window start after a seek to the nearest preceding packet.
@@ -72,25 +72,30 @@ def choose_keyframe(probe: ProbeInfo, keyframe_index: int | None, keyframe_entry
 
 def decode_clip(video_path: str, cfg: PipelineConfig, keyframe_index: int | None = None,
                 audio_path: str | None = None, keyframe_entry: int | None = None,
-                probe: ProbeInfo | None = None) -> DecodedClip:
+                probe: ProbeInfo | None = None, container=None) -> DecodedClip:
     """Keyframe + next frame (stored size, RGB) and the audio window of one clip.
 
     ``keyframe_index`` None -> the middle frame (frame_count // 2); ``keyframe_entry`` is
     an official imagetoframe entry (converted with the official rule). ``audio_path``
-    replaces the video's own audio track.
+    replaces the video's own audio track. ``container``: the file already opened by the
+    caller (PyAV), reused for frames and audio instead of opening the file twice more.
     """
     video_path = str(video_path)
+    if container is None:
+        with open_container(video_path) as own:
+            return decode_clip(video_path, cfg, keyframe_index, audio_path, keyframe_entry, probe, own)
     if probe is None:
-        probe = probe_video(video_path, audio_path, cfg.frames.max_source_pixels)
+        probe = probe_container(container, video_path, audio_path, cfg.frames.max_source_pixels)
     k = choose_keyframe(probe, keyframe_index, keyframe_entry, cfg.frames.min_frames)
     size = stored_size(probe.width, probe.height, cfg.frames)
     native = cfg.flow.resolution == "native"
-    pair = _decode_pair(video_path, probe, k, size, native)
+    pair = _decode_pair(video_path, probe, k, size, native, container)
     t_key = probe.timestamps[k] - probe.timestamps[0]
     center = t_key if cfg.audio.center == "keyframe" else probe.duration / 2
     wave, info = load_audio_window(audio_path or video_path, center, cfg.audio.seconds,
                                    cfg.audio.sample_rate, cfg.audio.min_coverage,
-                                   offset=probe.timestamps[0] if audio_path is None else 0.0)
+                                   offset=probe.timestamps[0] if audio_path is None else 0.0,
+                                   container=container if audio_path is None else None)
     _reject_silence(wave, cfg.audio.min_rms_dbfs, audio_path or video_path, info)
     return DecodedClip(frame0=pair[0], frame1=pair[1], waveform=wave, sample_rate=cfg.audio.sample_rate,
                        keyframe_index=k, keyframe_time=round(t_key, 6), probe=probe, audio_info=info,
@@ -105,11 +110,15 @@ def _convert(frame, size: tuple[int, int], native: bool) -> tuple[np.ndarray, Op
     return rgb, gray
 
 
-def _decode_pair(path: str, probe: ProbeInfo, k: int, size: tuple[int, int], native: bool):
+def _decode_pair(path: str, probe: ProbeInfo, k: int, size: tuple[int, int], native: bool, container=None):
     """Decode frames k and k+1 by timestamp; falls back to counting frames from the start
     when a container cannot seek or carries no usable timestamps."""
     try:
-        frames = _decode_by_seek(path, probe, k)
+        if container is None:
+            with open_container(path) as own:
+                frames = _decode_by_seek(own, path, probe, k)
+        else:
+            frames = _decode_by_seek(container, path, probe, k)
     except ClipError:
         raise
     except Exception:
@@ -120,30 +129,29 @@ def _decode_pair(path: str, probe: ProbeInfo, k: int, size: tuple[int, int], nat
     return rgb0, rgb1, g0, g1
 
 
-def _decode_by_seek(path: str, probe: ProbeInfo, k: int):
+def _decode_by_seek(container, path: str, probe: ProbeInfo, k: int):
     target, following = probe.timestamps[k], probe.timestamps[k + 1]
-    with open_container(path) as container:
-        stream = container.streams.video[0]
-        tb = float(stream.time_base)
-        # Half a frame of tolerance: timestamps of decoded frames and packets can differ by
-        # rounding in some containers.
-        eps = 0.5 * (following - target)
-        container.seek(int(math.floor(target / tb)), stream=stream, backward=True, any_frame=False)
-        got = []
-        try:
-            for frame in container.decode(stream):
-                if frame.pts is None:
-                    return None
-                t = frame.pts * tb
-                if t < target - eps:
-                    continue
-                if not got and t > target + eps:
-                    return None        # the seek landed past the keyframe: count instead
-                got.append(frame)
-                if len(got) == 2:
-                    return got
-        except Exception as err:
-            raise ClipError("decode_error", f"{path}: frame {k}: {type(err).__name__}: {err}") from None
+    stream = container.streams.video[0]
+    tb = float(stream.time_base)
+    # Half a frame of tolerance: timestamps of decoded frames and packets can differ by
+    # rounding in some containers.
+    eps = 0.5 * (following - target)
+    container.seek(int(math.floor(target / tb)), stream=stream, backward=True, any_frame=False)
+    got = []
+    try:
+        for frame in container.decode(stream):
+            if frame.pts is None:
+                return None
+            t = frame.pts * tb
+            if t < target - eps:
+                continue
+            if not got and t > target + eps:
+                return None        # the seek landed past the keyframe: count instead
+            got.append(frame)
+            if len(got) == 2:
+                return got
+    except Exception as err:
+        raise ClipError("decode_error", f"{path}: frame {k}: {type(err).__name__}: {err}") from None
     raise ClipError("decode_error", f"{path}: stream ended before frame {k + 1} (truncated file?)")
 
 
@@ -164,27 +172,32 @@ def _decode_by_count(path: str, k: int):
 # -------------------------------------------------------------------------------- audio
 
 def load_audio_window(path: str, center: float, seconds: float, sample_rate: int,
-                      min_coverage: float = 0.5, offset: float = 0.0) -> tuple[np.ndarray, dict[str, Any]]:
+                      min_coverage: float = 0.5, offset: float = 0.0,
+                      container=None) -> tuple[np.ndarray, dict[str, Any]]:
     """Mono float32 window of ``seconds`` centred on ``center`` (s from the video start).
 
     ``offset`` is the video's first timestamp, so audio and video share a time origin.
+    ``container``: ``path`` already opened by the caller (left open).
     """
+    if container is None:
+        with open_container(path) as own:
+            return load_audio_window(path, center, seconds, sample_rate, min_coverage, offset, own)
     n_out = int(round(seconds * sample_rate))
     t0 = center - seconds / 2 + offset
-    with open_container(path) as container:
-        if not container.streams.audio:
-            raise ClipError("no_audio_stream", f"{path} has no audio stream")
-        stream = container.streams.audio[0]
-        track_start, track_end = _audio_extent(container, stream)
-        if track_end is not None and track_end - track_start >= seconds:
-            # Shift the window inside the track when the keyframe is near an end.
-            t0 = min(max(t0, track_start), track_end - seconds)
-            samples, first_time = _decode_audio(container, stream, t0, t0 + seconds, sample_rate)
-            start = int(round((t0 - first_time) * sample_rate))
-            if first_time is not None and start >= 0 and len(samples) - start >= n_out:
-                wave = samples[start:start + n_out]
-                return wave, {"window": [round(t0 - offset, 4), round(t0 - offset + seconds, 4)],
-                              "tiled": False, "track_seconds": round(track_end - track_start, 3)}
+    if not container.streams.audio:
+        raise ClipError("no_audio_stream", f"{path} has no audio stream")
+    stream = container.streams.audio[0]
+    track_start, track_end = _audio_extent(container, stream)
+    if track_end is not None and track_end - track_start >= seconds:
+        # Shift the window inside the track when the keyframe is near an end.
+        t0 = min(max(t0, track_start), track_end - seconds)
+        samples, first_time = _decode_audio(container, stream, t0, t0 + seconds, sample_rate)
+        start = int(round((t0 - first_time) * sample_rate)) if first_time is not None else -1
+        if start >= 0 and len(samples) - start >= n_out:
+            wave = samples[start:start + n_out]
+            return wave, {"window": [round(t0 - offset, 4), round(t0 - offset + seconds, 4)],
+                          "tiled": False, "track_seconds": round(track_end - track_start, 3)}
+    # Short track or unknown extent: a fresh read of the whole track (rare; reopens the file).
     return _whole_track_window(path, center + offset, seconds, sample_rate, min_coverage, offset)
 
 
@@ -211,18 +224,25 @@ def _decode_audio(container, stream, t_from: float, t_to: float, sample_rate: in
     import av
 
     resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
-    if seek and t_from > _AUDIO_SEEK_MARGIN_S:
-        container.seek(int((t_from - _AUDIO_SEEK_MARGIN_S) / float(stream.time_base)),
-                       stream=stream, backward=True)
+    tb = float(stream.time_base)
+    if seek:
+        # Always seek: the container may be shared with the probe and frame decoding, so
+        # its read position is anywhere. Near the start, seek to the track's first packet.
+        start = stream.start_time if stream.start_time is not None else 0
+        target = int((t_from - _AUDIO_SEEK_MARGIN_S) / tb) if t_from > _AUDIO_SEEK_MARGIN_S else min(start, 0)
+        container.seek(target, stream=stream, backward=True)
     chunks: list[np.ndarray] = []
     first_time: Optional[float] = None
+    stop = t_to + 0.1
     try:
         for frame in container.decode(stream):
-            if frame.time is not None and first_time is None:
+            pts = frame.pts
+            if pts is not None and first_time is None:
                 first_time = float(frame.time)
             for out in resampler.resample(frame):
                 chunks.append(out.to_ndarray().reshape(-1))
-            if frame.time is not None and frame.time > t_to + 0.1:
+            # pts * float time base: no Fraction arithmetic per audio frame (~100 a clip).
+            if pts is not None and pts * tb > stop:
                 break
         for out in resampler.resample(None):
             chunks.append(out.to_ndarray().reshape(-1))

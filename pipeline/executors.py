@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Callable, Iterable, Iterator
 
@@ -24,12 +25,11 @@ def _worker_init() -> None:
         cv2.setNumThreads(1)
     except ImportError:
         pass
-    try:
-        import torch
-
+    # torch costs ~2 s to import: only a learned flow method loads it (and then reads
+    # OMP_NUM_THREADS=1 set above); the classical CPU path never pays for it.
+    torch = sys.modules.get("torch")
+    if torch is not None:
         torch.set_num_threads(1)
-    except ImportError:
-        pass
 
 
 def run_local(tasks: list[Task], workers: int, fn: Callable[[Task], TaskResult] | None = None,

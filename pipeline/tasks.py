@@ -31,7 +31,7 @@ from pipeline.config import PipelineConfig, _digest, content_fingerprint, flow_c
 from pipeline.decode import DecodedClip, decode_clip
 from pipeline.errors import ClipError, ClipTimeout, failure_record
 from pipeline.flow import is_learned
-from pipeline.index import probe_video
+from pipeline.index import open_container, probe_container
 from pipeline.pack import ShardWriter, shard_name
 from pipeline.process import assemble_sample, clip_flows
 
@@ -179,6 +179,7 @@ def run_task(task: Task) -> TaskResult:
     try:
         for start_i in range(0, len(task.clips), batch):
             _run_chunk(task, task.clips[start_i:start_i + batch], result, flow_cache, writer)
+        flow_cache.flush()
         if writer is not None:
             result.shard = writer.final_path.name if writer.commit() else None
             result.written = writer.count
@@ -197,13 +198,9 @@ def _run_chunk(task: Task, clips: list[ClipJob], result: TaskResult, flow_cache:
     decoded: list[tuple[ClipJob, DecodedClip]] = []
     for clip in clips:
         try:
-            probe = _guard(clip, "index", limit, probe_video, clip.video, clip.audio, cfg.frames.max_source_pixels)
-            result.index_records.append({"id": clip.id, **probe.summary(), "audio": clip.audio})
-            if task.stage == "index":
-                continue
-            d = _guard(clip, "decode", limit, decode_clip, clip.video, cfg, clip.keyframe_index,
-                       clip.audio, clip.keyframe_entry, probe)
-            decoded.append((clip, d))
+            d = _probe_and_decode(task, clip, result)
+            if d is not None:
+                decoded.append((clip, d))
         except _ClipFailed as failed:
             result.failures.append(failed.record)
     if task.stage in ("index", "decode") or not decoded:
@@ -223,6 +220,23 @@ def _run_chunk(task: Task, clips: list[ClipJob], result: TaskResult, flow_cache:
                 _guard(clip, "pack", limit, writer.write, sample)
         except _ClipFailed as failed:
             result.failures.append(failed.record)
+
+
+def _probe_and_decode(task: Task, clip: ClipJob, result: TaskResult) -> Optional[DecodedClip]:
+    """Index record and (past the index stage) decoded frames and audio of one clip, from
+    one open of the file: the probe's container is reused for the seek and the audio."""
+    cfg, limit = task.cfg, task.cfg.run.clip_timeout_s
+    container = _guard(clip, "index", limit, open_container, clip.video)
+    try:
+        probe = _guard(clip, "index", limit, probe_container, container, clip.video, clip.audio,
+                       cfg.frames.max_source_pixels)
+        result.index_records.append({"id": clip.id, **probe.summary(), "audio": clip.audio})
+        if task.stage == "index":
+            return None
+        return _guard(clip, "decode", limit, decode_clip, clip.video, cfg, clip.keyframe_index,
+                      clip.audio, clip.keyframe_entry, probe, container)
+    finally:
+        container.close()
 
 
 def _flows(task: Task, decoded: list[tuple[ClipJob, DecodedClip]], result: TaskResult,
@@ -252,9 +266,8 @@ def _flows(task: Task, decoded: list[tuple[ClipJob, DecodedClip]], result: TaskR
         if flow is None:
             continue
         clip, d = decoded[i]
-        cache.put(clip.id, d.keyframe_index, flow)
-        # Return what the cache holds (float16), so a fresh run and a resumed run write
+        # Go on with what the cache holds (float16), so a fresh run and a resumed run write
         # bit-identical samples.
-        flows[i] = flow.astype(np.float16).astype(np.float32)
+        flows[i] = cache.put(clip.id, d.keyframe_index, flow)
         result.flow_computed += 1
     return flows

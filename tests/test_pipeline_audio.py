@@ -34,3 +34,27 @@ def test_waveform_at_another_rate_is_resampled_to_the_configured_rate():
     cfg = AudioConfig()
     wave = np.random.default_rng(2).normal(0, 0.1, 3 * 44100).astype(np.float32)
     assert audio_feature(wave, 44100, cfg).shape == (80, 301)
+
+
+def test_mel_filters_are_bit_identical_to_librosa():
+    import librosa
+
+    from pipeline.audio import _mel_basis
+
+    for sr, n_fft, n_mels, fmin, fmax in [(16000, 512, 80, 20.0, None), (16000, 512, 64, 20.0, None),
+                                          (22050, 1024, 128, 0.0, 8000.0)]:
+        ours = _mel_basis(sr, n_fft, n_mels, fmin, fmax)
+        ref = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)
+        assert ours.dtype == ref.dtype and np.array_equal(ours, ref)
+
+
+def test_cpu_path_imports_neither_torch_nor_librosa():
+    import subprocess
+    import sys
+
+    code = ("import sys; from pipeline.runner import run_pipeline; from pipeline.tasks import run_task; "
+            "from pipeline.executors import _worker_init; from pipeline.audio import _mel_basis; "
+            "_worker_init(); _mel_basis(16000, 512, 80, 20.0, None); "
+            "print(sorted(m for m in ('torch', 'librosa', 'scipy.signal', 'ptlflow') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

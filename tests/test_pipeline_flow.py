@@ -74,3 +74,14 @@ def test_learned_model_with_random_weights_returns_flow_of_the_frame_size():
     frame0, frame1 = _textured_pair(1, 1, 128)
     flow = compute_flow(frame0, frame1, FlowConfig(method="raft_small", allow_random_init=True))
     assert flow.shape == (2, 128, 128) and flow.dtype == np.float32 and np.isfinite(flow).all()
+
+
+def test_float16_conversion_has_the_bits_of_numpy_astype_including_subnormals():
+    from pipeline.cache import to_float16
+
+    rng = np.random.default_rng(5)
+    for scale in (1.0, 1e-5, 1e-7, 1e-40):
+        flow = (rng.standard_normal((2, 37, 53)) * scale).astype(np.float32)
+        flow.flat[:4] = [0.0, -0.0, 2.0 ** -25, 3 * 2.0 ** -25]
+        assert np.array_equal(to_float16(flow).view(np.uint16), flow.astype(np.float16).view(np.uint16))
+    assert to_float16(flow).shape == flow.shape
