@@ -43,8 +43,15 @@ def run_local(tasks: list[Task], workers: int, fn: Callable[[Task], TaskResult] 
         for task in tasks:
             yield fn(task)
         return
-    # CUDA cannot be used in a forked child once initialised; fork is faster otherwise.
-    context = multiprocessing.get_context("spawn" if use_cuda else "fork")
+    # Never plain fork: forking a process that already runs threads (torch, Ray, a test
+    # runner) can copy a held import lock into the child, which then hangs on its first
+    # import. A fork server is a clean single-threaded process to fork workers from, with
+    # the task code preloaded; CUDA needs spawn.
+    if use_cuda:
+        context = multiprocessing.get_context("spawn")
+    else:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["pipeline.tasks"])
     with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init) as pool:
         # Keep at most 2 tasks per worker in flight: the queue of pending tasks stays small
         # however many clips there are.
