@@ -137,9 +137,31 @@ def _decode_by_seek(container, path: str, probe: ProbeInfo, k: int):
     # rounding in some containers.
     eps = 0.5 * (following - target)
     container.seek(int(math.floor(target / tb)), stream=stream, backward=True, any_frame=False)
-    got = []
     try:
-        for frame in container.decode(stream):
+        frames = _decode_from_seek_point(container, stream, target, eps)
+    except Exception as err:
+        raise ClipError("decode_error", f"{path}: frame {k}: {type(err).__name__}: {err}") from None
+    finally:
+        stream.codec_context.skip_frame = "DEFAULT"
+    if frames is not None and len(frames) < 2:
+        raise ClipError("decode_error", f"{path}: stream ended before frame {k + 1} (truncated file?)")
+    return frames
+
+
+def _decode_from_seek_point(container, stream, target: float, eps: float) -> Optional[list]:
+    """Frames at ``target`` and the next (fewer if the stream ends first; None: the seek
+    cannot be trusted, count frames instead), decoding forward from the seek point. Packets
+    before the target that no other frame references (non-reference B-frames) are not
+    decoded at all: a third less work on long GOPs, and the same pixels, since nothing
+    depends on them and they are never returned."""
+    tb = float(stream.time_base)
+    codec = stream.codec_context
+    first_wanted_pts = math.floor((target - eps) / tb)
+    got = []
+    for packet in container.demux(stream):
+        wanted = packet.pts is None or packet.pts >= first_wanted_pts
+        codec.skip_frame = "DEFAULT" if wanted else "NONREF"
+        for frame in packet.decode():
             if frame.pts is None:
                 return None
             t = frame.pts * tb
@@ -150,9 +172,7 @@ def _decode_by_seek(container, path: str, probe: ProbeInfo, k: int):
             got.append(frame)
             if len(got) == 2:
                 return got
-    except Exception as err:
-        raise ClipError("decode_error", f"{path}: frame {k}: {type(err).__name__}: {err}") from None
-    raise ClipError("decode_error", f"{path}: stream ended before frame {k + 1} (truncated file?)")
+    return got
 
 
 def _decode_by_count(path: str, k: int):
