@@ -149,8 +149,10 @@ def test_command_line_prints_where_it_wrote_the_world(tmp_path):
     assert len(list((tmp_path / "w" / "video").glob("*.mp4"))) == 2
 
 
-def test_about_a_third_of_clips_pair_two_objects_of_the_sounding_class():
-    cfg = WorldConfig(n=400, seed=2)
+def test_same_class_pairs_appear_at_the_configured_rate_and_never_by_default():
+    assert all(plan_clip(WorldConfig(n=1, seed=2), i)["objects"][0]["class"]
+               != plan_clip(WorldConfig(n=1, seed=2), i)["objects"][1]["class"] for i in range(200))
+    cfg = WorldConfig(n=400, seed=2, p_same_class=0.35)
     same = 0
     for i in range(cfg.n):
         plan = plan_clip(cfg, i)
