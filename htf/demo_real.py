@@ -111,14 +111,15 @@ def main(argv: list[str] | None = None) -> int:
     videos = {v.stem: v for v in a.videos.iterdir() if v.is_file()}
     pictures, localize_failures = localize_all(checkpoint, [videos[c] for c in accepted], out / "localize",
                                                a.every, a.videos_with_overlay)
-    reasons = Counter(f.get("reason", "?").split(":")[0] for f in failures)
+    reasons = Counter(f.get("reason", "?") for f in failures)
     lines = ["# Real footage through the whole path", "", __doc__.split("\n\n")[2].replace("\n", " "), "",
              f"- videos in {a.videos}: {len(videos)}",
              f"- accepted by the pipeline (became samples): {len(accepted)}",
              f"- rejected by the pipeline: {len(failures)}",
              f"- localised (keyframe overlay written): {len(pictures)}", "",
              "## Rejected clips and why", ""]
-    lines += [f"- `{f.get('id')}` ({f.get('stage')}): {f.get('reason')}" for f in failures] or ["- none"]
+    lines += [f"- `{f.get('id')}` ({f.get('stage')}): {f.get('reason')} -- {f.get('detail', '')}"
+              for f in failures] or ["- none"]
     if localize_failures:
         lines += ["", "## Localisation failures", ""] + [f"- `{c}`: {r}" for c, r in localize_failures]
     lines += ["", f"Rejections by reason: {dict(reasons)}", "", "## Keyframe heat maps", ""]
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     summary.write_text("\n".join(lines) + "\n")
     print(f"[demo-real] {len(accepted)} accepted, {len(failures)} rejected, {len(pictures)} localised")
     for f in failures:
-        print(f"  rejected {f.get('id')}: {f.get('reason')}")
+        print(f"  rejected {f.get('id')}: {f.get('reason')} ({f.get('detail', '')})")
     print(f"[demo-real] wrote {summary}, pictures in {out / 'localize'}, shards in {shards}")
     return 0
 
