@@ -81,3 +81,41 @@ def test_two_miniature_demos_with_the_same_seed_give_the_same_metrics(tmp_path):
             assert first[method][key] == pytest.approx(second[method][key], abs=1e-6), (method, key)
     # the trained models really produced maps (not a constant fallback)
     assert first["htf"]["mean_ciou"] != first["random"]["mean_ciou"]
+
+
+def test_demo_real_localises_accepted_clips_and_lists_rejected_ones_with_reasons(tmp_path):
+    import dataclasses
+    import subprocess
+
+    import torch
+
+    from htf.config import load_config
+    from htf.demo_real import main as demo_real
+    from pipeline.config import PipelineConfig
+    from pipeline.synth import WorldConfig, generate_world
+    from train.config import TrainConfig
+    from train.model import HTFModel, checkpoint_payload
+
+    world = tmp_path / "world"
+    generate_world(WorldConfig(n=2, seed=4, size=128, seconds=4.0, workers=1), world, progress=False)
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for clip in sorted((world / "video").glob("*.mp4")):
+        (videos / clip.name).write_bytes(clip.read_bytes())
+    silent = videos / "no_sound.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(clip), "-an", "-c", "copy", str(silent)], check=True)
+
+    cfg = load_config(TrainConfig, "configs/train/tiny.yaml")
+    model = HTFModel(cfg.model)
+    pipe = load_config(PipelineConfig, "configs/pipeline/synthetic.yaml")
+    model.data_settings = {k: dataclasses.asdict(getattr(pipe, k)) for k in ("frames", "flow", "audio")}
+    checkpoint = tmp_path / "model.pt"
+    torch.save(checkpoint_payload(model, cfg), checkpoint)
+
+    out = tmp_path / "real"
+    assert demo_real(["--output", str(out), "--videos", str(videos), "--checkpoint", str(checkpoint),
+                      "--videos-with-overlay", "0"]) == 0
+    summary = (out / "summary.md").read_text()
+    assert "accepted by the pipeline (became samples): 2" in summary
+    assert "`no_sound` (decode): no_audio_stream" in summary
+    assert len(list((out / "localize").glob("*_keyframe.png"))) == 2
