@@ -193,3 +193,12 @@ def test_flow_query_attention_lets_each_location_ask_with_its_own_motion():
     visual, flow = _two_identical_objects_one_moving()
     out = FlowAttention(64, 64, flow_query=True)(visual, flow)
     assert not torch.allclose(out[..., 1, 1], out[..., 5, 5], atol=1e-3)
+
+
+def test_imagenet_weights_by_name_fail_fast_offline_naming_the_file_to_provide(tmp_path, monkeypatch):
+    from train.config import ModelConfig
+    from train.model import HTFModel
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))      # nothing cached here
+    monkeypatch.setenv("HTF_OFFLINE", "1")               # and no download attempt in tests
+    with pytest.raises(RuntimeError, match=r"not cached at .*resnet18-.*\.pth"):
+        HTFModel(ModelConfig(width=64, vision_weights="IMAGENET1K_V1"))
