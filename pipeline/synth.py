@@ -74,6 +74,12 @@ class WorldConfig:
     p_distractor_moves: float = 0.45
     p_small_distractor: float = 0.5
     p_same_class: float = 0.0
+    # Sound families: classes 2k and 2k+1 make the same sound. With p_same_family of the
+    # clips showing both members, the sound says which *family* sounds but not which of
+    # the two visible objects: motion has to tell (at the level of classes, which the
+    # official flow attention can express, unlike same-class pairs).
+    sound_families: bool = False
+    p_same_family: float = 0.0
     split: tuple[float, float, float] = (0.7, 0.1, 0.2)
     workers: int = 2
 
@@ -101,6 +107,9 @@ def plan_clip(cfg: WorldConfig, index: int) -> dict[str, Any]:
     horizontal = bool(rng.random() < 0.5)           # objects side by side or stacked
     if rng.random() < cfg.p_same_class:             # two instances of one class
         classes[1] = classes[0]
+    elif cfg.sound_families and rng.random() < cfg.p_same_family:
+        partner = family_partner(int(classes[0]))   # two classes that sound the same
+        classes = np.array([classes[0], partner] + [c for c in classes[1:] if c != partner])
     objects = []
     for slot in range(2):
         w, h = rng.uniform(0.52, 0.64, size=2)
@@ -119,13 +128,24 @@ def plan_clip(cfg: WorldConfig, index: int) -> dict[str, Any]:
                         "cy": float(rng.uniform(0.15, 0.85) * s), "w": side, "h": side,
                         "small": True, "motion": _motion(rng, bool(rng.random() < 0.5), s)})
     draw_order = [int(i) for i in rng.permutation(len(objects))]
-    cls = CLASSES[objects[sounding]["class"]]
+    cls = CLASSES[sound_class(objects[sounding]["class"], cfg)]
     audio = {"f0": cls.f0 * float(rng.uniform(0.97, 1.03)), "gain": float(rng.uniform(0.35, 0.9)),
              "noise": float(rng.uniform(0.01, 0.05)), "rhythm_phase": float(rng.uniform(0, 1)),
              "seed": int(rng.integers(2**31))}
     background = {"seed": int(rng.integers(2**31)), "base": [int(v) for v in rng.integers(70, 150, 3)]}
     return {"id": clip_id(cfg.seed, index), "objects": objects, "sounding": sounding,
+            "sound_class": sound_class(objects[sounding]["class"], cfg),
             "draw_order": draw_order, "audio": audio, "background": background}
+
+
+def family_partner(cls: int) -> int:
+    """The other class of a sound family (classes 2k and 2k+1)."""
+    return cls ^ 1
+
+
+def sound_class(cls: int, cfg: WorldConfig) -> int:
+    """The class whose sound an object of class ``cls`` makes (its family's first class)."""
+    return cls & ~1 if cfg.sound_families else cls
 
 
 # ------------------------------------------------------------------------------- drawing
@@ -243,7 +263,7 @@ def sounding_box(plan: dict[str, Any], cfg: WorldConfig) -> list[float]:
 
 def render_audio(plan: dict[str, Any], cfg: WorldConfig) -> np.ndarray:
     """Mono float32 waveform: the sounding class's harmonic tone, rhythm and noise."""
-    cls = CLASSES[plan["objects"][plan["sounding"]]["class"]]
+    cls = CLASSES[plan.get("sound_class", plan["objects"][plan["sounding"]]["class"])]
     a = plan["audio"]
     sr = cfg.sample_rate
     t = np.arange(int(round(cfg.seconds * sr)), dtype=np.float64) / sr
@@ -358,13 +378,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=4.0)
     p.add_argument("--fps", type=int, default=25)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--sound-families", action="store_true",
+                   help="classes 2k and 2k+1 make the same sound")
+    p.add_argument("--p-same-family", type=float, default=0.0,
+                   help="with --sound-families: fraction of clips showing both members of a family")
     p.add_argument("--p-same-class", type=float, default=0.0,
                    help="fraction of clips whose two large objects share a class (only motion tells which sounds)")
     a = p.parse_args(argv)
     if a.n < 1 or a.size < 32 or a.seconds <= 0 or a.fps < 2 or not 0 <= a.p_same_class <= 1:
         p.error("need --n >= 1, --size >= 32, --seconds > 0, --fps >= 2, 0 <= --p-same-class <= 1")
     cfg = WorldConfig(n=a.n, seed=a.seed, size=a.size, seconds=a.seconds, fps=a.fps, workers=a.workers,
-                      p_same_class=a.p_same_class)
+                      p_same_class=a.p_same_class, sound_families=a.sound_families,
+                      p_same_family=a.p_same_family)
     summary = generate_world(cfg, a.output)
     print(f"synthetic world: {summary['clips']} clips in {summary['dir']} "
           f"(train {summary['n_train']}, val {summary['n_val']}, test {summary['n_test']}) "

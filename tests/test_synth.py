@@ -161,3 +161,22 @@ def test_same_class_pairs_appear_at_the_configured_rate_and_never_by_default():
         small = [o["class"] for o in plan["objects"] if o["small"]]
         assert all(c not in big for c in small)  # the small distractor never shares a class
     assert 0.25 < same / cfg.n < 0.45
+
+
+def test_sound_families_make_partner_classes_sound_alike_and_appear_together():
+    cfg = WorldConfig(n=300, seed=4, sound_families=True, p_same_family=0.3)
+    together = 0
+    for i in range(cfg.n):
+        plan = plan_clip(cfg, i)
+        big = [o["class"] for o in plan["objects"] if not o["small"]]
+        sounder = big[plan["sounding"]]
+        # both members of a family make the sound of the family's first class
+        assert plan["sound_class"] == sounder - sounder % 2
+        assert abs(plan["audio"]["f0"] / CLASSES[plan["sound_class"]].f0 - 1) <= 0.03
+        together += big[0] // 2 == big[1] // 2
+    assert 0.3 < together / cfg.n < 0.55   # forced 30 % plus the pairs chance gives
+
+
+def test_sound_families_leave_the_default_world_untouched():
+    plain, families_off = WorldConfig(n=1, seed=0), WorldConfig(n=1, seed=0, p_same_family=0.9)
+    assert all(plan_clip(plain, i) == plan_clip(families_off, i) for i in range(50))
