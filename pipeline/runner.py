@@ -77,6 +77,7 @@ def plan_tasks(cfg: PipelineConfig, inputs: RunInputs, stage: str) -> tuple[list
                     keyframe_entry=keyframes.get(c.id, {}).get("entry"),
                     boxes=annotations.boxes.get(c.id) if annotations else None)
             for c in found.clips]
+    warnings.extend(_uncovered_clip_warnings(found.clips, inputs, keyframes, annotations))
     per_shard = samples_per_shard(cfg)
     cache_dir = cfg.run.cache_dir or str(Path(inputs.output_dir) / "cache")
     tasks = [Task(index=i // per_shard, prefix=cfg.pack.prefix, stage=stage, clips=jobs[i:i + per_shard],
@@ -84,6 +85,22 @@ def plan_tasks(cfg: PipelineConfig, inputs: RunInputs, stage: str) -> tuple[list
                   box_format=annotations.box_format if annotations else None)
              for i in range(0, len(jobs), per_shard)]
     return tasks, found.failures, warnings, annotations
+
+
+def _uncovered_clip_warnings(clips: list, inputs: RunInputs, keyframes: dict,
+                             annotations: Annotations | None) -> list[dict[str, Any]]:
+    """Clips that a given keyframe map or box file does not cover: they are still processed
+    (middle frame; no boxes), and each is named in warnings.jsonl rather than passed over."""
+    out = []
+    for c in clips:
+        if inputs.keyframes and c.id not in keyframes:
+            out.append({"id": c.id, "stage": "index", "reason": "no_keyframe_entry",
+                        "detail": f"{c.id} is not in {inputs.keyframes}: the middle frame is used", "path": c.video})
+        if annotations is not None and c.id not in annotations.boxes:
+            out.append({"id": c.id, "stage": "index", "reason": "no_boxes",
+                        "detail": f"{c.id} has no boxes in {inputs.annotations}: its sample carries none",
+                        "path": c.video})
+    return out
 
 
 def execute(tasks: list[Task], cfg: PipelineConfig) -> Iterator[TaskResult]:

@@ -115,3 +115,21 @@ def test_cli_refuses_a_learned_flow_without_weights_before_touching_clips(tmp_pa
     code = main(["run", "--input", str(world()), "--output", str(tmp_path), "--flow", "raft", "--no-progress"])
     assert code == 2 and "--flow-ckpt" in capsys.readouterr().err
     assert not list(tmp_path.glob("*.tar"))
+
+
+def test_clips_a_keyframe_map_or_box_file_leaves_out_are_named_in_warnings(tmp_path: Path):
+    root = world()
+    ids = sorted(p.stem for p in (root / "video").glob("*.mp4"))
+    keyframes = tmp_path / "keyframes.json"
+    keyframes.write_text(json.dumps({ids[0]: 10}))
+    boxes = [b for b in json.loads((root / "boxes.json").read_text()) if b["file"] != ids[1]]
+    (tmp_path / "boxes.json").write_text(json.dumps(boxes))
+    summary = _run(tmp_path / "out", keyframes=str(keyframes), annotations=str(tmp_path / "boxes.json"))
+    assert summary.written == 6                     # still processed, not dropped
+    warned = [json.loads(line) for line in (tmp_path / "out" / "warnings.jsonl").read_text().splitlines()]
+    no_keyframe = {w["id"] for w in warned if w["reason"] == "no_keyframe_entry"}
+    assert no_keyframe == set(ids[1:])
+    assert {w["id"] for w in warned if w["reason"] == "no_boxes"} == {ids[1]}
+    by_id = {s.id: s for s in read_shards(tmp_path / "out")}
+    assert by_id[ids[0]].meta["keyframe_index"] == 10
+    assert not by_id[ids[1]].meta.get("boxes")
