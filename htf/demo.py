@@ -88,15 +88,20 @@ def make_world(plan: DemoPlan) -> Path:
     return world
 
 
+def run_pipeline(config: Path, videos: Path, shards: Path, prefix: str, workers: int, log: Path,
+                 extra: list[str] | None = None) -> None:
+    """One ``python -m pipeline run`` (the command a researcher would type)."""
+    run_command([sys.executable, "-m", "pipeline", "run", "--config", str(config), "--input", str(videos),
+                 "--output", str(shards), "--shard-prefix", prefix, "--workers", str(workers),
+                 "--no-progress", *(extra or [])], log)
+
+
 def make_shards(plan: DemoPlan, world: Path) -> Path:
     shards = plan.output / "shards"
     for split in SPLITS:
-        run_command([sys.executable, "-m", "pipeline", "run", "--config", str(plan.pipeline_config),
-                     "--input", str(world), "--output", str(shards),
-                     "--split-list", str(world / f"{split}.txt"),
-                     "--annotations", str(world / "boxes.json"), "--shard-prefix", split,
-                     "--workers", str(plan.nproc), "--no-progress"],
-                    plan.output / "logs" / f"pipeline_{split}.log")
+        run_pipeline(plan.pipeline_config, world, shards, split, plan.nproc,
+                     plan.output / "logs" / f"pipeline_{split}.log",
+                     ["--split-list", str(world / f"{split}.txt"), "--annotations", str(world / "boxes.json")])
     sizes = json.loads((shards / "sizes.json").read_text())
     failures = (shards / "failures.jsonl").read_text().splitlines() if (shards / "failures.jsonl").exists() else []
     print(f"[demo] shards: {sum(sizes.values())} samples in {len(sizes)} shard(s), "
@@ -106,9 +111,7 @@ def make_shards(plan: DemoPlan, world: Path) -> Path:
 
 def make_shards_from_folder(videos: Path, shards: Path, logs: Path, config: Path, workers: int = 2) -> Path:
     """The pipeline over a flat folder of videos (no split list, no boxes)."""
-    run_command([sys.executable, "-m", "pipeline", "run", "--config", str(config), "--input", str(videos),
-                 "--output", str(shards), "--shard-prefix", "real", "--workers", str(workers),
-                 "--no-progress"], logs / "pipeline_real.log")
+    run_pipeline(config, videos, shards, "real", workers, logs / "pipeline_real.log")
     return shards
 
 
