@@ -80,6 +80,12 @@ class WorldConfig:
     # official flow attention can express, unlike same-class pairs).
     sound_families: bool = False
     p_same_family: float = 0.0
+    # Playing motion: a sounding object moves the way its class is played (along its
+    # class's axis: horizontal, vertical or diagonal); a silent object that moves drifts
+    # along one of the other axes. Motion then says *what* is being played, a cue tied to
+    # the sound, which a contrastive loss can learn (a bare "it moves" cannot: every clip
+    # has a sounding object, so it raises positive and negative pairs alike).
+    playing_motion: bool = False
     split: tuple[float, float, float] = (0.7, 0.1, 0.2)
     workers: int = 2
 
@@ -90,13 +96,39 @@ def clip_id(seed: int, index: int) -> str:
 
 # ---------------------------------------------------------------------------- scene plan
 
-def _motion(rng: np.random.Generator, moves: bool, size: int) -> dict[str, float]:
+# Axes of playing motion (radians mod pi), chosen so a horizontal flip maps each kind to
+# itself: horizontal, vertical, and diagonal (45 or 135 degrees, which a flip swaps).
+MOTION_AXES = ("horizontal", "vertical", "diagonal")
+
+
+def playing_axis(cls: int) -> str:
+    """The axis along which an object of class ``cls`` moves while it sounds."""
+    return MOTION_AXES[cls % len(MOTION_AXES)]
+
+
+def _axis_direction(rng: np.random.Generator, axis: str) -> float:
+    base = {"horizontal": 0.0, "vertical": math.pi / 2,
+            "diagonal": math.pi / 4 if rng.random() < 0.5 else 3 * math.pi / 4}[axis]
+    return base + (math.pi if rng.random() < 0.5 else 0.0)
+
+
+def _motion(rng: np.random.Generator, moves: bool, size: int, axis: str | None = None) -> dict[str, float]:
     if not moves:
         return {"amp": 0.0, "freq": 0.0, "dir": 0.0, "phase": 0.0}
     # Phase near zero puts the keyframe (middle frame) close to peak speed, so the flow
     # pair (keyframe, keyframe + 1) really sees the motion.
-    return {"amp": float(rng.uniform(0.035, 0.07) * size), "freq": float(rng.uniform(0.6, 1.4)),
-            "dir": float(rng.uniform(0, 2 * math.pi)), "phase": float(rng.uniform(-0.6, 0.6))}
+    amp, freq = float(rng.uniform(0.035, 0.07) * size), float(rng.uniform(0.6, 1.4))
+    direction = float(rng.uniform(0, 2 * math.pi)) if axis is None else _axis_direction(rng, axis)
+    return {"amp": amp, "freq": freq, "dir": direction, "phase": float(rng.uniform(-0.6, 0.6))}
+
+
+def _motion_axis(rng: np.random.Generator, cfg: WorldConfig, cls: int, sounds: bool) -> str | None:
+    if not cfg.playing_motion:
+        return None
+    if sounds:
+        return playing_axis(cls)
+    others = [a for a in MOTION_AXES if a != playing_axis(cls)]
+    return others[int(rng.integers(len(others)))]
 
 
 def plan_clip(cfg: WorldConfig, index: int) -> dict[str, Any]:
@@ -121,12 +153,17 @@ def plan_clip(cfg: WorldConfig, index: int) -> dict[str, Any]:
     sounding = int(rng.integers(2))
     for i, obj in enumerate(objects):
         p = cfg.p_sounder_moves if i == sounding else cfg.p_distractor_moves
-        obj["motion"] = _motion(rng, bool(rng.random() < p), s)
+        moves = bool(rng.random() < p)
+        axis = _motion_axis(rng, cfg, obj["class"], i == sounding) if moves else None
+        obj["motion"] = _motion(rng, moves, s, axis)
     if rng.random() < cfg.p_small_distractor:
         side = rng.uniform(0.16, 0.22) * s
-        objects.append({"class": int(classes[2]), "cx": float(rng.uniform(0.15, 0.85) * s),
-                        "cy": float(rng.uniform(0.15, 0.85) * s), "w": side, "h": side,
-                        "small": True, "motion": _motion(rng, bool(rng.random() < 0.5), s)})
+        small = {"class": int(classes[2]), "cx": float(rng.uniform(0.15, 0.85) * s),
+                 "cy": float(rng.uniform(0.15, 0.85) * s), "w": side, "h": side, "small": True}
+        moves = bool(rng.random() < 0.5)
+        axis = _motion_axis(rng, cfg, small["class"], False) if moves else None
+        small["motion"] = _motion(rng, moves, s, axis)
+        objects.append(small)
     draw_order = [int(i) for i in rng.permutation(len(objects))]
     cls = CLASSES[sound_class(objects[sounding]["class"], cfg)]
     audio = {"f0": cls.f0 * float(rng.uniform(0.97, 1.03)), "gain": float(rng.uniform(0.35, 0.9)),
@@ -384,12 +421,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --sound-families: fraction of clips showing both members of a family")
     p.add_argument("--p-same-class", type=float, default=0.0,
                    help="fraction of clips whose two large objects share a class (only motion tells which sounds)")
+    p.add_argument("--playing-motion", action="store_true",
+                   help="a sounding object moves along its class's axis, silent ones along another")
     a = p.parse_args(argv)
     if a.n < 1 or a.size < 32 or a.seconds <= 0 or a.fps < 2 or not 0 <= a.p_same_class <= 1:
         p.error("need --n >= 1, --size >= 32, --seconds > 0, --fps >= 2, 0 <= --p-same-class <= 1")
     cfg = WorldConfig(n=a.n, seed=a.seed, size=a.size, seconds=a.seconds, fps=a.fps, workers=a.workers,
                       p_same_class=a.p_same_class, sound_families=a.sound_families,
-                      p_same_family=a.p_same_family)
+                      p_same_family=a.p_same_family, playing_motion=a.playing_motion)
     summary = generate_world(cfg, a.output)
     print(f"synthetic world: {summary['clips']} clips in {summary['dir']} "
           f"(train {summary['n_train']}, val {summary['n_val']}, test {summary['n_test']}) "

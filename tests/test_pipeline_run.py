@@ -133,3 +133,22 @@ def test_clips_a_keyframe_map_or_box_file_leaves_out_are_named_in_warnings(tmp_p
     by_id = {s.id: s for s in read_shards(tmp_path / "out")}
     assert by_id[ids[0]].meta["keyframe_index"] == 10
     assert not by_id[ids[1]].meta.get("boxes")
+
+
+def test_workers_take_the_biggest_tasks_first_and_missing_files_count_as_empty(tmp_path: Path):
+    from pipeline.config import PipelineConfig
+    from pipeline.runner import largest_first
+    from pipeline.tasks import ClipJob, Task
+
+    def task(index: int, sizes: list[int]) -> Task:
+        clips = []
+        for j, size in enumerate(sizes):
+            path = tmp_path / f"{index}_{j}.mp4"
+            if size >= 0:
+                path.write_bytes(b"x" * size)
+            clips.append(ClipJob(id=path.stem, video=str(path)))
+        return Task(index=index, prefix="train", stage="pack", clips=clips, cfg=PipelineConfig(),
+                    output=str(tmp_path), cache_dir=str(tmp_path))
+
+    tasks = [task(0, [10, 10]), task(1, [500]), task(2, [-1, 30]), task(3, [10, 10])]
+    assert [t.index for t in largest_first(tasks)] == [1, 2, 0, 3]   # ties keep their order

@@ -202,3 +202,34 @@ def test_imagenet_weights_by_name_fail_fast_offline_naming_the_file_to_provide(t
     monkeypatch.setenv("HTF_OFFLINE", "1")               # and no download attempt in tests
     with pytest.raises(RuntimeError, match=r"not cached at .*resnet18-.*\.pth"):
         HTFModel(ModelConfig(width=64, vision_weights="IMAGENET1K_V1"))
+
+
+def _htf(flow: str, **kw):
+    from train.config import ModelConfig
+    from train.model import HTFModel
+    torch.manual_seed(0)
+    return HTFModel(ModelConfig(flow=flow, width=16, image_size=112, freeze_vision=False, **kw)).eval()
+
+
+@pytest.mark.parametrize("flow", ["cnn", "maxpool"])
+def test_flow_local_starts_as_the_official_model(flow):
+    image, flow_t, spec = torch.randn(2, 3, 112, 112), torch.randn(2, 2, 112, 112), torch.randn(2, 1, 64, 100)
+    with torch.no_grad():
+        local = _htf(flow, flow_local=True)(image, flow_t, spec)["map"]
+        official = _htf(flow)(image, flow_t, spec)["map"]
+    assert torch.allclose(local, official, atol=1e-6)
+
+
+def test_flow_local_gives_identical_looking_places_different_features_when_one_moves():
+    model = _htf("maxpool", flow_local=True)
+    torch.nn.init.normal_(model.flow_local_conv.weight)      # as after some training
+    image = torch.zeros(1, 3, 112, 112)                        # one flat colour: every place looks alike
+    flow = torch.zeros(1, 2, 112, 112)
+    flow[:, 0, 16:32, 16:32] = 2.0                              # only the top-left patch moves
+    with torch.no_grad():
+        img, _ = model.features(image, flow, torch.randn(1, 1, 64, 100))
+    moving, still = img[0, :, 1, 1], img[0, :, 5, 5]
+    assert not torch.allclose(moving, still, atol=1e-3)
+    with torch.no_grad():       # the official block alone cannot tell them apart
+        official, _ = _htf("maxpool").features(image, flow, torch.randn(1, 1, 64, 100))
+    assert torch.allclose(official[0, :, 1, 1], official[0, :, 5, 5], atol=1e-6)

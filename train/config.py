@@ -37,6 +37,7 @@ class ModelConfig:
     flow: Literal["cnn", "maxpool", "none"] = "cnn"   # none = audio-visual baseline (ablation)
     attention: Literal["official", "flow_query"] = "official"  # flow_query: see FlowAttention
     attention_value_init: Literal["default", "zero"] = "default"  # zero: flow branch starts silent
+    flow_local: bool = False        # also add each location's own flow features (see HTFModel)
     width: int = 64                 # ResNet-18 base width: 64 is the standard (and official) net
     image_size: int = 224           # input side S; the backbone stride is S / 7 (32, 16 or 8)
     freeze_vision: bool = True      # official: vision ResNet has requires_grad=False

@@ -183,6 +183,17 @@ class HTFModel(nn.Module):
         elif cfg.flow == "maxpool":
             self.flownet = nn.AdaptiveMaxPool2d(MAP_SIZE)
             self.flowatt = FlowAttention(dim, 2, cfg.attention == "flow_query")
+        if cfg.flow != "none" and cfg.flow_local:
+            # Our option: a 1x1 projection of each location's own flow features is added at
+            # that location (after the attended map is normalised, so its size is measured
+            # against unit features): a spatial motion cue the official block cannot
+            # express. It starts at zero, so the model begins as the official one.
+            # maxpool: the max-pooled rectified components (+x, +y, -x, -y), which say how
+            # fast and along which axis a place moves (signed max-pooling alone cannot see
+            # leftward motion).
+            self.flow_local_conv = nn.Conv2d(dim if cfg.flow == "cnn" else 4, dim, 1)
+            nn.init.zeros_(self.flow_local_conv.weight)
+            nn.init.zeros_(self.flow_local_conv.bias)
         if cfg.flow != "none" and cfg.attention_value_init == "zero":
             # Residual branch starts at zero: the model begins as the no-flow model and
             # adds flow context only as far as it helps (from-scratch training on a CPU).
@@ -203,6 +214,12 @@ class HTFModel(nn.Module):
             self.imgnet.eval()
         return self
 
+    def _local_flow(self, flow: torch.Tensor, flow_features: torch.Tensor) -> torch.Tensor:
+        if self.cfg.flow == "cnn":
+            return flow_features
+        rectified = F.relu(torch.cat([flow, -flow], dim=1))
+        return F.adaptive_max_pool2d(rectified, MAP_SIZE)
+
     def features(self, image: torch.Tensor, flow: torch.Tensor | None,
                  spec: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(attended visual map [B, C, 7, 7], audio vector [B, C]), both L2-normalised, float32."""
@@ -210,7 +227,11 @@ class HTFModel(nn.Module):
         if self.cfg.flow != "none":
             if flow is None:
                 raise ValueError(f"model has flow '{self.cfg.flow}' but no flow was given")
-            img = img + self.flowatt(img, self.flownet(flow))
+            flow_features = self.flownet(flow)
+            img = img + self.flowatt(img, flow_features)
+            if self.cfg.flow_local:
+                local = self.flow_local_conv(self._local_flow(flow, flow_features))
+                img = F.normalize(img.float(), dim=1) + local.float()
         aud = self.audnet(spec)
         return F.normalize(img.float(), dim=1), F.normalize(aud.float(), dim=1)
 
