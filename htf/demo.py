@@ -15,6 +15,7 @@ Same seed, same numbers: every stage is seeded and the trainer is deterministic 
 from __future__ import annotations
 
 import argparse
+import csv
 import html
 import json
 import os
@@ -39,6 +40,10 @@ class DemoPlan:
     n: int = 600
     seed: int = 0
     size: int = 128
+    # The world gives motion a job (README, "What the demo shows"): a third of the clips
+    # show two objects of one class, and sounding objects move the way their class plays.
+    p_same_class: float = 0.35
+    playing_motion: bool = True
     nproc: int = 2
     pipeline_config: Path = REPO / "configs/pipeline/synthetic.yaml"
     train_config: Path = REPO / "configs/train/tiny.yaml"
@@ -82,6 +87,7 @@ def run_command(cmd: list[str], log: Path) -> None:
 def make_world(plan: DemoPlan) -> Path:
     world = plan.output / "world"
     summary = generate_world(WorldConfig(n=plan.n, seed=plan.seed, size=plan.size,
+                                         p_same_class=plan.p_same_class, playing_motion=plan.playing_motion,
                                          workers=os.cpu_count() or 1), world, progress=False)
     print(f"[demo] world: {summary['clips']} clips (train {summary['n_train']}, val "
           f"{summary['n_val']}, test {summary['n_test']}) -> {world}")
@@ -158,6 +164,41 @@ def results_table(results: dict[str, dict[str, Any]]) -> list[list[str]]:
     return rows
 
 
+CLIP_KINDS = (("distinct", "two classes: the sound names the object"),
+              ("same", "two objects of one class: only motion tells"))
+
+
+def clip_kinds(world: Path) -> dict[str, str]:
+    """Clip id -> 'same' or 'distinct': do its two large objects share a class?"""
+    kinds = {}
+    for clip in json.loads((world / "world.json").read_text())["clips"]:
+        large = [o["class"] for o in clip["objects"] if not o["small"]]
+        kinds[clip["id"]] = "same" if len(set(large)) < len(large) else "distinct"
+    return kinds
+
+
+def results_by_kind(eval_dir: Path, kinds: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """The evaluator's per-clip cIoU, summarised per kind of clip (same metric functions)."""
+    from eval.metrics import summarize
+
+    with open(eval_dir / "per_clip.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {kind: summarize([float(r["ciou"]) for r in rows if kinds.get(r["id"]) == kind])
+            for kind, _ in CLIP_KINDS if any(kinds.get(r["id"]) == kind for r in rows)}
+
+
+def kinds_table(by_kind: dict[str, dict[str, dict[str, Any]]]) -> list[list[str]]:
+    """cIoU@0.5 per method (rows) and kind of clip (columns)."""
+    kinds = [(k, label) for k, label in CLIP_KINDS if any(k in v for v in by_kind.values())]
+    rows = [["method"] + [f"{label} (n={next(v[k]['n'] for v in by_kind.values() if k in v)})"
+                          for k, label in kinds]]
+    for key, label in ROWS:
+        if key in by_kind:
+            rows.append([label] + [f"{by_kind[key][k]['ciou_at_0.5']:.3f}" if k in by_kind[key] else "-"
+                                   for k, _ in kinds])
+    return rows
+
+
 def verdict(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The demo's claims, measured: HTF beats the best training-free baseline by >= 0.2
     cIoU@0.5 and is not worse than the same model without flow."""
@@ -194,8 +235,9 @@ def plot_training_curves(runs: dict[str, Path], path: Path) -> Path:
 
 
 def write_report(plan: DemoPlan, results: dict[str, dict[str, Any]], seconds: dict[str, float],
-                 curves: Path) -> tuple[Path, Path]:
+                 curves: Path, by_kind: dict[str, dict[str, dict[str, Any]]] | None = None) -> tuple[Path, Path]:
     table = results_table(results)
+    per_kind = kinds_table(by_kind) if by_kind else []
     v = verdict(results)
     out = plan.output
     md = ["# Hear The Flow demo on the synthetic world", "",
@@ -206,8 +248,12 @@ def write_report(plan: DemoPlan, results: dict[str, dict[str, Any]], seconds: di
            f"{v['margin_over_best_baseline']:+.3f} cIoU@0.5 (target >= +0.2: "
            f"{'met' if v['beats_baselines_by_0.2'] else 'NOT met'})",
            f"- HTF vs no flow: {v['htf_vs_noflow']:+.3f} cIoU@0.5 (target >= 0: "
-           f"{'met' if v['htf_at_least_noflow'] else 'NOT met'})", "",
-           "## Training", "", f"![training curves]({curves.name})", "",
+           f"{'met' if v['htf_at_least_noflow'] else 'NOT met'})", ""]
+    if per_kind:
+        md += ["## cIoU@0.5 by kind of test clip", "",
+               "| " + " | ".join(per_kind[0]) + " |", "|" + "---|" * len(per_kind[0])]
+        md += ["| " + " | ".join(r) + " |" for r in per_kind[1:]] + [""]
+    md += ["## Training", "", f"![training curves]({curves.name})", "",
            "## Heat maps (best and worst test clips)", ""]
     for key, label in ROWS[:2]:
         md.append(f"- {label}: [report](eval/{key}/report.md)")
@@ -218,6 +264,7 @@ def write_report(plan: DemoPlan, results: dict[str, dict[str, Any]], seconds: di
 
     e = html.escape
     rows = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in table)
+    kind_rows = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in per_kind)
     pics = []
     for key, label in ROWS[:2]:
         for p in results[key].get("pictures", []):
@@ -229,13 +276,15 @@ def write_report(plan: DemoPlan, results: dict[str, dict[str, Any]], seconds: di
             "figure{display:inline-block;margin:4px}img{width:224px}figcaption{font-size:12px}</style></head><body>"
             f"<h1>Hear The Flow demo on the synthetic world</h1><p>{plan.n} clips, seed {plan.seed}.</p>"
             f"<table>{rows}</table><ul>{''.join(f'<li>{e(line[2:])}</li>' for line in md if line.startswith('- HTF'))}</ul>"
-            f"<h2>Training</h2><img style='width:800px' src='{curves.name}'>"
+            + (f"<h2>cIoU@0.5 by kind of test clip</h2><table>{kind_rows}</table>" if per_kind else "")
+            + f"<h2>Training</h2><img style='width:800px' src='{curves.name}'>"
             f"<h2>Heat maps</h2>{''.join(pics)}<h2>Wall time</h2><table>{times}</table></body></html>")
     html_path = out / "report.html"
     html_path.write_text(page)
     (out / "results.json").write_text(json.dumps({"results": {k: {m: results[k][m] for m in
                                                   ("ciou_at_0.5", "mean_ciou", "auc", "n")} for k in results},
-                                                  "verdict": v, "seconds": seconds}, indent=1))
+                                                  "by_kind": by_kind or {}, "verdict": v, "seconds": seconds},
+                                                 indent=1))
     return md_path, html_path
 
 
@@ -255,8 +304,10 @@ def run_demo(plan: DemoPlan) -> dict[str, Any]:
     for b in BASELINES:
         results[b] = clock.run("evaluate", evaluate, plan, shards, b, baseline=b)
     curves = plot_training_curves(runs, plan.output / "training_curves.png")
+    kinds = clip_kinds(world)
+    by_kind = {name: results_by_kind(plan.output / "eval" / name, kinds) for name in results}
     seconds = dict(clock.seconds, total=clock.total)
-    md_path, html_path = write_report(plan, results, seconds, curves)
+    md_path, html_path = write_report(plan, results, seconds, curves, by_kind)
     for row in results_table(results):
         print("  " + "".join(c.ljust(28 if i == 0 else 11) for i, c in enumerate(row)))
     v = verdict(results)

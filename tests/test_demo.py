@@ -119,3 +119,21 @@ def test_demo_real_localises_accepted_clips_and_lists_rejected_ones_with_reasons
     assert "accepted by the pipeline (became samples): 2" in summary
     assert "`no_sound` (decode): no_audio_stream" in summary
     assert len(list((out / "localize").glob("*_keyframe.png"))) == 2
+
+
+def test_results_are_split_by_kind_of_clip_with_the_evaluators_threshold(tmp_path):
+    from htf.demo import clip_kinds, kinds_table, results_by_kind
+    big = {"small": False}
+    clips = [{"id": "a", "objects": [dict(big, **{"class": 1}), dict(big, **{"class": 1})]},
+             {"id": "b", "objects": [dict(big, **{"class": 1}), dict(big, **{"class": 2}),
+                                     {"class": 1, "small": True}]},
+             {"id": "c", "objects": [dict(big, **{"class": 3}), dict(big, **{"class": 4})]}]
+    (tmp_path / "world.json").write_text(json.dumps({"clips": clips}))
+    kinds = clip_kinds(tmp_path)
+    assert kinds == {"a": "same", "b": "distinct", "c": "distinct"}   # the small one does not count
+    (tmp_path / "per_clip.csv").write_text("id,ciou\na,0.2\nb,0.5\nc,0.49\n")
+    by_kind = results_by_kind(tmp_path, kinds)
+    assert by_kind["same"]["ciou_at_0.5"] == 0.0 and by_kind["same"]["n"] == 1
+    assert by_kind["distinct"]["ciou_at_0.5"] == 0.5 and by_kind["distinct"]["n"] == 2
+    table = kinds_table({"htf": by_kind})
+    assert table[1][0].startswith("HTF") and table[1][1:] == ["0.500", "0.000"]

@@ -109,6 +109,13 @@ class OptimConfig:
     schedule: Literal["constant", "cosine"] = "constant"
     warmup_steps: int = 0
     grad_clip: float | None = None  # max global grad norm; None: off (official)
+    # Learning-rate multiplier for the flow branch (flownet, flowatt, flow_local_conv): its
+    # zero-initialised parts grow by about lr per Adam step, too slowly for a short run.
+    flow_lr_mult: float = 1.0
+
+    def validate(self) -> None:
+        if self.lr <= 0 or self.flow_lr_mult <= 0:
+            raise ValueError("optim.lr and optim.flow_lr_mult must be > 0")
 
 
 @dataclass

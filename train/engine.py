@@ -52,9 +52,19 @@ def seed_everything(seed: int, rank: int) -> None:
     torch.manual_seed(seed + rank)
 
 
+FLOW_BRANCH = ("flownet.", "flowatt.", "flow_local_conv.")
+
+
 def build_optimizer(model: HTFModel, cfg: TrainConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.Adam(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+    """Adam; the flow branch is its own group when ``optim.flow_lr_mult`` != 1."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    flow = [p for n, p in named if n.startswith(FLOW_BRANCH)]
+    if cfg.optim.flow_lr_mult == 1.0 or not flow:
+        groups: list[dict] = [{"params": [p for _, p in named]}]
+    else:
+        groups = [{"params": [p for n, p in named if not n.startswith(FLOW_BRANCH)]},
+                  {"params": flow, "lr": cfg.optim.lr * cfg.optim.flow_lr_mult}]
+    return torch.optim.Adam(groups, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                             weight_decay=cfg.optim.weight_decay)
 
 
