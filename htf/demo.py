@@ -151,7 +151,7 @@ def evaluate(plan: DemoPlan, shards: Path, name: str, checkpoint: Path | None = 
 
 # ---------------------------------------------------------------------------- report
 
-ROWS = (("htf", "HTF (flow attention)"), ("noflow", "no flow (flow: none)"),
+ROWS = (("htf", "HTF (flow attention + local flow)"), ("noflow", "no flow (flow: none)"),
         ("center", "center (baseline)"), ("flow", "flow magnitude (baseline)"),
         ("random", "random (baseline)"))
 

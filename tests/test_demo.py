@@ -63,7 +63,7 @@ def test_miniature_demo_runs_every_stage_and_writes_the_report(tmp_path):
     for name in ("report.md", "report.html", "training_curves.png", "results.json"):
         assert (plan.output / name).stat().st_size > 0
     assert (plan.output / "runs" / "htf" / "checkpoints" / "best.pt").is_file()
-    assert "HTF (flow attention)" in (plan.output / "report.md").read_text()
+    assert ROWS[0][1] in (plan.output / "report.md").read_text()
 
 
 @pytest.mark.slow

@@ -116,17 +116,17 @@ def test_atomic_save_keeps_the_previous_checkpoint_when_writing_fails(tmp_path, 
     assert ckpt.load(path)["step"] == 1
 
 
-def test_flow_lr_mult_gives_the_flow_branch_its_own_learning_rate():
+def test_flow_local_lr_mult_gives_the_flow_branch_its_own_learning_rate():
     from htf.config import load_config
     from train.config import TrainConfig
     from train.engine import build_optimizer
     from train.model import HTFModel
 
     cfg = load_config(TrainConfig, Path(__file__).parents[1] / "configs/train/tiny.yaml",
-                      ["model.flow=maxpool", "model.flow_local=true", "optim.flow_lr_mult=10"])
+                      ["model.flow=maxpool", "model.flow_local=true", "optim.flow_local_lr_mult=10"])
     model = HTFModel(cfg.model)
     base, flow = build_optimizer(model, cfg).param_groups
     assert flow["lr"] == pytest.approx(10 * base["lr"])
     flow_ids = {id(p) for p in flow["params"]}
     for name, p in model.named_parameters():
-        assert (id(p) in flow_ids) == name.startswith(("flowatt.", "flow_local_conv.", "flownet.")), name
+        assert (id(p) in flow_ids) == name.startswith("flow_local_conv."), name

@@ -109,13 +109,13 @@ class OptimConfig:
     schedule: Literal["constant", "cosine"] = "constant"
     warmup_steps: int = 0
     grad_clip: float | None = None  # max global grad norm; None: off (official)
-    # Learning-rate multiplier for the flow branch (flownet, flowatt, flow_local_conv): its
-    # zero-initialised parts grow by about lr per Adam step, too slowly for a short run.
-    flow_lr_mult: float = 1.0
+    # Learning-rate multiplier for model.flow_local's projection: it starts at zero and an
+    # Adam step moves it by about lr whatever the gradient's size, too slowly for a short run.
+    flow_local_lr_mult: float = 1.0
 
     def validate(self) -> None:
-        if self.lr <= 0 or self.flow_lr_mult <= 0:
-            raise ValueError("optim.lr and optim.flow_lr_mult must be > 0")
+        if self.lr <= 0 or self.flow_local_lr_mult <= 0:
+            raise ValueError("optim.lr and optim.flow_local_lr_mult must be > 0")
 
 
 @dataclass

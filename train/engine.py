@@ -52,18 +52,15 @@ def seed_everything(seed: int, rank: int) -> None:
     torch.manual_seed(seed + rank)
 
 
-FLOW_BRANCH = ("flownet.", "flowatt.", "flow_local_conv.")
-
-
 def build_optimizer(model: HTFModel, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Adam; the flow branch is its own group when ``optim.flow_lr_mult`` != 1."""
+    """Adam; ``flow_local_conv`` is its own group when ``optim.flow_local_lr_mult`` != 1."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    flow = [p for n, p in named if n.startswith(FLOW_BRANCH)]
-    if cfg.optim.flow_lr_mult == 1.0 or not flow:
+    local = [p for n, p in named if n.startswith("flow_local_conv.")]
+    if cfg.optim.flow_local_lr_mult == 1.0 or not local:
         groups: list[dict] = [{"params": [p for _, p in named]}]
     else:
-        groups = [{"params": [p for n, p in named if not n.startswith(FLOW_BRANCH)]},
-                  {"params": flow, "lr": cfg.optim.lr * cfg.optim.flow_lr_mult}]
+        groups = [{"params": [p for n, p in named if not n.startswith("flow_local_conv.")]},
+                  {"params": local, "lr": cfg.optim.lr * cfg.optim.flow_local_lr_mult}]
     return torch.optim.Adam(groups, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                             weight_decay=cfg.optim.weight_decay)
 
