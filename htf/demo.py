@@ -37,7 +37,7 @@ BASELINES = ("center", "flow", "random")
 @dataclass
 class DemoPlan:
     output: Path
-    n: int = 600
+    n: int = 1000
     seed: int = 0
     size: int = 128
     # The world gives motion a job (README, "What the demo shows"): a third of the clips
@@ -323,7 +323,7 @@ def run_demo(plan: DemoPlan) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m htf.demo", description=__doc__.split("\n")[0])
     p.add_argument("--output", default="demo_out", help="folder for every output of the demo")
-    p.add_argument("--n", type=int, default=600, help="clips in the synthetic world")
+    p.add_argument("--n", type=int, default=1000, help="clips in the synthetic world")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=128, help="frame side of the synthetic videos")
     p.add_argument("--nproc", type=int, default=2, help="torchrun processes")
