@@ -4,10 +4,11 @@ Each clip shows two large objects (and sometimes a small silent third one) on a 
 background. Exactly one large object sounds; its *class* decides the sound (pitch, timbre
 and rhythm), so the task needs both audio and vision. The sounding object moves in most
 clips, silent objects sometimes move too: motion is a useful prior but not sufficient.
-With ``p_same_class`` > 0 (default 0) some clips show two objects of the same class (two
-drums, one played): sound then says *what* sounds but not *which one*, and only motion can
-tell. The official flow attention cannot use that (see ``train.model.FlowAttention``), so
-the demo's world leaves it off; it is there to study flow-attention variants.
+With ``p_same_class`` > 0 some clips show two objects of the same class (two drums, one
+played): sound then says *what* sounds but not *which one*, and only motion can tell.
+With ``playing_motion`` a sounding object moves the way its class is played (along its
+class's axis) and a silent one that moves drifts along another axis, so motion carries a
+cue tied to the sound. The demo uses both (``htf.demo``); the defaults keep them off.
 
 Large objects cover 27-41 % of the frame: under the field's median threshold a predicted
 mask covers half the frame, so a smaller box could never reach cIoU 0.5.

@@ -152,3 +152,27 @@ def test_workers_take_the_biggest_tasks_first_and_missing_files_count_as_empty(t
 
     tasks = [task(0, [10, 10]), task(1, [500]), task(2, [-1, 30]), task(3, [10, 10])]
     assert [t.index for t in largest_first(tasks)] == [1, 2, 0, 3]   # ties keep their order
+
+
+def _lavfi_clip(path: Path, size: str, rate: str, seconds: float = 3.0) -> None:
+    ffmpeg("-f", "lavfi", "-i", f"testsrc2=size={size}:rate={rate}:duration={seconds}",
+           "-f", "lavfi", "-i", f"sine=frequency=440:duration={seconds}",
+           "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", str(path))
+
+
+def test_huge_portrait_and_odd_rate_files_each_get_their_own_outcome(tmp_path: Path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    _lavfi_clip(raw / "huge.mp4", "3840x2160", "2")            # 8.3 Mpx, over the limit set below
+    _lavfi_clip(raw / "portrait.mp4", "72x128", "25")
+    _lavfi_clip(raw / "ntsc.mp4", "96x64", "30000/1001")       # 29.97 fps
+    out = tmp_path / "out"
+    summary = _run(out, "frames.max_source_pixels=4000000", input_dir=raw)
+    assert {f["id"]: f["reason"] for f in failures(out)} == {"huge": "resolution_too_large"}
+    assert summary.written == 2
+    samples = {s.id: s for s in read_shards(out)}
+    assert samples["portrait"].frame.shape[:2] == (114, 64)    # short side 64, aspect kept
+    ntsc = samples["ntsc"].meta
+    assert ntsc["fps"] == pytest.approx(29.97, abs=0.01)
+    assert ntsc["keyframe_index"] == ntsc["frame_count"] // 2
+    assert ntsc["keyframe_time"] == pytest.approx(ntsc["keyframe_index"] * 1001 / 30000, abs=1e-3)
