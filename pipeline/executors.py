@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import sys
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Iterable, Iterator
 
 from pipeline.tasks import Task, TaskResult
@@ -32,8 +35,18 @@ def _worker_init() -> None:
         torch.set_num_threads(1)
 
 
+def _watched_worker_init() -> None:
+    from pipeline.tasks import enable_step_files
+
+    _worker_init()
+    enable_step_files()
+
+
 def run_local(tasks: list[Task], workers: int, fn: Callable[[Task], TaskResult] | None = None,
               use_cuda: bool = False) -> Iterator[TaskResult]:
+    """Run ``tasks`` in this process (``workers`` 1) or on a process pool. On the pool, a
+    worker stuck in one clip past its deadline is killed, the clip is recorded as hung,
+    and the unfinished tasks go on in a fresh pool (they skip the hung clip)."""
     from pipeline.tasks import run_task
 
     fn = fn or run_task
@@ -43,6 +56,19 @@ def run_local(tasks: list[Task], workers: int, fn: Callable[[Task], TaskResult] 
         for task in tasks:
             yield fn(task)
         return
+    remaining = list(tasks)
+    while remaining:
+        finished: set[str] = set()
+        for result in _run_pool(remaining, workers, fn, use_cuda):
+            finished.add(result.task)
+            yield result
+        remaining = [t for t in remaining if t.name not in finished]
+
+
+def _run_pool(tasks: list[Task], workers: int, fn: Callable[[Task], TaskResult],
+              use_cuda: bool) -> Iterator[TaskResult]:
+    """One pool's life: yields results until every task is done or a worker had to be
+    killed (or died), after which the caller starts a new pool for what is left."""
     # Never plain fork: forking a process that already runs threads (torch, Ray, a test
     # runner) can copy a held import lock into the child, which then hangs on its first
     # import. A fork server is a clean single-threaded process to fork workers from, with
@@ -52,19 +78,80 @@ def run_local(tasks: list[Task], workers: int, fn: Callable[[Task], TaskResult] 
     else:
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(["pipeline.tasks"])
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init) as pool:
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_watched_worker_init)
+    try:
         # Keep at most 2 tasks per worker in flight: the queue of pending tasks stays small
         # however many clips there are.
-        pending: set = set()
+        running: dict[Future, Task] = {}
         todo = iter(tasks)
         for task in _take(todo, 2 * workers):
-            pending.add(pool.submit(fn, task))
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            running[pool.submit(fn, task)] = task
+        while running:
+            done, _ = wait(running, timeout=WATCH_INTERVAL_S, return_when=FIRST_COMPLETED)
+            if not done:
+                if _kill_stuck_worker(running.values()):
+                    return
+                continue
             for future in done:
-                yield future.result()
-                for task in _take(todo, 1):
-                    pending.add(pool.submit(fn, task))
+                task = running.pop(future)
+                try:
+                    result = future.result()
+                except BrokenProcessPool:
+                    _record_dead_worker(running.values(), task)
+                    return
+                yield result
+                for nxt in _take(todo, 1):
+                    running[pool.submit(fn, nxt)] = nxt
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+WATCH_INTERVAL_S = 1.0
+
+
+def _kill_stuck_worker(running: Iterable[Task]) -> bool:
+    """Kill the worker of a task whose current clip is past its deadline; True if done."""
+    from pipeline.tasks import read_step, record_hung_clip
+
+    now = time.time()
+    for task in running:
+        step = read_step(task)
+        if step is None or now <= step["deadline"]:
+            continue
+        try:
+            os.kill(step["pid"], signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+        record_hung_clip(task, step, f"{step['id']}: worker killed, still inside stage "
+                                     f"'{step['stage']}' past its deadline (run.clip_timeout_s) "
+                                     "-- the decoder or flow method never returned")
+        return True
+    return False
+
+
+def _record_dead_worker(running: Iterable[Task], task: Task) -> None:
+    """A worker died by itself (e.g. killed by the kernel for memory): name the clip it was
+    in when its step file says so; otherwise there is nothing to skip and it is an error."""
+    from pipeline.tasks import read_step, record_hung_clip
+
+    for candidate in [task, *running]:
+        step = read_step(candidate)
+        if step is not None and not _alive(step["pid"]):
+            record_hung_clip(candidate, step, f"{step['id']}: the worker process died inside stage "
+                                              f"'{step['stage']}' (out of memory?)")
+            return
+    raise RuntimeError(f"a pipeline worker died while running {task.name} and no clip can be "
+                       "blamed; rerun the same command to resume")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _take(it: Iterator[Task], n: int) -> Iterable[Task]:

@@ -142,6 +142,67 @@ def time_limit(seconds: float) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
+# -------------------------------------------------------------------- hung-clip watch
+# A clip stuck inside native code (a demuxer looping on a broken file) never returns to
+# Python, so the signal above cannot stop it. In a worker process each task therefore
+# names its current clip and a deadline in a small "step" file; the parent kills a worker
+# that passes its deadline, records the clip in the task's "hung" list and runs the task
+# again, which then skips that clip with a failure record (pipeline/executors.py).
+
+STEP_GRACE_S = 5.0
+_announce_steps = False       # set in worker processes by the executor
+
+
+def enable_step_files() -> None:
+    global _announce_steps
+    _announce_steps = True
+
+
+def step_path(task: Task) -> Path:
+    return Path(task.output) / ".work" / task.stage / f"{task.name}.step"
+
+
+def hung_path(task: Task) -> Path:
+    return Path(task.output) / ".work" / task.stage / f"{task.name}.hung.jsonl"
+
+
+def _announce(task: Task, clip_id: str, stage: str, seconds: float) -> None:
+    if not _announce_steps:
+        return
+    path = step_path(task)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    grace = min(STEP_GRACE_S, task.cfg.run.clip_timeout_s)   # lets the signal act first
+    tmp.write_text(json.dumps({"pid": os.getpid(), "id": clip_id, "stage": stage,
+                               "deadline": time.time() + seconds + grace}))
+    os.replace(tmp, path)
+
+
+def read_step(task: Task) -> Optional[dict[str, Any]]:
+    try:
+        return json.loads(step_path(task).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def record_hung_clip(task: Task, step: dict[str, Any], detail: str) -> None:
+    """Called by the parent after it killed the worker that ran ``step``."""
+    path = hung_path(task)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clip = next((c for c in task.clips if c.id == step["id"]), None)
+    record = failure_record(step["id"], step["stage"], "clip_hung", detail, clip.video if clip else "")
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _hung_clips(task: Task) -> dict[str, dict[str, Any]]:
+    path = hung_path(task)
+    if not path.exists():
+        return {}
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {r["id"]: r for r in records}
+
+
 # ------------------------------------------------------------------------------- running
 
 class _ClipFailed(Exception):
@@ -176,9 +237,12 @@ def run_task(task: Task) -> TaskResult:
     flow_cache = ArrayCache(task.cache_dir, flow_cache_key(cfg), "flow")
     writer = ShardWriter(Path(task.output) / shard_name(task.prefix, task.index)) if task.stage == "pack" else None
     batch = cfg.flow.batch_size if is_learned(cfg.flow.method) else 1
+    hung = _hung_clips(task)
+    result.failures.extend(hung[c.id] for c in task.clips if c.id in hung)
+    clips = [c for c in task.clips if c.id not in hung]
     try:
-        for start_i in range(0, len(task.clips), batch):
-            _run_chunk(task, task.clips[start_i:start_i + batch], result, flow_cache, writer)
+        for start_i in range(0, len(clips), batch):
+            _run_chunk(task, clips[start_i:start_i + batch], result, flow_cache, writer)
         flow_cache.flush()
         if writer is not None:
             result.shard = writer.final_path.name if writer.commit() else None
@@ -187,6 +251,9 @@ def run_task(task: Task) -> TaskResult:
         if writer is not None:
             writer.abort()
         raise
+    finally:
+        if _announce_steps:
+            step_path(task).unlink(missing_ok=True)
     result.seconds = round(time.time() - start, 3)
     _save_manifest(task, result)
     return result
@@ -197,6 +264,7 @@ def _run_chunk(task: Task, clips: list[ClipJob], result: TaskResult, flow_cache:
     cfg, limit = task.cfg, task.cfg.run.clip_timeout_s
     decoded: list[tuple[ClipJob, DecodedClip]] = []
     for clip in clips:
+        _announce(task, clip.id, "decode", 2 * limit)        # index + decode
         try:
             d = _probe_and_decode(task, clip, result)
             if d is not None:
@@ -212,6 +280,7 @@ def _run_chunk(task: Task, clips: list[ClipJob], result: TaskResult, flow_cache:
         try:
             if task.stage == "flow":
                 continue
+            _announce(task, clip.id, "pack", 3 * limit)       # audio + assemble + write
             spec = _guard(clip, "audio", limit, audio_feature, d.waveform, d.sample_rate, cfg.audio)
             if writer is not None:
                 sample = _guard(clip, "pack", limit, assemble_sample, clip.id, d, flow, cfg, clip.boxes,
@@ -247,6 +316,7 @@ def _flows(task: Task, decoded: list[tuple[ClipJob, DecodedClip]], result: TaskR
     if not todo:
         return flows
     limit = task.cfg.run.clip_timeout_s * len(todo)
+    _announce(task, decoded[todo[0]][0].id, "flow", 2 * limit)   # the batch, then clip by clip
     try:
         computed = _guard(decoded[todo[0]][0], "flow", limit, clip_flows, [decoded[i][1] for i in todo], task.cfg)
     except _ClipFailed as failed:

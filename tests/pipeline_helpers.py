@@ -65,3 +65,27 @@ def shard_bytes(out: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(out.glob("*.tar"))}
 
 
+
+
+def run_task_stuck_in_native_code_on(task, stuck_id: str):
+    """``run_task`` in a worker, except that decoding clip ``stuck_id`` never returns and
+    ignores the per-clip alarm, as a demuxer looping inside C would."""
+    import signal
+    import time as _time
+
+    import pipeline.tasks as tasks
+
+    original = tasks.decode_clip
+
+    def decode(path, *args, **kwargs):
+        if Path(path).stem == stuck_id:
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+            while True:
+                _time.sleep(1)
+        return original(path, *args, **kwargs)
+
+    tasks.decode_clip = decode
+    try:
+        return tasks.run_task(task)
+    finally:
+        tasks.decode_clip = original

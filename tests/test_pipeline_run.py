@@ -176,3 +176,22 @@ def test_huge_portrait_and_odd_rate_files_each_get_their_own_outcome(tmp_path: P
     assert ntsc["fps"] == pytest.approx(29.97, abs=0.01)
     assert ntsc["keyframe_index"] == ntsc["frame_count"] // 2
     assert ntsc["keyframe_time"] == pytest.approx(ntsc["keyframe_index"] * 1001 / 30000, abs=1e-3)
+
+
+def test_a_worker_stuck_in_native_code_is_killed_and_only_its_clip_is_lost(tmp_path: Path):
+    import functools
+
+    from pipeline.executors import run_local
+    from pipeline.runner import plan_tasks
+    from tests.pipeline_helpers import run_task_stuck_in_native_code_on
+
+    cfg = small_config("run.clip_timeout_s=0.5")
+    tasks, _, _, _ = plan_tasks(cfg, RunInputs(str(world()), str(tmp_path)), "pack")
+    stuck = tasks[1].clips[0].id
+    run = functools.partial(run_task_stuck_in_native_code_on, stuck_id=stuck)
+    results = {r.task: r for r in run_local(tasks, workers=2, fn=run)}
+    assert sorted(results) == [t.name for t in tasks]                   # every task finished
+    failed = [f for r in results.values() for f in r.failures]
+    assert [(f["id"], f["reason"], f["stage"]) for f in failed] == [(stuck, "clip_hung", "decode")]
+    assert "killed" in failed[0]["detail"]
+    assert sum(r.written for r in results.values()) == sum(len(t.clips) for t in tasks) - 1
