@@ -309,7 +309,7 @@ def run_demo(plan: DemoPlan) -> dict[str, Any]:
     seconds = dict(clock.seconds, total=clock.total)
     md_path, html_path = write_report(plan, results, seconds, curves, by_kind)
     for row in results_table(results):
-        print("  " + "".join(c.ljust(28 if i == 0 else 11) for i, c in enumerate(row)))
+        print("  " + "".join(c.ljust(36 if i == 0 else 11) for i, c in enumerate(row)))
     v = verdict(results)
     print(f"[demo] HTF - best baseline ({v['best_baseline']}): {v['margin_over_best_baseline']:+.3f}; "
           f"HTF - no flow: {v['htf_vs_noflow']:+.3f}")
