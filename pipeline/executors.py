@@ -109,22 +109,35 @@ def _run_pool(tasks: list[Task], workers: int, fn: Callable[[Task], TaskResult],
 WATCH_INTERVAL_S = 1.0
 
 
-def _kill_stuck_worker(running: Iterable[Task]) -> bool:
-    """Kill the worker of a task whose current clip is past its deadline; True if done."""
+def _stuck_step(task: Task) -> dict | None:
+    """The task's current step if its clip is past its deadline."""
+    from pipeline.tasks import read_step
+
+    step = read_step(task)
+    return step if step is not None and time.time() > step["deadline"] else None
+
+
+def _record_stuck(task: Task, step: dict | None = None) -> None:
     from pipeline.tasks import read_step, record_hung_clip
 
-    now = time.time()
+    step = step or read_step(task)
+    if step is not None:
+        record_hung_clip(task, step, f"{step['id']}: worker killed, still inside stage "
+                                     f"'{step['stage']}' past its deadline (run.clip_timeout_s) "
+                                     "-- the decoder or flow method never returned")
+
+
+def _kill_stuck_worker(running: Iterable[Task]) -> bool:
+    """Kill the worker of a task whose current clip is past its deadline; True if done."""
     for task in running:
-        step = read_step(task)
-        if step is None or now <= step["deadline"]:
+        step = _stuck_step(task)
+        if step is None:
             continue
         try:
             os.kill(step["pid"], signal.SIGKILL)
         except ProcessLookupError:
             continue
-        record_hung_clip(task, step, f"{step['id']}: worker killed, still inside stage "
-                                     f"'{step['stage']}' past its deadline (run.clip_timeout_s) "
-                                     "-- the decoder or flow method never returned")
+        _record_stuck(task, step)
         return True
     return False
 
@@ -162,38 +175,54 @@ def _take(it: Iterator[Task], n: int) -> Iterable[Task]:
             return
 
 
-def run_ray(tasks: list[Task], workers: int, address: str = "", use_cuda: bool = False) -> Iterator[TaskResult]:
+def run_ray(tasks: list[Task], workers: int, address: str = "", use_cuda: bool = False,
+            fn: Callable[[Task], TaskResult] | None = None) -> Iterator[TaskResult]:
     """Run the same tasks on Ray: ``address`` '' starts a local instance with ``workers``
     CPUs, 'auto' or 'ray://host:port' joins an existing cluster (all nodes must see the
-    input, output and cache folders, e.g. on a shared file system)."""
+    input, output and cache folders, e.g. on a shared file system). A task stuck in one
+    clip past its deadline is cancelled (its worker killed), the clip recorded as hung,
+    and the task submitted again."""
     try:
         import ray
     except ImportError as err:
         raise RuntimeError("--executor ray needs the ray package (pip install 'ray[default]')") from err
+    from pipeline.tasks import run_task
 
     started_here = not ray.is_initialized()
     if started_here:
         kwargs = {"address": address} if address else {"num_cpus": workers, "include_dashboard": False}
         ray.init(ignore_reinit_error=True, log_to_driver=False, **kwargs)
     remote = ray.remote(num_cpus=1, num_gpus=1 if use_cuda else 0, max_retries=2)(_ray_task)
+    fn = fn or run_task
     try:
-        pending = []
+        running: dict = {}
         todo = iter(tasks)
         in_flight = max(2 * workers, 2)
         for task in _take(todo, in_flight):
-            pending.append(remote.remote(task))
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            yield ray.get(done[0])
-            for task in _take(todo, 1):
-                pending.append(remote.remote(task))
+            running[remote.remote(task, fn)] = task
+        while running:
+            done, _ = ray.wait(list(running), num_returns=1, timeout=WATCH_INTERVAL_S)
+            if not done:
+                for ref, task in list(running.items()):
+                    if _stuck_step(task) is not None:
+                        ray.cancel(ref, force=True)
+                        _record_stuck(task)
+                        del running[ref]
+                        running[remote.remote(task, fn)] = task     # goes on without that clip
+                continue
+            task = running.pop(done[0])
+            try:
+                result = ray.get(done[0])
+            except (ray.exceptions.TaskCancelledError, ray.exceptions.WorkerCrashedError):
+                continue      # cancelled above, already submitted again
+            yield result
+            for nxt in _take(todo, 1):
+                running[remote.remote(nxt, fn)] = nxt
     finally:
         if started_here:
             ray.shutdown()
 
 
-def _ray_task(task: Task) -> TaskResult:
-    from pipeline.tasks import run_task
-
-    _worker_init()
-    return run_task(task)
+def _ray_task(task: Task, fn: Callable[[Task], TaskResult]) -> TaskResult:
+    _watched_worker_init()
+    return fn(task)

@@ -193,6 +193,8 @@ def record_hung_clip(task: Task, step: dict[str, Any], detail: str) -> None:
     record = failure_record(step["id"], step["stage"], "clip_hung", detail, clip.video if clip else "")
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
+    # The dead worker's step must not make the task's next attempt look stuck.
+    step_path(task).unlink(missing_ok=True)
 
 
 def _hung_clips(task: Task) -> dict[str, dict[str, Any]]:

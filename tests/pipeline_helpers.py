@@ -69,9 +69,12 @@ def shard_bytes(out: Path) -> dict[str, bytes]:
 
 def run_task_stuck_in_native_code_on(task, stuck_id: str):
     """``run_task`` in a worker, except that decoding clip ``stuck_id`` never returns and
-    ignores the per-clip alarm, as a demuxer looping inside C would."""
+    ignores the per-clip alarm, as a demuxer looping inside C would: one native call that
+    does not come back to Python, with the alarm blocked in this thread (in a process with
+    other threads it lands on one of those, and Python would run its handler here only
+    after the call returned)."""
+    import ctypes
     import signal
-    import time as _time
 
     import pipeline.tasks as tasks
 
@@ -80,8 +83,7 @@ def run_task_stuck_in_native_code_on(task, stuck_id: str):
     def decode(path, *args, **kwargs):
         if Path(path).stem == stuck_id:
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
-            while True:
-                _time.sleep(1)
+            ctypes.CDLL(None).sleep(3600)
         return original(path, *args, **kwargs)
 
     tasks.decode_clip = decode

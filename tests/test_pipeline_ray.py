@@ -24,3 +24,34 @@ def test_ray_executor_on_a_local_instance_writes_the_same_shards_as_the_process_
         ray.shutdown()
     assert remote.written == local.written == 6
     assert shard_bytes(tmp_path / "ray") == shard_bytes(tmp_path / "local")
+
+
+@pytest.mark.timeout(240)
+def test_ray_task_stuck_in_native_code_is_cancelled_and_only_its_clip_is_lost(tmp_path: Path):
+    import functools
+
+    ray = pytest.importorskip("ray", reason="ray is not installed")
+    import cloudpickle
+
+    import tests.pipeline_helpers as helpers
+    from pipeline.executors import run_ray
+    from pipeline.runner import plan_tasks
+
+    cfg = small_config("run.clip_timeout_s=0.5")
+    tasks, _, _, _ = plan_tasks(cfg, RunInputs(str(world()), str(tmp_path)), "pack")
+    stuck = tasks[2].clips[1].id
+    cloudpickle.register_pickle_by_value(helpers)    # Ray workers need not import tests/
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    except Exception as err:
+        pytest.skip(f"a local Ray instance cannot start here: {err}")
+    try:
+        run = functools.partial(helpers.run_task_stuck_in_native_code_on, stuck_id=stuck)
+        results = {r.task: r for r in run_ray(tasks, workers=2, fn=run)}
+    finally:
+        ray.shutdown()
+        cloudpickle.unregister_pickle_by_value(helpers)
+    assert sorted(results) == [t.name for t in tasks]
+    failed = [(f["id"], f["reason"]) for r in results.values() for f in r.failures]
+    assert failed == [(stuck, "clip_hung")]
+    assert sum(r.written for r in results.values()) == sum(len(t.clips) for t in tasks) - 1
