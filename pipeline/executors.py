@@ -57,12 +57,30 @@ def run_local(tasks: list[Task], workers: int, fn: Callable[[Task], TaskResult] 
             yield fn(task)
         return
     remaining = list(tasks)
-    while remaining:
-        finished: set[str] = set()
-        for result in _run_pool(remaining, workers, fn, use_cuda):
-            finished.add(result.task)
-            yield result
-        remaining = [t for t in remaining if t.name not in finished]
+    try:
+        while remaining:
+            finished: set[str] = set()
+            for result in _run_pool(remaining, workers, fn, use_cuda):
+                finished.add(result.task)
+                yield result
+            remaining = [t for t in remaining if t.name not in finished]
+    finally:
+        if not use_cuda:
+            _stop_fork_server()
+
+
+def _stop_fork_server() -> None:
+    """Stop the fork server and wait for it: no process lingers after the run, and the
+    workers' CPU time (the fork server reaped them) reaches this process's accounts, so
+    ``time`` and getrusage see the whole run."""
+    from multiprocessing import forkserver
+
+    stop = getattr(forkserver._forkserver, "_stop", None)    # CPython >= 3.8
+    if stop is not None:
+        try:
+            stop()
+        except OSError:
+            pass
 
 
 def _run_pool(tasks: list[Task], workers: int, fn: Callable[[Task], TaskResult],
