@@ -106,10 +106,10 @@ def _run_pool(tasks: list[Task], workers: int, fn: Callable[[Task], TaskResult],
             running[pool.submit(fn, task)] = task
         while running:
             done, _ = wait(running, timeout=WATCH_INTERVAL_S, return_when=FIRST_COMPLETED)
-            if not done:
-                if _kill_stuck_worker(running.values()):
-                    return
-                continue
+            # Checked every round, not only on idle ones: the other workers may keep
+            # finishing tasks while one is stuck.
+            if _kill_stuck_worker([t for f, t in running.items() if f not in done]):
+                return
             for future in done:
                 task = running.pop(future)
                 try:
@@ -220,13 +220,13 @@ def run_ray(tasks: list[Task], workers: int, address: str = "", use_cuda: bool =
             running[remote.remote(task, fn)] = task
         while running:
             done, _ = ray.wait(list(running), num_returns=1, timeout=WATCH_INTERVAL_S)
+            for ref, task in list(running.items()):
+                if ref not in done and _stuck_step(task) is not None:
+                    ray.cancel(ref, force=True)
+                    _record_stuck(task)
+                    del running[ref]
+                    running[remote.remote(task, fn)] = task     # goes on without that clip
             if not done:
-                for ref, task in list(running.items()):
-                    if _stuck_step(task) is not None:
-                        ray.cancel(ref, force=True)
-                        _record_stuck(task)
-                        del running[ref]
-                        running[remote.remote(task, fn)] = task     # goes on without that clip
                 continue
             task = running.pop(done[0])
             try:
