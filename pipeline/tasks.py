@@ -103,6 +103,9 @@ def load_finished(task: Task) -> Optional[TaskResult]:
         return None
     if data.get("shard") and not (Path(task.output) / data["shard"]).exists():
         return None
+    hung = _hung_clips(task)
+    if any(f["reason"] == "clip_hung" and f["id"] not in hung for f in data.get("failures", [])):
+        return None       # the time limit was raised since: give those clips another chance
     # Nothing was computed or read from the cache by this run for a finished task.
     data.update(skipped=True, flow_computed=0, flow_cached=0, seconds=0.0)
     return TaskResult(**data)
@@ -192,7 +195,7 @@ def record_hung_clip(task: Task, step: dict[str, Any], detail: str) -> None:
     clip = next((c for c in task.clips if c.id == step["id"]), None)
     record = failure_record(step["id"], step["stage"], "clip_hung", detail, clip.video if clip else "")
     with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+        f.write(json.dumps({"failure": record, "clip_timeout_s": task.cfg.run.clip_timeout_s}) + "\n")
     # The dead worker's step must not make the task's next attempt look stuck.
     step_path(task).unlink(missing_ok=True)
 
@@ -201,8 +204,10 @@ def _hung_clips(task: Task) -> dict[str, dict[str, Any]]:
     path = hung_path(task)
     if not path.exists():
         return {}
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {r["id"]: r for r in records}
+    entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    # A clip that hung is tried again when the limit has been raised since.
+    limit = task.cfg.run.clip_timeout_s
+    return {e["failure"]["id"]: e["failure"] for e in entries if e["clip_timeout_s"] >= limit}
 
 
 # ------------------------------------------------------------------------------- running

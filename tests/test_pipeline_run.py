@@ -195,3 +195,22 @@ def test_a_worker_stuck_in_native_code_is_killed_and_only_its_clip_is_lost(tmp_p
     assert [(f["id"], f["reason"], f["stage"]) for f in failed] == [(stuck, "clip_hung", "decode")]
     assert "killed" in failed[0]["detail"]
     assert sum(r.written for r in results.values()) == sum(len(t.clips) for t in tasks) - 1
+
+
+def test_a_hung_clip_is_skipped_on_rerun_unless_the_time_limit_was_raised(tmp_path: Path):
+    from pipeline.runner import plan_tasks
+    from pipeline.tasks import record_hung_clip, run_task
+
+    def first_task(timeout: float):
+        tasks, _, _, _ = plan_tasks(small_config(f"run.clip_timeout_s={timeout}"),
+                                    RunInputs(str(world()), str(tmp_path)), "pack")
+        return tasks[0]
+
+    task = first_task(1.0)
+    hung = task.clips[0].id
+    record_hung_clip(task, {"id": hung, "stage": "decode", "pid": 0, "deadline": 0.0}, "stuck")
+    same = run_task(task)
+    assert [(f["id"], f["reason"]) for f in same.failures] == [(hung, "clip_hung")]
+    assert same.written == len(task.clips) - 1
+    raised = run_task(first_task(60.0))           # a longer limit: the clip gets another chance
+    assert raised.failures == [] and raised.written == len(task.clips)
