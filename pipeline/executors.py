@@ -135,14 +135,12 @@ def _stuck_step(task: Task) -> dict | None:
     return step if step is not None and time.time() > step["deadline"] else None
 
 
-def _record_stuck(task: Task, step: dict | None = None) -> None:
-    from pipeline.tasks import read_step, record_hung_clip
+def _record_stuck(task: Task, step: dict) -> None:
+    from pipeline.tasks import record_hung_clip
 
-    step = step or read_step(task)
-    if step is not None:
-        record_hung_clip(task, step, f"{step['id']}: worker killed, still inside stage "
-                                     f"'{step['stage']}' past its deadline (run.clip_timeout_s) "
-                                     "-- the decoder or flow method never returned")
+    record_hung_clip(task, step, f"{step['id']}: worker killed, still inside stage "
+                                 f"'{step['stage']}' past its deadline (run.clip_timeout_s) "
+                                 "-- the decoder or flow method never returned")
 
 
 def _kill_stuck_worker(running: Iterable[Task]) -> bool:
@@ -221,9 +219,10 @@ def run_ray(tasks: list[Task], workers: int, address: str = "", use_cuda: bool =
         while running:
             done, _ = ray.wait(list(running), num_returns=1, timeout=WATCH_INTERVAL_S)
             for ref, task in list(running.items()):
-                if ref not in done and _stuck_step(task) is not None:
+                step = None if ref in done else _stuck_step(task)
+                if step is not None:
                     ray.cancel(ref, force=True)
-                    _record_stuck(task)
+                    _record_stuck(task, step)
                     del running[ref]
                     running[remote.remote(task, fn)] = task     # goes on without that clip
             if not done:

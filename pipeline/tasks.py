@@ -172,8 +172,7 @@ def hung_path(task: Task) -> Path:
 def _announce(task: Task, clip_id: str, stage: str, seconds: float) -> None:
     if not _announce_steps:
         return
-    path = step_path(task)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = step_path(task)          # its folder is made once per task, in run_task
     tmp = path.with_name(f".{path.name}.tmp")
     grace = min(STEP_GRACE_S, task.cfg.run.clip_timeout_s)   # lets the signal act first
     tmp.write_text(json.dumps({"pid": os.getpid(), "id": clip_id, "stage": stage,
@@ -244,6 +243,8 @@ def run_task(task: Task) -> TaskResult:
     flow_cache = ArrayCache(task.cache_dir, flow_cache_key(cfg), "flow")
     writer = ShardWriter(Path(task.output) / shard_name(task.prefix, task.index)) if task.stage == "pack" else None
     batch = cfg.flow.batch_size if is_learned(cfg.flow.method) else 1
+    if _announce_steps:
+        step_path(task).parent.mkdir(parents=True, exist_ok=True)
     hung = _hung_clips(task)
     result.failures.extend(hung[c.id] for c in task.clips if c.id in hung)
     clips = [c for c in task.clips if c.id not in hung]
