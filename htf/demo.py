@@ -234,6 +234,10 @@ def plot_training_curves(runs: dict[str, Path], path: Path) -> Path:
     return path
 
 
+def _html_rows(table: list[list[str]]) -> str:
+    return "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in table)
+
+
 def write_report(plan: DemoPlan, results: dict[str, dict[str, Any]], seconds: dict[str, float],
                  curves: Path, by_kind: dict[str, dict[str, dict[str, Any]]] | None = None) -> tuple[Path, Path]:
     table = results_table(results)
@@ -263,8 +267,7 @@ def write_report(plan: DemoPlan, results: dict[str, dict[str, Any]], seconds: di
     md_path.write_text("\n".join(md) + "\n")
 
     e = html.escape
-    rows = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in table)
-    kind_rows = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in per_kind)
+    rows, kind_rows = _html_rows(table), _html_rows(per_kind)
     pics = []
     for key, label in ROWS[:2]:
         for p in results[key].get("pictures", []):
