@@ -12,7 +12,8 @@ from torch import nn
 from torchvision.models import resnet18
 
 from htf.config import ConfigError
-from train.config import OFFICIAL_DATA_SETTINGS, ModelConfig
+from htf.official import official_data_settings
+from train.config import ModelConfig
 from train.loss import lvs_loss
 from train.model import HTFModel, load_model
 
@@ -81,7 +82,7 @@ def test_official_pth_loads_by_key_mapping_and_gives_the_same_map(tmp_path, flow
     path = tmp_path / "official.pth"
     torch.save({"model": ref.state_dict()}, path)
     model = load_model(path)
-    assert model.cfg.flow == flow and model.data_settings == OFFICIAL_DATA_SETTINGS
+    assert model.cfg.flow == flow and model.data_settings == official_data_settings()
     image, flw, spec = _inputs(b=1)
     with torch.no_grad():
         want, _, _ = ref(image, flw, spec)

@@ -146,17 +146,6 @@ class TrainConfig:
     train: LoopConfig = field(default_factory=LoopConfig)
 
 
-# The data settings of the released Hear The Flow weights, in the shape of a shard's
-# meta["pipeline"] (names of pipeline/config.py; DESIGN.md §2): Farneback flow at native
-# resolution, vectors not rescaled, clipped to uint8 through JPEG and read back /255;
-# the linear 257-bin log spectrogram of 3 s at 22,050 Hz around the clip's middle.
-OFFICIAL_FLOW_ENCODING = "uint8_clip"
-OFFICIAL_DATA_SETTINGS: dict = {
-    "frames": {"short_side": 0},
-    "flow": {"method": "farneback", "resolution": "native", "rescale_vectors": False,
-             "encoding": OFFICIAL_FLOW_ENCODING, "farneback_pyr_scale": 0.5,
-             "farneback_levels": 3, "farneback_winsize": 15, "farneback_iterations": 3,
-             "farneback_poly_n": 5, "farneback_poly_sigma": 1.2},
-    "audio": {"feature": "linear", "sample_rate": 22050, "seconds": 3.0,
-              "center": "clip_middle", "nperseg": 512, "noverlap": 274},
-}
+# The settings of the released weights live in configs/pipeline/htf-official.yaml only
+# (htf/official.py reads them); this name stays for the transforms' official-flow test.
+from htf.official import OFFICIAL_FLOW_ENCODING  # noqa: E402,F401

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock, conv1x1
 
-from train.config import MAP_SIZE, OFFICIAL_DATA_SETTINGS, ModelConfig
+from htf.official import official_data_settings
+from train.config import MAP_SIZE, ModelConfig
 from train.loss import localization_loss, own_maps
 
 CHECKPOINT_FORMAT = "htf-train-v1"
@@ -315,7 +316,7 @@ def load_model(path: str | os.PathLike, map_location: Any = "cpu") -> HTFModel:
             raise ValueError(f"{path}: no state dict under 'model' or 'state_dict'")
         state = _strip_prefix(state)
         model = model_from_state(state, _official_config(state), str(path))
-        model.data_settings = dict(OFFICIAL_DATA_SETTINGS)
+        model.data_settings = official_data_settings()
     return model.eval()
 
 

@@ -1,0 +1,70 @@
+"""The released-weights recipe of docs/eval.md, run as written on raw downloads laid out as
+the real ones (tests/real_layouts.py), with official-format checkpoints made in the test."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.official_checkpoints import official_model, save_lightning_ckpt, save_pth
+from tests.real_layouts import ClipSpec, make_vggsound, vggss_entries
+
+REPO = Path(__file__).resolve().parent.parent
+VGGSS_IDS = ["zpWuikVorYg_000032", "gEvCUcZ6w88_000030", "JIemsK_0lXc_000364"]
+
+
+def run_doc_command(command: str, cwd: Path, **paths: str) -> subprocess.CompletedProcess:
+    """A documented command with only its paths substituted, run from the repository root."""
+    for name, value in paths.items():
+        command = command.replace(name, value)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    args = command.split()
+    assert args[0] == "python"
+    return subprocess.run([sys.executable, *args[1:]], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+PIPELINE_CMD = ("python -m pipeline run --config configs/pipeline/htf-official.yaml --input RAW_VGGSOUND "
+                "--output OUT/vggss-official --split-list metadata/htf_vggss_test_trimmed.csv "
+                "--annotations metadata/htf_vggss.json --shard-prefix test")
+EVAL_CMD = ("python -m eval --config configs/eval/htf-official.yaml --checkpoint vgg.pth "
+            "--shards OUT/vggss-official/test-*.tar --output reports/vggss-official")
+
+
+@pytest.fixture(scope="module")
+def official_shards(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("vggss")
+    raw = make_vggsound(root, [ClipSpec(e["file"], frames=60) for e in vggss_entries(VGGSS_IDS)])
+    done = run_doc_command(PIPELINE_CMD, REPO, RAW_VGGSOUND=str(raw), OUT=str(root / "out"))
+    assert done.returncode == 0, done.stderr
+    return root / "out"
+
+
+@pytest.mark.parametrize("fmt", ["pth", "ckpt"])
+def test_released_weights_recipe_runs_with_settings_check_error(official_shards, tmp_path, fmt):
+    model = official_model(seed=1)
+    ckpt = save_pth(tmp_path / "vgg.pth", model) if fmt == "pth" else save_lightning_ckpt(tmp_path / "vgg.ckpt", model)
+    done = run_doc_command(EVAL_CMD, REPO, **{"vgg.pth": str(ckpt), "OUT": str(official_shards),
+                                             "reports": str(tmp_path / "reports")})
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads((tmp_path / "reports" / "vggss-official" / "metrics.json").read_text())
+    assert metrics["n"] == len(VGGSS_IDS)
+    assert metrics["settings_checked"] and metrics["config"]["run"]["check_settings"] == "error"
+    assert not metrics["warnings"]
+
+
+def test_official_checkpoint_expects_exactly_the_official_pipeline_preset(tmp_path):
+    from htf.config import load_config
+    from pipeline.config import PipelineConfig, sample_settings
+    from train.model import load_model
+
+    preset = sample_settings(load_config(PipelineConfig, REPO / "configs/pipeline/htf-official.yaml"))
+    expected = load_model(save_pth(tmp_path / "w.pth", official_model(width=8))).data_settings
+    for section, values in expected.items():
+        for key, value in values.items():
+            assert preset[section][key] == value, f"{section}.{key}"
+    assert expected["frames"]["short_side"] == preset["frames"]["short_side"]
