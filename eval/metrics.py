@@ -26,8 +26,9 @@ undetected sounding pair is a false negative. AP and max-F1 are computed from th
 precision/recall at confidence thresholds exactly as SLAVC samples them (see
 :func:`extended_ap` and :func:`extended_max_f1`).
 
-Nothing is silently counted as zero: an empty ground-truth map, a non-finite prediction
-or an empty list of results raises ``ValueError`` with the reason.
+An empty ground truth (a VGG-SS clip whose published boxes all cover nothing as the
+official code reads them) scores cIoU 0, as in the official code; the evaluator lists those
+clips. A non-finite prediction or an empty list of results raises ``ValueError``.
 """
 from __future__ import annotations
 
@@ -53,12 +54,12 @@ def _flatten_boxes(boxes: Sequence) -> list[list[float]]:
     flat: list[list[float]] = []
     for item in boxes:
         arr = np.asarray(item, dtype=np.float64)
+        if arr.size == 0:
+            continue  # an annotator without a box (or an empty ground truth) adds nothing
         if arr.ndim == 1:
             flat.append(list(arr))
         elif arr.ndim == 2 and arr.shape[1] == 4:
             flat.extend(list(row) for row in arr)
-        elif arr.size == 0:
-            continue  # an annotator without a box contributes nothing
         else:
             raise ValueError(f"box entry {item!r}: expected [x1, y1, x2, y2] or a list of them")
     for box in flat:
@@ -66,8 +67,6 @@ def _flatten_boxes(boxes: Sequence) -> list[list[float]]:
             raise ValueError(f"box {box!r}: expected 4 finite normalised numbers x1, y1, x2, y2")
         if box[2] <= box[0] or box[3] <= box[1]:
             raise ValueError(f"box {box!r}: x2 <= x1 or y2 <= y1")
-    if not flat:
-        raise ValueError("no ground-truth boxes (empty list)")
     return flat
 
 
@@ -190,7 +189,10 @@ def is_constant(map7: np.ndarray) -> bool:
 
 # --------------------------------------------------------------------------- cIoU
 def ciou(mask: np.ndarray, gt: np.ndarray) -> float:
-    """Consensus IoU: sum(mask*gt) / (sum(gt) + sum(mask*[gt==0])); gt must not be empty."""
+    """Consensus IoU: sum(mask*gt) / (sum(gt) + sum(mask*[gt==0])).
+
+    An empty ground truth scores 0: the numerator is 0 (the official code divides 0 by the
+    mask's area, or 0 by 0 for an empty mask, which no threshold counts as a success)."""
     pred = np.asarray(mask).astype(np.float64)
     g = np.asarray(gt, dtype=np.float64)
     if pred.shape != g.shape:
@@ -198,7 +200,7 @@ def ciou(mask: np.ndarray, gt: np.ndarray) -> float:
     if np.any(pred < 0) or np.any(pred > 1) or np.any(g < 0) or np.any(g > 1):
         raise ValueError("mask and ground truth must lie in 0..1")
     if g.sum() <= 0:
-        raise ValueError("ground-truth map is empty: cIoU is undefined")
+        return 0.0
     denom = g.sum() + (pred * (g == 0)).sum()
     return float((pred * g).sum() / denom)
 

@@ -7,9 +7,11 @@ model (``model(image, flow, spec) -> {"map": [B, 7, 7]}``) is wrapped with the t
 own input preparation (``train.transforms.eval_inputs``), and a baseline name (``center``,
 ``flow``, ``random``) becomes an :class:`eval.baselines.Baseline`.
 
-Nothing is silently counted as zero: clips without boxes stop the run with the shard and
-clip named; a corrupt shard or sample, a duplicate id or a non-finite map is skipped and
-listed under ``failures`` in metrics.json (and on stderr), never scored.
+No single clip stops a run. A clip whose ground truth is empty (VGG-SS boxes that cover
+nothing as the official code reads them) is scored 0, as the protocol does, and listed under
+``empty_ground_truth``. A clip without any boxes, a corrupt shard or sample, a duplicate id
+or a non-finite map is skipped and listed under ``failures`` in metrics.json (and on
+stderr), never scored; shards with no boxes at all stop the run, naming shard and clip.
 """
 from __future__ import annotations
 
@@ -260,9 +262,17 @@ def _box_format(sample: ClipSample, shard: str, cfg: EvalConfig, warnings: list[
     return wanted
 
 
+def count_boxes(boxes: Any) -> int:
+    """Boxes of a sample: per-annotator lists (the contract) or a flat list of boxes."""
+    if not boxes:
+        return 0
+    return sum(len(a) if a and isinstance(a[0], (list, tuple)) else (1 if a else 0) for a in boxes)
+
+
 def _require_boxes(sample: ClipSample, shard: str) -> None:
-    boxes = sample.boxes
-    if not boxes or not any(len(a) for a in boxes):
+    """A sample must say what its ground truth is; an empty list of boxes is an (empty)
+    ground truth, absent boxes (``None``) are not."""
+    if sample.boxes is None:
         raise MissingBoxesError(
             f"shard {shard}, clip {sample.id}: no ground-truth boxes. Metric evaluation needs test "
             "shards built with boxes (pipeline --boxes: VGG-SS JSON, Flickr XML folder or 256-px "
@@ -283,6 +293,8 @@ class _Run:
         self.specs: dict[str, np.ndarray] = {}
         self.extremes = _Extremes(cfg.pictures.heatmaps)
         self.formats: dict[str, str] = {}
+        self.empty_gt: list[str] = []
+        self.missing_boxes: list[MissingBoxesError] = []
 
     def check_settings(self, sample: ClipSample, shard: str) -> None:
         expected = self.p.data_settings
@@ -315,12 +327,19 @@ class _Run:
                 why = "non-finite values" if raw.ndim == 2 else f"shape {raw.shape}"
                 self.failures.append(Failure(shard, sample.id, f"prediction map has {why}: not scored"))
                 continue
-            _, mask = M.prediction_mask(raw, size, interp)
-            value = M.ciou(mask, M.gt_map(sample.boxes, fmt, size))
+            try:
+                _, mask = M.prediction_mask(raw, size, interp)
+                gt = M.gt_map(sample.boxes, fmt, size)
+            except ValueError as err:
+                self.failures.append(Failure(shard, sample.id, f"cannot score: {err}"))
+                continue
+            value = M.ciou(mask, gt)
+            if not gt.any():
+                self.empty_gt.append(sample.id)
             self.results.append(ClipResult(
                 sample.id, sample.id, shard, fmt, True, value,
                 M.map_confidence(raw, self.cfg.extended.confidence), M.is_constant(raw),
-                sum(len(a) if a and isinstance(a[0], (list, tuple)) else 1 for a in sample.boxes)))
+                count_boxes(sample.boxes)))
             self.extremes.add(_Picked(value, sample.id, sample.frame, raw, sample.boxes))
 
     def first_pass(self, paths: list[str]) -> None:
@@ -333,10 +352,19 @@ class _Run:
             if sample.id in self.seen:
                 self.failures.append(Failure(shard, sample.id, "duplicate clip id: scored once only"))
                 continue
-            _require_boxes(sample, shard)
-            self.check_settings(sample, shard)
             self.seen.add(sample.id)
-            batch.append((shard, sample, _box_format(sample, shard, self.cfg, self.warnings)))
+            try:
+                _require_boxes(sample, shard)
+                fmt = _box_format(sample, shard, self.cfg, self.warnings)
+            except MissingBoxesError as err:
+                self.missing_boxes.append(err)
+                self.failures.append(Failure(shard, sample.id, "no ground-truth boxes: not scored"))
+                continue
+            except EvalError as err:
+                self.failures.append(Failure(shard, sample.id, str(err)))
+                continue
+            self.check_settings(sample, shard)
+            batch.append((shard, sample, fmt))
             if self.cfg.extended.enabled:
                 self.specs[sample.id] = sample.spec.astype(np.float16)
             if len(batch) >= self.cfg.run.batch_size:
@@ -440,6 +468,8 @@ def evaluate(model_or_baseline: Any, shards: str | Sequence[str], output_dir: st
     for f in run.failures:
         print(f"skipped: shard {f.shard}{', clip ' + f.key if f.key else ''}: {f.reason}", file=sys.stderr)
     if not any(r.sounding for r in run.results):
+        if run.missing_boxes:
+            raise run.missing_boxes[0]
         raise EvalError(f"no clip could be scored in {len(paths)} shard(s); failures: "
                         + "; ".join(f"{f.shard} {f.key}: {f.reason}" for f in run.failures[:5]))
     metrics = _summaries(run.results)
@@ -455,6 +485,7 @@ def evaluate(model_or_baseline: Any, shards: str | Sequence[str], output_dir: st
         "shards": paths,
         "interpolation": cfg.protocol.interpolation,
         "size": cfg.protocol.size,
+        "empty_ground_truth": run.empty_gt,
         "n_failed": len(run.failures),
         "failures": [f.as_dict() for f in run.failures],
         "warnings": run.warnings,

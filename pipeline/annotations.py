@@ -4,8 +4,13 @@ Every parser returns ``{clip_id: [[x1, y1, x2, y2], ...] per annotator}`` in nor
 coordinates, plus the box format the evaluator needs ('vggss': one annotator holding
 every box, scored as their union; 'flickr': one box per annotator, scored by consensus).
 
-Boxes outside 0..1 are clipped and reported; boxes with no area after clipping are
-dropped and reported. Nothing is changed silently.
+VGG-SS boxes are read as the official evaluation code reads them: each coordinate becomes
+``max(v, 0)`` (a value past 1 reaches the frame edge), with no reordering, so a box whose
+end is not past its start covers nothing. A dozen published boxes hold absurd coordinates
+(about -2.9e16): they become empty boxes, as in the official code. A clip whose boxes are
+all empty keeps its entry with no box (its ground truth is empty: scored cIoU 0, listed by
+the evaluator), so it still counts. Flickr boxes outside 0..1 are clipped; boxes with no
+area are dropped. Every change is reported; nothing is changed silently.
 """
 from __future__ import annotations
 
@@ -53,10 +58,36 @@ def parse_vggss(entries: list[dict[str, Any]], id_style: str = "generic", origin
         clip_id = normalise_id(str(entry["file"]), id_style)
         raw = entry["bbox"]
         raw = [raw] if raw and not isinstance(raw[0], (list, tuple)) else raw
-        boxes = _clean(clip_id, [[float(v) for v in b] for b in raw], 1.0, out.warnings, origin)
-        if boxes:
-            out.boxes[clip_id] = [boxes]
+        out.boxes[clip_id] = [_official_vggss_boxes(clip_id, raw, out.warnings, origin)]
     return out
+
+
+def _official_vggss_boxes(clip_id: str, raw: list, warnings: list[dict[str, Any]],
+                          origin: str) -> list[list[float]]:
+    """The boxes the official code draws: coordinates ``max(v, 0)`` (capped at 1, which is
+    the same pixel edge), never reordered; a box without area there is empty (dropped)."""
+    kept = []
+    for box in raw:
+        try:
+            values = [float(v) for v in box]
+        except (TypeError, ValueError):
+            values = []
+        if len(values) != 4 or any(v != v for v in values):
+            warnings.append(_warn(clip_id, "bad_box", f"{box} is not 4 numbers (read as an empty box)", origin))
+            continue
+        x1, y1, x2, y2 = (min(max(v, 0.0), 1.0) for v in values)
+        if [x1, y1, x2, y2] != values:
+            warnings.append(_warn(clip_id, "box_out_of_range",
+                                  f"{box} -> {[round(v, 5) for v in (x1, y1, x2, y2)]}", origin))
+        if x2 <= x1 or y2 <= y1:
+            warnings.append(_warn(clip_id, "empty_box", f"{box} covers nothing as the official code "
+                                                        "reads it (an empty box)", origin))
+            continue
+        kept.append([round(v, 6) for v in (x1, y1, x2, y2)])
+    if not kept:
+        warnings.append(_warn(clip_id, "empty_ground_truth", "every box is empty: the clip is kept "
+                                                             "and scores cIoU 0", origin))
+    return kept
 
 
 def parse_flickr_json(data: dict[str, Any], id_style: str = "generic", origin: str = "") -> Annotations:

@@ -94,11 +94,12 @@ def test_nan_map_is_rejected():
         M.prediction_mask(bad)
 
 
-def test_empty_ground_truth_is_an_error_not_zero():
-    with pytest.raises(ValueError, match="empty"):
-        M.ciou(np.ones((8, 8), bool), np.zeros((8, 8)))
+def test_empty_ground_truth_scores_zero_as_the_protocol_does():
+    assert M.ciou(np.ones((8, 8), bool), np.zeros((8, 8))) == 0.0
+    assert M.ciou(np.zeros((8, 8), bool), np.zeros((8, 8))) == 0.0
+    assert not M.gt_map([[]], "vggss").any() and not M.gt_map([], "vggss").any()
     with pytest.raises(ValueError, match="no ground-truth boxes"):
-        M.gt_map([], "vggss")
+        M.gt_map(None, "vggss")
 
 
 def test_malformed_box_is_named():

@@ -194,3 +194,15 @@ def test_heatmaps_writes_best_and_worst_pictures_and_a_report(shards, tmp_path):
     for p in pics:
         assert (tmp_path / "out" / p["path"]).is_file() and p["path"] in html
     assert "cIoU@0.5" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_empty_ground_truth_scores_zero_and_a_clip_without_boxes_is_listed_not_fatal(tmp_path):
+    empty = make_clip("emptygt", [0, 0, .5, .5])
+    empty.meta["boxes"] = [[]]                       # annotated: every box covers nothing
+    clips = [make_clip("ok1", [0, 0, .6, .7], seed=1), empty, make_clip("nobox", [0, 0, .5, .5], boxes=False)]
+    write_shard(tmp_path / "mix-000000.tar", clips)
+    m = evaluate("center", str(tmp_path / "mix-*.tar"), tmp_path / "out", EvalConfig())
+    assert m["n"] == 2 and m["empty_ground_truth"] == ["emptygt"]
+    rows = {r["id"]: r for r in csv.DictReader(open(tmp_path / "out" / "per_clip.csv"))}
+    assert float(rows["emptygt"]["ciou"]) == 0.0 and rows["emptygt"]["n_boxes"] == "0"
+    assert [f["key"] for f in m["failures"]] == ["nobox"]

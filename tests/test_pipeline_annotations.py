@@ -39,15 +39,43 @@ def test_flickr_xml_folder_skips_each_bboxs_first_child(tmp_path: Path):
     assert len(ann.boxes["4567"]) == 3
 
 
-def test_boxes_outside_the_frame_are_clipped_and_reported(tmp_path: Path):
+def test_vggss_boxes_outside_the_frame_are_clipped_and_reported(tmp_path: Path):
     path = tmp_path / "bad.json"
     path.write_text(json.dumps([{"file": "a", "bbox": [[-0.2, 0.1, 1.3, 0.5]]},
                                 {"file": "b", "bbox": [[1.2, 1.2, 1.5, 1.5]]}]))
     ann = load_annotations(path)
     assert ann.boxes["a"] == [[[0.0, 0.1, 1.0, 0.5]]]
-    assert "b" not in ann.boxes
+    assert ann.boxes["b"] == [[]]            # annotated, but the ground truth is empty
     reasons = {(w["id"], w["reason"]) for w in ann.warnings}
     assert ("a", "box_out_of_range") in reasons and ("b", "empty_box") in reasons
+    assert ("b", "empty_ground_truth") in reasons
+
+
+def _official_gt(boxes: list[list[float]]) -> "np.ndarray":
+    """The official VGG-SS ground truth, from its rule: int(224 * max(v, 0)), slices."""
+    import numpy as np
+
+    gt = np.zeros((224, 224))
+    for box in boxes:
+        x1, y1, x2, y2 = (int(224 * max(v, 0)) for v in box)
+        gt[y1:y2, x1:x2] = 1
+    return gt
+
+
+def test_published_vggss_boxes_give_the_official_ground_truth():
+    import numpy as np
+
+    from eval.metrics import gt_map
+    from pipeline.index import normalise_id
+
+    path = Path(__file__).resolve().parent.parent / "metadata" / "htf_vggss.json"
+    ann = load_annotations(path, "vggsound")
+    absurd = [e for e in json.loads(path.read_text()) if min(min(b) for b in e["bbox"]) < -1]
+    assert len(absurd) == 12
+    for entry in absurd + [e for e in json.loads(path.read_text()) if e["file"] == "M1P1xla8rg0_000000"]:
+        ours = gt_map(ann.boxes[normalise_id(entry["file"], "vggsound")], "vggss")
+        assert np.array_equal(ours, _official_gt(entry["bbox"])), entry["file"]
+    assert ann.boxes["M1P1xla8rg0_000000"] == [[]]
 
 
 def test_keyframe_map_accepts_indices_and_official_imagetoframe_lists(tmp_path: Path):

@@ -68,3 +68,24 @@ def test_official_checkpoint_expects_exactly_the_official_pipeline_preset(tmp_pa
         for key, value in values.items():
             assert preset[section][key] == value, f"{section}.{key}"
     assert expected["frames"]["short_side"] == preset["frames"]["short_side"]
+
+
+def test_vggss_clips_with_absurd_or_empty_boxes_count_with_ciou_zero_and_do_not_abort(tmp_path):
+    ids = ["M1P1xla8rg0_000000", "Db6Hjt0x28k_000056", "zpWuikVorYg_000032"]
+    raw = make_vggsound(tmp_path, [ClipSpec(i, frames=40) for i in ids])
+    out = tmp_path / "out"
+    done = run_doc_command("python -m pipeline run --config configs/pipeline/vggsound.yaml --input RAW "
+                           "--output OUT --split-list metadata/lvs_vggss_test5158.csv "
+                           "--annotations metadata/htf_vggss.json --shard-prefix test", REPO,
+                           RAW=str(raw), OUT=str(out))
+    assert done.returncode == 0, done.stderr
+    done = run_doc_command("python -m eval --baseline center --shards OUT/test-*.tar --output REPORT",
+                           REPO, OUT=str(out), REPORT=str(tmp_path / "report"))
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert metrics["n"] == 3 and metrics["empty_ground_truth"] == ["M1P1xla8rg0_000000"]
+    import csv
+
+    rows = {r["id"]: r for r in csv.DictReader(open(tmp_path / "report" / "per_clip.csv"))}
+    assert float(rows["M1P1xla8rg0_000000"]["ciou"]) == 0.0
+    assert rows["Db6Hjt0x28k_000056"]["n_boxes"] == "1"     # the absurd box is empty, as officially
