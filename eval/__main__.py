@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", choices=list(BASELINES), help="a baseline that needs no training")
     p.add_argument("--extended", action="store_true", help="SLAVC's extended protocol (AP, max-F1)")
     p.add_argument("--heatmaps", type=int, metavar="N", help="overlays of the N best and N worst clips")
+    p.add_argument("--split-list", help="the test list the shards were built from: n is reported "
+                                        "against its length and every unscored clip is named")
     p.add_argument("--config", help="eval preset YAML (configs/eval/*.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set protocol.interpolation=bilinear")
@@ -49,6 +51,8 @@ def make_config(args: argparse.Namespace) -> EvalConfig:
         overrides.append("extended.enabled=true")
     if args.heatmaps is not None:
         overrides.append(f"pictures.heatmaps={args.heatmaps}")
+    if args.split_list:
+        overrides.append(f"run.split_list={args.split_list}")
     return load_config(EvalConfig, args.config, overrides)
 
 
@@ -69,6 +73,8 @@ def _line(name: str, m: dict) -> str:
     ext = m.get("extended")
     if ext:
         parts += [f"ap={ext['ap']:.4f}", f"max_f1={ext['max_f1']:.4f}"]
+    if "n_listed" in m:
+        parts.append(f"(of {m['n_listed']} listed; {len(m['not_scored'])} not scored)")
     return f"{name}: " + " ".join(parts)
 
 
@@ -95,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     except (EvalError, ConfigError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    for item in metrics.get("not_scored", [])[:20]:
+        print(f"not scored: {item['id']}: {item['reason']}", file=sys.stderr)
     if metrics.get("n_failed"):
         print(f"note: {metrics['n_failed']} item(s) skipped, listed in {out / 'metrics.json'} "
               "under 'failures'", file=sys.stderr)

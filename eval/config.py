@@ -70,6 +70,9 @@ class RunOptions:
     # warn | error | off: shard settings (meta["pipeline"]) against the model's data_settings
     check_settings: Literal["warn", "error", "off"] = "warn"
     max_clips: int | None = None     # stop after this many clips (quick looks; reported)
+    # The test list the shards were built from (txt or csv, id in column 0): metrics then
+    # report n against the list length and name every listed clip that was not scored.
+    split_list: str | None = None
 
     def validate(self) -> None:
         if self.batch_size < 1:

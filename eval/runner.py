@@ -34,6 +34,7 @@ from eval.baselines import BASELINES, Baseline
 from eval.config import EvalConfig
 from eval.shards import Failure, expand_shards, iter_samples
 from htf.config import save_config
+from htf.lists import normalise_id, read_split_list
 from htf.sample import ClipSample
 
 METADATA_DIR = Path(__file__).resolve().parent.parent / "metadata"
@@ -411,6 +412,41 @@ class _Run:
                 M.map_confidence(raw, self.cfg.extended.confidence), M.is_constant(raw), 0))
 
 
+def pipeline_failures(paths: Sequence[str]) -> dict[str, str]:
+    """id -> 'reason: detail' from the pipeline's failures.jsonl next to the shards (for the
+    shards' prefixes): why a clip of the list never reached a shard."""
+    out: dict[str, str] = {}
+    by_folder: dict[Path, set[str]] = {}
+    for p in paths:
+        by_folder.setdefault(Path(p).parent, set()).add(Path(p).name.rsplit("-", 1)[0])
+    for folder, prefixes in by_folder.items():
+        report = folder / "failures.jsonl"
+        if not report.is_file():
+            continue
+        for line in report.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if rec.get("prefix") in prefixes and rec.get("id"):
+                out.setdefault(str(rec["id"]), f"{rec.get('reason', '?')}: {rec.get('detail', '')}".rstrip(": "))
+    return out
+
+
+def list_coverage(list_path: str, scored: set[str], failures: list[Failure],
+                  pipeline: dict[str, str]) -> dict[str, Any]:
+    """n against the list length, and every listed clip that was not scored, with why."""
+    listed = read_split_list(list_path)
+    known = scored | {f.key for f in failures} | set(pipeline)
+    # VGGSound lists may write 'YTID_19' for the clip the shards call 'YTID_000019'.
+    listed = [i if i in known else normalise_id(i, "vggsound") for i in listed]
+    why = {f.key: f.reason for f in failures if f.key}
+    not_scored = [{"id": i, "reason": why.get(i) or pipeline.get(i) or "not in the shards"}
+                  for i in listed if i not in scored]
+    return {"split_list": list_path, "n_listed": len(listed), "not_scored": not_scored,
+            "n_unlisted": len(scored - set(listed))}
+
+
 def _summaries(results: list[ClipResult]) -> dict[str, Any]:
     own = [r for r in results if r.sounding]
     out: dict[str, Any] = dict(M.summarize([r.ciou for r in own]))
@@ -473,6 +509,10 @@ def evaluate(model_or_baseline: Any, shards: str | Sequence[str], output_dir: st
         raise EvalError(f"no clip could be scored in {len(paths)} shard(s); failures: "
                         + "; ".join(f"{f.shard} {f.key}: {f.reason}" for f in run.failures[:5]))
     metrics = _summaries(run.results)
+    from_pipeline = pipeline_failures(paths)
+    if cfg.run.split_list:
+        scored = {r.id for r in run.results if r.sounding}
+        metrics.update(list_coverage(cfg.run.split_list, scored, run.failures, from_pipeline))
     if cfg.extended.enabled:
         info = run.extended_pass(paths)
         s = [r.sounding for r in run.results]
@@ -486,6 +526,7 @@ def evaluate(model_or_baseline: Any, shards: str | Sequence[str], output_dir: st
         "interpolation": cfg.protocol.interpolation,
         "size": cfg.protocol.size,
         "empty_ground_truth": run.empty_gt,
+        "pipeline_failures": [{"id": k, "reason": v} for k, v in from_pipeline.items()],
         "n_failed": len(run.failures),
         "failures": [f.as_dict() for f in run.failures],
         "warnings": run.warnings,

@@ -93,10 +93,11 @@ class AudioConfig:
     # linear (official): scipy.signal.spectrogram(nperseg=512, noverlap=274), log(S+1e-7)/12
     nperseg: int = 512
     noverlap: int = 274
-    # A track shorter than the window is tiled (official behaviour) unless it covers less
-    # than this fraction of it: then the clip is rejected as audio_too_short.
+    # Drop rules, for training shards only (see DropConfig): a track shorter than the
+    # window is tiled (official behaviour) unless it covers less than this fraction of it:
+    # then the clip is dropped as audio_too_short.
     min_coverage: float = 0.3
-    # A window quieter than this (RMS, dB full scale) is digital silence: rejected.
+    # A window quieter than this (RMS, dB full scale) is digital silence: dropped.
     min_rms_dbfs: float = -80.0
 
     def validate(self) -> None:
@@ -141,6 +142,16 @@ class RunConfig:
 
 
 @dataclass
+class DropConfig:
+    """Which shards may lose clips to the audio drop rules (audio.min_coverage,
+    audio.min_rms_dbfs). They apply to training data only: shards whose prefix
+    (``pack.prefix``, ``--shard-prefix``) is listed here are evaluation splits and keep
+    every clip of their list (short audio tiled, silence kept, as the official test
+    loader does), so a test set's denominator is its list length."""
+    eval_prefixes: list[str] = field(default_factory=lambda: ["val", "test"])
+
+
+@dataclass
 class InputConfig:
     # 'flickr' | 'vggsound' | 'generic': how ids in lists map to file stems.
     # VGGSound lists use 'YTID_000019' where VGG-SS files are named the same; a list
@@ -160,12 +171,19 @@ class PipelineConfig:
     pack: PackConfig = field(default_factory=PackConfig)
     run: RunConfig = field(default_factory=RunConfig)
     input: InputConfig = field(default_factory=InputConfig)
+    drop: DropConfig = field(default_factory=DropConfig)
     # Free text: which preset this is (recorded in samples as meta['source']).
     source: str = "generic"
 
 
 # Flow settings that do not change the computed values, so they stay out of cache keys.
 _FLOW_RUNTIME_FIELDS = ("device", "fp16", "batch_size", "allow_random_init")
+
+
+def applies_drop_rules(cfg: PipelineConfig) -> bool:
+    """True for training shards: the audio drop rules may remove clips; evaluation splits
+    (``drop.eval_prefixes``) keep every clip."""
+    return cfg.pack.prefix not in cfg.drop.eval_prefixes
 
 
 def sample_settings(cfg: PipelineConfig) -> dict[str, Any]:
@@ -185,7 +203,7 @@ def content_fingerprint(cfg: PipelineConfig) -> str:
     settings = sample_settings(cfg)
     settings["flow"] = {k: v for k, v in settings["flow"].items()
                         if k not in ("device", "fp16", "batch_size")}
-    return _digest({"settings": settings, "source": cfg.source})
+    return _digest({"settings": settings, "source": cfg.source, "drops": applies_drop_rules(cfg)})
 
 
 def _digest(obj: Any) -> str:

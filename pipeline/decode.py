@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from pipeline.config import FramesConfig, PipelineConfig
+from pipeline.config import FramesConfig, PipelineConfig, applies_drop_rules
 from pipeline.errors import ClipError
 from pipeline.index import ProbeInfo, open_container, probe_container
 
@@ -92,11 +92,12 @@ def decode_clip(video_path: str, cfg: PipelineConfig, keyframe_index: int | None
     pair = _decode_pair(video_path, probe, k, size, native, container)
     t_key = probe.timestamps[k] - probe.timestamps[0]
     center = t_key if cfg.audio.center == "keyframe" else probe.duration / 2
+    drops = applies_drop_rules(cfg)     # evaluation splits keep short and silent clips
     wave, info = load_audio_window(audio_path or video_path, center, cfg.audio.seconds,
-                                   cfg.audio.sample_rate, cfg.audio.min_coverage,
+                                   cfg.audio.sample_rate, cfg.audio.min_coverage if drops else 0.0,
                                    offset=probe.timestamps[0] if audio_path is None else 0.0,
                                    container=container if audio_path is None else None)
-    _reject_silence(wave, cfg.audio.min_rms_dbfs, audio_path or video_path, info)
+    _measure_silence(wave, cfg.audio.min_rms_dbfs, audio_path or video_path, info, reject=drops)
     return DecodedClip(frame0=pair[0], frame1=pair[1], waveform=wave, sample_rate=cfg.audio.sample_rate,
                        keyframe_index=k, keyframe_time=round(t_key, 6), probe=probe, audio_info=info,
                        native0=pair[2] if native else None, native1=pair[3] if native else None)
@@ -221,10 +222,13 @@ def load_audio_window(path: str, center: float, seconds: float, sample_rate: int
     return _whole_track_window(path, center + offset, seconds, sample_rate, min_coverage, offset)
 
 
-def _reject_silence(wave: np.ndarray, min_rms_dbfs: float, path: str, info: dict[str, Any]) -> None:
+def _measure_silence(wave: np.ndarray, min_rms_dbfs: float, path: str, info: dict[str, Any],
+                     reject: bool = True) -> None:
+    """Record the window's level (and whether it is silent); drop a silent clip if ``reject``."""
     rms_db = 20 * math.log10(float(np.sqrt(np.mean(np.square(wave, dtype=np.float64)))) + 1e-12)
     info["rms_dbfs"] = round(rms_db, 1)
-    if rms_db < min_rms_dbfs:
+    info["silent"] = rms_db < min_rms_dbfs
+    if reject and rms_db < min_rms_dbfs:
         raise ClipError("silent_audio", f"{path}: audio window {info.get('window')} is silent "
                                         f"({rms_db:.0f} dBFS < audio.min_rms_dbfs={min_rms_dbfs:g})")
 
@@ -283,7 +287,7 @@ def _whole_track_window(path: str, center: float, seconds: float, sample_rate: i
     if len(samples) == 0:
         raise ClipError("no_audio_samples", f"{path}: the audio stream decodes to no samples")
     coverage = len(samples) / n_out
-    if coverage < min_coverage:
+    if min_coverage > 0 and coverage < min_coverage:
         raise ClipError("audio_too_short",
                         f"{path}: {len(samples) / sample_rate:.2f} s of audio, window {seconds:g} s "
                         f"(audio.min_coverage={min_coverage:g})")

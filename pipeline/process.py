@@ -65,6 +65,7 @@ def build_meta(clip_id: str, decoded: DecodedClip, cfg: PipelineConfig,
         "frame_size": [int(decoded.frame0.shape[1]), int(decoded.frame0.shape[0])],
         "audio_window": decoded.audio_info.get("window"),
         "audio_tiled": decoded.audio_info.get("tiled", False),
+        "audio_silent": decoded.audio_info.get("silent", False),
         "pipeline": sample_settings(cfg),
     }
     if boxes is not None:

@@ -89,3 +89,43 @@ def test_vggss_clips_with_absurd_or_empty_boxes_count_with_ciou_zero_and_do_not_
     rows = {r["id"]: r for r in csv.DictReader(open(tmp_path / "report" / "per_clip.csv"))}
     assert float(rows["M1P1xla8rg0_000000"]["ciou"]) == 0.0
     assert rows["Db6Hjt0x28k_000056"]["n_boxes"] == "1"     # the absurd box is empty, as officially
+
+
+def _flickr_split(tmp_path: Path) -> tuple[Path, Path, Path, list[str]]:
+    """Four listed Flickr clips: normal, 0.5 s of audio, digital silence, and one not downloaded."""
+    from tests.real_layouts import flickr_ids, make_flickr, write_list
+
+    ids = flickr_ids(n=4)
+    specs = [ClipSpec(ids[0]), ClipSpec(ids[1], audio_seconds=0.5), ClipSpec(ids[2], silent=True)]
+    raw, ann = make_flickr(tmp_path, specs)
+    return raw, ann, write_list(tmp_path / "list.txt", ids), ids
+
+
+def _run_flickr(raw: Path, ann: Path, listed: Path, out: Path, prefix: str) -> subprocess.CompletedProcess:
+    return run_doc_command(f"python -m pipeline run --config configs/pipeline/flickr.yaml --input RAW "
+                           f"--output OUT --split-list LIST --annotations ANN --shard-prefix {prefix}", REPO,
+                           RAW=str(raw), OUT=str(out), LIST=str(listed), ANN=str(ann))
+
+
+def test_test_split_keeps_short_and_silent_clips_and_eval_names_the_missing_one(tmp_path):
+    raw, ann, listed, ids = _flickr_split(tmp_path)
+    out = tmp_path / "out"
+    assert _run_flickr(raw, ann, listed, out, "test").returncode == 0
+    report = tmp_path / "report"
+    done = run_doc_command("python -m eval --baseline center --shards OUT/test-*.tar --output REPORT "
+                           "--split-list LIST", REPO, OUT=str(out), REPORT=str(report), LIST=str(listed))
+    assert done.returncode == 0, done.stderr
+    m = json.loads((report / "metrics.json").read_text())
+    assert m["n"] == 3 and m["n_listed"] == 4
+    assert [x["id"] for x in m["not_scored"]] == [ids[3]]
+    assert m["not_scored"][0]["reason"].startswith("missing_file")
+    assert f"not scored: {ids[3]}" in done.stderr
+
+
+def test_training_split_still_drops_short_and_silent_clips(tmp_path):
+    raw, ann, listed, ids = _flickr_split(tmp_path)
+    out = tmp_path / "out"
+    assert _run_flickr(raw, ann, listed, out, "train").returncode == 0
+    reasons = {json.loads(line)["id"]: json.loads(line)["reason"]
+               for line in (out / "failures.jsonl").read_text().splitlines()}
+    assert reasons == {ids[1]: "audio_too_short", ids[2]: "silent_audio", ids[3]: "missing_file"}
