@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heatmaps", type=int, metavar="N", help="overlays of the N best and N worst clips")
     p.add_argument("--split-list", help="the test list the shards were built from: n is reported "
                                         "against its length and every unscored clip is named")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="load a checkpoint even if it holds classes real ones do not (it may run code)")
     p.add_argument("--config", help="eval preset YAML (configs/eval/*.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set protocol.interpolation=bilinear")
@@ -56,14 +58,15 @@ def make_config(args: argparse.Namespace) -> EvalConfig:
     return load_config(EvalConfig, args.config, overrides)
 
 
-def load_checkpoint(path: str, device: str) -> Any:
-    """The model of ``path`` through the trainer's loader (our, official .pth and .ckpt)."""
+def load_checkpoint(path: str, device: str, trust: bool = False) -> Any:
+    """The model of ``path`` through the trainer's loader (our, official .pth and .ckpt);
+    a file holding classes outside the allow-list is refused unless ``trust``."""
     if not Path(path).is_file():
         raise EvalError(f"checkpoint not found: {path}")
     from train.model import load_model
 
     try:
-        return load_model(path, map_location=device)
+        return load_model(path, map_location=device, trust=trust)
     except (KeyError, ValueError, RuntimeError) as err:
         raise EvalError(f"checkpoint {path}: {err}") from err
 
@@ -87,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = make_config(args)
         out = Path(args.output)
         if args.checkpoint:
-            model = load_checkpoint(args.checkpoint, cfg.run.device)
+            model = load_checkpoint(args.checkpoint, cfg.run.device, args.trust_checkpoint)
             metrics = evaluate(model, args.shards, out, cfg, checkpoint=args.checkpoint)
             print(_line(args.checkpoint, metrics))
             if args.baseline:

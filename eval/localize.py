@@ -156,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--every", type=int, metavar="K", help="overlay video, heat map every K frames")
     p.add_argument("--device", default="cpu", help="where the model runs (cpu, cuda)")
     p.add_argument("--keyframe", type=int, help="frame index for the still (default: the middle)")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="load a checkpoint even if it holds classes real ones do not (it may run code)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a pipeline setting, e.g. --set flow.device=cuda")
     args = p.parse_args(argv)
@@ -164,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.errors import ClipError
 
     try:
-        model = load_checkpoint(args.checkpoint, args.device)
+        model = load_checkpoint(args.checkpoint, args.device, args.trust_checkpoint)
         if model.data_settings is None:
             print("warning: the checkpoint records no data settings; using the pipeline defaults",
                   file=sys.stderr)

@@ -37,9 +37,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     from train.engine import NonFiniteLossError, ResumeError, fit
+    from train.model import UntrustedCheckpointError
     try:
         fit(cfg, args.train_shards, args.val_shards, args.output, resume=args.resume)
-    except (NonFiniteLossError, ResumeError, FileNotFoundError, ConfigError) as err:
+    except (NonFiniteLossError, ResumeError, FileNotFoundError, ConfigError, UntrustedCheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

@@ -131,6 +131,8 @@ class LoopConfig:
     check_finite_every: int = 1     # steps between NaN/Inf loss checks (all ranks agree)
     dist_timeout_s: int = 1800
     init_from: str | None = None    # start from these weights (ours or official)
+    # Load init_from even if it holds classes real checkpoints do not (it may run code).
+    trust_init_from: bool = False
 
     def validate(self) -> None:
         if self.epochs < 1 or self.save_every_steps < 1 or self.log_every_steps < 1:

@@ -289,7 +289,8 @@ def _fit(cfg: TrainConfig, train_shards: str, val_shards: str | None, output: Pa
 
     model = HTFModel(cfg.model)
     if cfg.train.init_from:
-        model.load_state_dict(load_model(cfg.train.init_from).state_dict())
+        start = load_model(cfg.train.init_from, trust=cfg.train.trust_init_from)
+        model.load_state_dict(start.state_dict())
     model.data_settings = _data_settings(urls, val_urls, log)
     model.to(info.device)
     optimizer = build_optimizer(model, cfg)

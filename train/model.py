@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -272,14 +273,57 @@ def _official_config(state: dict[str, torch.Tensor]) -> ModelConfig:
     return ModelConfig(flow=flow, width=width, image_size=224)
 
 
-def _torch_load(path: Path, map_location: Any) -> Any:
+class UntrustedCheckpointError(ValueError):
+    """A checkpoint holds objects outside the allow-list: loading it could run code."""
+
+
+def _lightning_safe_globals() -> list[Any]:
+    """Classes a real Lightning checkpoint of this model holds besides tensors and plain
+    containers: the hyper-parameters (an ``argparse.Namespace``), paths in callback
+    states, NumPy scalars in logged metrics. Nothing here runs code when unpickled."""
+    import argparse
+    import pathlib
+
+    import numpy as np
+
+    allowed: list[Any] = [argparse.Namespace, pathlib.PosixPath, pathlib.WindowsPath,
+                          pathlib.PurePosixPath, pathlib.PureWindowsPath, np.dtype]
+    allowed += [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")]
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        from numpy._core.multiarray import scalar
+    except ImportError:  # NumPy < 2
+        from numpy.core.multiarray import scalar  # type: ignore[no-redef]
+    allowed.append(scalar)
+    return allowed
+
+
+def _unsafe_globals(path: Path) -> list[str]:
+    """Names of the globals ``path`` would import that the allow-list does not cover
+    (read from the pickle without running it)."""
+    allowed = {f"{g.__module__}.{g.__qualname__}" for g in _lightning_safe_globals()}
+    try:
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception:
+        return []
+    return [g for g in found if g not in allowed]
+
+
+def _torch_load(path: Path, map_location: Any, trust: bool = False) -> Any:
+    """``torch.load`` with ``weights_only=True`` and the Lightning allow-list; a file that
+    needs anything else is refused (naming the class) unless ``trust`` is set."""
+    try:
+        with torch.serialization.safe_globals(_lightning_safe_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if trust:
+            return torch.load(path, map_location=map_location, weights_only=False)
+        names = _unsafe_globals(path) or [str(err).splitlines()[0][:200]]
+        raise UntrustedCheckpointError(
+            f"{path}: refused: it holds {', '.join(names)}, which real checkpoints of this model do "
+            "not contain (loading it could run code). Only if you trust the file's origin, pass "
+            "--trust-checkpoint (training: --set train.trust_init_from=true).") from None
     except Exception as err:
-        if path.suffix != ".ckpt":
-            raise ValueError(f"{path}: cannot read checkpoint: {err}") from err
-        # Lightning checkpoints pickle their hyper-parameters: load fully (trusted files only).
-        return torch.load(path, map_location=map_location, weights_only=False)
+        raise ValueError(f"{path}: cannot read checkpoint: {err}") from err
 
 
 def model_from_state(state: dict[str, torch.Tensor], cfg: ModelConfig, source: str) -> HTFModel:
@@ -293,8 +337,11 @@ def model_from_state(state: dict[str, torch.Tensor], cfg: ModelConfig, source: s
     return model
 
 
-def load_model(path: str | os.PathLike, map_location: Any = "cpu") -> HTFModel:
+def load_model(path: str | os.PathLike, map_location: Any = "cpu", trust: bool = False) -> HTFModel:
     """Our checkpoint, the official ``{'model': state_dict}`` .pth, or a Lightning .ckpt -> model.
+
+    Loaded with ``weights_only=True`` (plus the classes real Lightning checkpoints hold); a
+    file needing any other class is refused unless ``trust`` (it could run code).
 
     The model is returned in eval mode with ``model.data_settings`` set (the shards'
     ``meta["pipeline"]`` it was trained on; the htf-official settings for official weights).
@@ -302,7 +349,7 @@ def load_model(path: str | os.PathLike, map_location: Any = "cpu") -> HTFModel:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    ckpt = _torch_load(path, map_location)
+    ckpt = _torch_load(path, map_location, trust)
     if not isinstance(ckpt, dict):
         raise ValueError(f"{path}: expected a dict checkpoint, got {type(ckpt).__name__}")
     if ckpt.get("format") == CHECKPOINT_FORMAT:
