@@ -26,6 +26,10 @@ class LossConfig:
     trimap: bool = True             # False: Neg = 1 - Pos (no uncertain band)
     logit_temperature: float = 0.07
     ezvsl_temperature: float = 0.03
+    # global: under DDP each process's clips are contrasted with every process's clips
+    # (features gathered with gradients: 64 x 2 processes = batch 128); local: only with
+    # the clips of its own batch.
+    negatives: Literal["global", "local"] = "global"
 
     def validate(self) -> None:
         if self.tau <= 0 or self.logit_temperature <= 0 or self.ezvsl_temperature <= 0:

@@ -241,7 +241,7 @@ class HTFModel(nn.Module):
                 return_loss: bool = False) -> dict[str, torch.Tensor]:
         img, aud = self.features(image, flow, spec)
         if return_loss:
-            loss, amap = localization_loss(img, aud, self.cfg.loss)
+            loss, amap = localization_loss(img, aud, self.cfg.loss, training=self.training)
             return {"map": amap, "loss": loss, "image_features": img, "audio_features": aud}
         return {"map": own_maps(img, aud), "image_features": img, "audio_features": aud}
 
