@@ -63,7 +63,7 @@ def load_checkpoint(path: str, device: str, trust: bool = False) -> Any:
     a file holding classes outside the allow-list is refused unless ``trust``."""
     if not Path(path).is_file():
         raise EvalError(f"checkpoint not found: {path}")
-    from train.model import load_model
+    from htf.model import load_model
 
     try:
         return load_model(path, map_location=device, trust=trust)

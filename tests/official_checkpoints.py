@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from train.config import ModelConfig
-from train.model import HTFModel
+from htf.model_config import ModelConfig
+from htf.model import HTFModel
 
 
 def official_model(seed: int = 0, width: int = 64) -> HTFModel:

@@ -1,5 +1,5 @@
 """Checkpoints are untrusted files: one that would run code when unpickled is refused by
-every path that loads weights (eval, eval.localize, train.init_from), naming the class."""
+every path that loads weights (eval, apps.localize, train.init_from), naming the class."""
 from __future__ import annotations
 
 import os
@@ -42,7 +42,7 @@ def test_eval_refuses_a_code_running_checkpoint_naming_the_class(evil_ckpt, tmp_
 
 
 def test_localize_refuses_a_code_running_checkpoint(evil_ckpt, tmp_path, capsys):
-    from eval.localize import main
+    from apps.localize import main
 
     video = tmp_path / "v.mp4"
     video.write_bytes(b"")          # never reached
@@ -61,14 +61,14 @@ def test_train_init_from_refuses_a_code_running_checkpoint(evil_ckpt, tmp_path, 
 
 
 def test_trust_flag_loads_it_anyway(evil_ckpt):
-    from train.model import load_model
+    from htf.model import load_model
 
     load_model(evil_ckpt[0], trust=True)
     assert evil_ckpt[1].exists()
 
 
 def test_a_real_lightning_checkpoint_loads_without_trust(tmp_path):
-    from train.model import load_model
+    from htf.model import load_model
 
     model = official_model(width=8)
     loaded = load_model(save_lightning_ckpt(tmp_path / "best.ckpt", model))

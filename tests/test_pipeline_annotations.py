@@ -65,7 +65,7 @@ def _official_gt(boxes: list[list[float]]) -> "np.ndarray":
 def test_published_vggss_boxes_give_the_official_ground_truth():
     import numpy as np
 
-    from eval.metrics import gt_map
+    from htf.metrics import gt_map
     from pipeline.index import normalise_id
 
     path = Path(__file__).resolve().parent.parent / "metadata" / "htf_vggss.json"

@@ -60,7 +60,7 @@ def test_released_weights_recipe_runs_with_settings_check_error(official_shards,
 def test_official_checkpoint_expects_exactly_the_official_pipeline_preset(tmp_path):
     from htf.config import load_config
     from pipeline.config import PipelineConfig, sample_settings
-    from train.model import load_model
+    from htf.model import load_model
 
     preset = sample_settings(load_config(PipelineConfig, REPO / "configs/pipeline/htf-official.yaml"))
     expected = load_model(save_pth(tmp_path / "w.pth", official_model(width=8))).data_settings

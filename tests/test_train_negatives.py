@@ -12,8 +12,8 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
-from train.config import LossConfig
-from train.loss import localization_loss
+from htf.model_config import LossConfig
+from htf.loss import localization_loss
 
 BATCH, WORLD = 128, 2
 

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     from train.engine import NonFiniteLossError, ResumeError, fit
-    from train.model import UntrustedCheckpointError
+    from htf.model import UntrustedCheckpointError
     try:
         fit(cfg, args.train_shards, args.val_shards, args.output, resume=args.resume)
     except (NonFiniteLossError, ResumeError, FileNotFoundError, ConfigError, UntrustedCheckpointError) as err:

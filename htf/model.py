@@ -26,9 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock, conv1x1
 
+from htf.loss import localization_loss, own_maps
+from htf.model_config import MAP_SIZE, ModelConfig
 from htf.official import official_data_settings
-from train.config import MAP_SIZE, ModelConfig
-from train.loss import localization_loss, own_maps
 
 CHECKPOINT_FORMAT = "htf-train-v1"
 

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from train.config import LossConfig
+from htf.model_config import LossConfig
 
 
 class _GatherWithGrad(torch.autograd.Function):
