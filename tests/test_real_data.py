@@ -129,3 +129,33 @@ def test_training_split_still_drops_short_and_silent_clips(tmp_path):
     reasons = {json.loads(line)["id"]: json.loads(line)["reason"]
                for line in (out / "failures.jsonl").read_text().splitlines()}
     assert reasons == {ids[1]: "audio_too_short", ids[2]: "silent_audio", ids[3]: "missing_file"}
+
+
+OFFICIAL_OVERRIDES = {"5344317532": 74, "10624261424": 514, "12158276143": 375}
+
+
+def test_shipped_flickr_keyframe_map_is_imagetoframe_with_the_three_official_overrides():
+    source = json.loads((REPO / "metadata/htf_imagetoframe.json").read_text())
+    resolved = json.loads((REPO / "metadata/htf_flickr_test_keyframes.json").read_text())
+    assert set(resolved) == set(source)
+    for clip_id, entries in source.items():
+        assert resolved[clip_id] == [OFFICIAL_OVERRIDES.get(clip_id, entries[0])], clip_id
+
+
+def test_flickr_test_shards_use_the_overridden_keyframes(tmp_path):
+    from eval.shards import iter_samples
+    from tests.real_layouts import make_flickr, write_list
+
+    specs = [ClipSpec("5344317532", frames=90), ClipSpec("12158276143", frames=375)]
+    raw, ann = make_flickr(tmp_path, specs)
+    listed = write_list(tmp_path / "list.txt", [s.id for s in specs])
+    done = run_doc_command("python -m pipeline run --config configs/pipeline/flickr.yaml --input RAW_FLICKR "
+                           "--output OUT/flickr --split-list LIST --annotations YOUR_FLICKR_XML_FOLDER "
+                           "--keyframes metadata/htf_flickr_test_keyframes.json --shard-prefix test", REPO,
+                           RAW_FLICKR=str(raw), OUT=str(tmp_path / "out"), LIST=str(listed),
+                           YOUR_FLICKR_XML_FOLDER=str(ann))
+    assert done.returncode == 0, done.stderr
+    frames = {s.id: s.meta["keyframe_index"] for _, s in iter_samples(
+        sorted(str(p) for p in (tmp_path / "out" / "flickr").glob("test-*.tar")), [])}
+    # 74 - 1; and 375 is the last frame's number there, so 375 - 2 (the official end rule)
+    assert frames == {"5344317532": 73, "12158276143": 373}
