@@ -81,8 +81,10 @@ class AudioConfig:
     feature: Literal["logmel", "linear"] = "logmel"
     sample_rate: int = 16000
     seconds: float = 3.0
-    # Window centre: the keyframe time (default) or the middle of the clip (official).
-    center: Literal["keyframe", "clip_middle"] = "keyframe"
+    # Window centre: the keyframe time (default), the middle of the clip, or
+    # 'official_test': the official test loader's window of the whole track (centre at half
+    # its whole seconds, Python slice semantics, tiled when short; see pipeline/decode.py).
+    center: Literal["keyframe", "clip_middle", "official_test"] = "keyframe"
     # log-mel parameters (25 ms window, 10 ms hop at 16 kHz -> 301 frames for 3 s)
     n_mels: int = 80
     n_fft: int = 512

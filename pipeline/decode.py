@@ -93,10 +93,13 @@ def decode_clip(video_path: str, cfg: PipelineConfig, keyframe_index: int | None
     t_key = probe.timestamps[k] - probe.timestamps[0]
     center = t_key if cfg.audio.center == "keyframe" else probe.duration / 2
     drops = applies_drop_rules(cfg)     # evaluation splits keep short and silent clips
-    wave, info = load_audio_window(audio_path or video_path, center, cfg.audio.seconds,
-                                   cfg.audio.sample_rate, cfg.audio.min_coverage if drops else 0.0,
-                                   offset=probe.timestamps[0] if audio_path is None else 0.0,
-                                   container=container if audio_path is None else None)
+    if cfg.audio.center == "official_test":
+        wave, info = official_test_audio(audio_path or video_path, cfg.audio.seconds, cfg.audio.sample_rate)
+    else:
+        wave, info = load_audio_window(audio_path or video_path, center, cfg.audio.seconds,
+                                       cfg.audio.sample_rate, cfg.audio.min_coverage if drops else 0.0,
+                                       offset=probe.timestamps[0] if audio_path is None else 0.0,
+                                       container=container if audio_path is None else None)
     _measure_silence(wave, cfg.audio.min_rms_dbfs, audio_path or video_path, info, reject=drops)
     return DecodedClip(frame0=pair[0], frame1=pair[1], waveform=wave, sample_rate=cfg.audio.sample_rate,
                        keyframe_index=k, keyframe_time=round(t_key, 6), probe=probe, audio_info=info,
@@ -220,6 +223,41 @@ def load_audio_window(path: str, center: float, seconds: float, sample_rate: int
                           "tiled": False, "track_seconds": round(track_end - track_start, 3)}
     # Short track or unknown extent: a fresh read of the whole track (rare; reopens the file).
     return _whole_track_window(path, center + offset, seconds, sample_rate, min_coverage, offset)
+
+
+def official_test_window(samples: np.ndarray, seconds: float, sample_rate: int) -> tuple[np.ndarray, int]:
+    """The official test loader's audio window of a whole track, and its start index.
+
+    Its centre is half the track's *whole* seconds (``len // rate / 2``), not the track's
+    middle; the bounds are cut with Python slice semantics, so on a track shorter than the
+    window the negative start counts from the end; a window shorter than ``seconds`` is
+    tiled and cut to length.
+    """
+    half_whole = float(len(samples) // sample_rate) / 2
+    lo = int((half_whole - seconds / 2) * sample_rate)
+    hi = int((half_whole + seconds / 2) * sample_rate)
+    window = samples[lo:hi]
+    n_out = int(sample_rate * seconds)
+    if len(window) == 0:
+        raise ClipError("no_audio_samples", f"the official test window of a {len(samples)}-sample track is empty")
+    if len(window) < n_out:
+        window = np.tile(window, int(n_out / len(window)) + 1)
+    return window[:n_out], lo if lo >= 0 else max(len(samples) + lo, 0)
+
+
+def official_test_audio(path: str, seconds: float, sample_rate: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """The whole track of ``path`` (mono, ``sample_rate``) cut as the official test loader does."""
+    with open_container(path) as container:
+        if not container.streams.audio:
+            raise ClipError("no_audio_stream", f"{path} has no audio stream")
+        samples, _ = _decode_audio(container, container.streams.audio[0], 0.0, math.inf, sample_rate, seek=False)
+    if len(samples) == 0:
+        raise ClipError("no_audio_samples", f"{path}: the audio stream decodes to no samples")
+    wave, start = official_test_window(samples, seconds, sample_rate)
+    track = len(samples) / sample_rate
+    return wave, {"window": [round(start / sample_rate, 4), round(min(start / sample_rate + seconds, track), 4)],
+                  "tiled": len(samples[start:start + int(sample_rate * seconds)]) < int(sample_rate * seconds),
+                  "track_seconds": round(track, 3), "rule": "official_test"}
 
 
 def _measure_silence(wave: np.ndarray, min_rms_dbfs: float, path: str, info: dict[str, Any],

@@ -159,3 +159,37 @@ def test_flickr_test_shards_use_the_overridden_keyframes(tmp_path):
         sorted(str(p) for p in (tmp_path / "out" / "flickr").glob("test-*.tar")), [])}
     # 74 - 1; and 375 is the last frame's number there, so 375 - 2 (the official end rule)
     assert frames == {"5344317532": 73, "12158276143": 373}
+
+
+def _official_test_loader_audio(wav: Path) -> "np.ndarray":
+    """The official test loader, from its rule: centre at half the whole seconds, Python
+    slicing, /32767, tiled to 3 s."""
+    import numpy as np
+    from scipy.io import wavfile
+
+    rate, samples = wavfile.read(wav)
+    lower = float(len(samples) // 22050) / 2 - 1.5
+    higher = float(len(samples) // 22050) / 2 + 1.5
+    audio = samples[int(lower * 22050):int(higher * 22050)] / 32767
+    if audio.shape[0] < rate * 3.0:
+        audio = np.tile(audio, int(rate * 3.0 / audio.shape[0]) + 1)
+    return audio[:int(rate * 3.0)]
+
+
+@pytest.mark.parametrize("audio_seconds", [4.5, 10.9, 2.5, 1.2])
+def test_htf_official_preset_cuts_test_audio_as_the_official_test_loader(tmp_path, audio_seconds):
+    import numpy as np
+
+    from htf.config import load_config
+    from pipeline.config import PipelineConfig
+    from pipeline.decode import decode_clip
+    from tests.real_layouts import write_video, write_wav
+
+    spec = ClipSpec("5344317532", frames=30, audio_seconds=audio_seconds)
+    video = write_video(tmp_path / "video" / "c.mp4", spec, with_audio=False)
+    wav = write_wav(tmp_path / "audio" / "c.wav", spec)
+    cfg = load_config(PipelineConfig, REPO / "configs/pipeline/htf-official.yaml", ["pack.prefix=test"])
+    ours = decode_clip(str(video), cfg, audio_path=str(wav)).waveform
+    expected = _official_test_loader_audio(wav)
+    assert ours.shape == expected.shape == (66150,)
+    assert np.abs(ours - expected).max() < 1e-4
