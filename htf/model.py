@@ -121,6 +121,11 @@ class FlowAttention(nn.Module):
 
 # ---------------------------------------------------------------------- pretrained weights
 
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights by name are neither cached nor downloadable: the message names
+    the file to provide and where to put it."""
+
+
 def _fetch_torchvision_resnet18(name: str) -> dict[str, torch.Tensor]:
     """ImageNet weights by torchvision name; fails fast, with what to do, when offline."""
     from torchvision.models import ResNet18_Weights
@@ -133,12 +138,12 @@ def _fetch_torchvision_resnet18(name: str) -> dict[str, torch.Tensor]:
                           f"(known: {[w.name for w in ResNet18_Weights]}) and no such file") from None
     cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
     if not cached.is_file() and os.environ.get("HTF_OFFLINE", "") not in ("", "0"):
-        raise RuntimeError(f"weights '{name}' are not cached at {cached} and HTF_OFFLINE is set; "
+        raise WeightsUnavailableError(f"weights '{name}' are not cached at {cached} and HTF_OFFLINE is set; "
                            f"download {weights.url} there or give a local path")
     try:
         return weights.get_state_dict(progress=False)
     except Exception as err:  # URLError, socket errors, ...
-        raise RuntimeError(f"could not download ResNet-18 weights '{name}' from {weights.url} ({err}); "
+        raise WeightsUnavailableError(f"could not download ResNet-18 weights '{name}' from {weights.url} ({err}); "
                            f"on an offline machine put the file at {cached} or set the weights "
                            f"option to a local .pth path") from err
 

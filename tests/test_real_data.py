@@ -193,3 +193,20 @@ def test_htf_official_preset_cuts_test_audio_as_the_official_test_loader(tmp_pat
     expected = _official_test_loader_audio(wav)
     assert ours.shape == expected.shape == (66150,)
     assert np.abs(ours - expected).max() < 1e-4
+
+
+def test_train_without_config_runs_the_official_recipe_and_fails_fast_offline_naming_the_file(tmp_path):
+    from tests.eval_shards import standard_clips, write_shard
+
+    shards = write_shard(tmp_path / "train-000000.tar", standard_clips(2))
+    env = dict(os.environ, PYTHONPATH=str(REPO), HTF_OFFLINE="1", TORCH_HOME=str(tmp_path / "hub"))
+    done = subprocess.run([sys.executable, "-m", "train", "--train-shards", str(shards), "--output",
+                           str(tmp_path / "run")], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "configs/train/htf-official.yaml" in done.stderr
+    error = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert error and str(tmp_path / "hub" / "hub" / "checkpoints" / "resnet18-f37072fd.pth") in error[0]
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    helped = subprocess.run([sys.executable, "-m", "train", "--help"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert "official recipe" in helped.stdout and "htf-official.yaml" in helped.stdout

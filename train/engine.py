@@ -277,6 +277,8 @@ def _fit(cfg: TrainConfig, train_shards: str, val_shards: str | None, output: Pa
         save_config(cfg, output / "config.yaml")
     du.barrier(info)
     log = Logger(output, info.is_main)
+    # The model first: missing pretrained weights stop the run before any shard is read.
+    model = HTFModel(cfg.model)
 
     urls = expand_urls(train_shards)
     val_urls = expand_urls(val_shards) if val_shards else []
@@ -287,7 +289,6 @@ def _fit(cfg: TrainConfig, train_shards: str, val_shards: str | None, output: Pa
     if cfg.train.max_steps is not None:
         total_steps = min(total_steps, cfg.train.max_steps)
 
-    model = HTFModel(cfg.model)
     if cfg.train.init_from:
         start = load_model(cfg.train.init_from, trust=cfg.train.trust_init_from)
         model.load_state_dict(start.state_dict())
