@@ -33,7 +33,26 @@ class ExtendedConfig:
     # seeded: always seeded pairs; or a path to a `video,audio,label` CSV.
     pairs: str = "auto"
     seed: int = 0
-    confidence: Literal["max", "mean"] = "max"   # of the raw (unnormalised) map
+    # htf: confidence from the raw 7x7 map (extended.confidence), the main protocol's mask.
+    # slavc: as SLAVC's test code: the map upsampled to 224 (slavc_interpolation), rescaled
+    # by its fixed range; confidence = mean of the top quarter; SLAVC's mask (absolute
+    # threshold pred_thr, or with relative_prediction the min-max map above its pred_size
+    # quantile).
+    protocol: Literal["htf", "slavc"] = "htf"
+    confidence: Literal["max", "mean"] = "max"   # htf: of the raw (unnormalised) map
+    relative_prediction: bool = False
+    pred_size: float = 0.5
+    pred_thr: float = 0.5
+    fixed_range: list[float] = field(default_factory=lambda: [-1.0, 1.0])  # of a cosine map
+    slavc_interpolation: str = "bicubic_align_corners"
+
+    def validate(self) -> None:
+        if len(self.fixed_range) != 2 or not self.fixed_range[1] > self.fixed_range[0]:
+            raise ValueError(f"fixed_range must be [lo, hi] with lo < hi, got {self.fixed_range}")
+        if not 0 <= self.pred_size < 1:
+            raise ValueError("pred_size must be in [0, 1)")
+        if self.slavc_interpolation not in INTERPOLATIONS:
+            raise ValueError(f"slavc_interpolation must be one of {list(INTERPOLATIONS)}")
 
 
 @dataclass

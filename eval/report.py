@@ -19,6 +19,9 @@ SUMMARY_KEYS: tuple[tuple[str, str], ...] = (
 EXTENDED_KEYS: tuple[tuple[str, str], ...] = (
     ("ap", "AP (extended protocol)"),
     ("max_f1", "max-F1 (extended protocol)"),
+    ("ap_at_75", "AP@75 (extended protocol)"),
+    ("max_f1_at_75", "max-F1@75 (extended protocol)"),
+    ("protocol", "extended protocol's confidence and mask"),
     ("n_sounding", "sounding pairs"),
     ("n_non_sounding", "non-sounding pairs"),
 )
@@ -45,7 +48,10 @@ def metric_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
         ("shards", str(len(metrics.get("shards", [])))),
         ("maps that were constant", str(metrics.get("n_constant_maps", 0))),
         ("skipped (see failures)", str(metrics.get("n_failed", 0))),
+        ("empty ground truth (scored 0)", str(len(metrics.get("empty_ground_truth", [])))),
     ]
+    if "n_listed" in metrics:
+        rows.append(("listed clips not scored", f"{len(metrics['not_scored'])} of {metrics['n_listed']}"))
     return rows
 
 

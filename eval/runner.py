@@ -209,6 +209,7 @@ class ClipResult:
     confidence: float
     constant_map: bool
     n_boxes: int
+    ext_ciou: float = math.nan   # the extended protocol's cIoU (SLAVC's mask under slavc)
 
 
 @dataclass
@@ -296,6 +297,7 @@ class _Run:
         self.formats: dict[str, str] = {}
         self.empty_gt: list[str] = []
         self.missing_boxes: list[MissingBoxesError] = []
+        self.pair_only: dict[str, tuple[str, MissingBoxesError]] = {}
 
     def check_settings(self, sample: ClipSample, shard: str) -> None:
         expected = self.p.data_settings
@@ -337,11 +339,20 @@ class _Run:
             value = M.ciou(mask, gt)
             if not gt.any():
                 self.empty_gt.append(sample.id)
+            confidence, ext_mask = self.extended_scores(raw)
             self.results.append(ClipResult(
-                sample.id, sample.id, shard, fmt, True, value,
-                M.map_confidence(raw, self.cfg.extended.confidence), M.is_constant(raw),
-                count_boxes(sample.boxes)))
+                sample.id, sample.id, shard, fmt, True, value, confidence, M.is_constant(raw),
+                count_boxes(sample.boxes), value if ext_mask is None else M.ciou(ext_mask, gt)))
             self.extremes.add(_Picked(value, sample.id, sample.frame, raw, sample.boxes))
+
+    def extended_scores(self, raw: np.ndarray) -> tuple[float, np.ndarray | None]:
+        """(confidence, mask for the extended cIoU or None for the main mask)."""
+        ext = self.cfg.extended
+        if ext.protocol == "htf":
+            return M.map_confidence(raw, ext.confidence), None
+        scores = M.slavc_scores(raw, ext.fixed_range, self.cfg.protocol.size, ext.slavc_interpolation)
+        return M.slavc_confidence(scores), M.slavc_mask(scores, ext.relative_prediction, ext.pred_size,
+                                                        ext.pred_thr)
 
     def first_pass(self, paths: list[str]) -> None:
         batch: list[tuple[str, ClipSample, str]] = []
@@ -358,6 +369,13 @@ class _Run:
                 _require_boxes(sample, shard)
                 fmt = _box_format(sample, shard, self.cfg, self.warnings)
             except MissingBoxesError as err:
+                if self.cfg.extended.enabled:
+                    # Maybe a clip only the pair lists need (its frame or audio); decided
+                    # once the pairs are known (extended_pass).
+                    self.check_settings(sample, shard)
+                    self.pair_only[sample.id] = (shard, err)
+                    self.specs[sample.id] = sample.spec.astype(np.float16)
+                    continue
                 self.missing_boxes.append(err)
                 self.failures.append(Failure(shard, sample.id, "no ground-truth boxes: not scored"))
                 continue
@@ -377,11 +395,17 @@ class _Run:
     def extended_pass(self, paths: list[str]) -> dict:
         scored = {r.id: r for r in self.results}
         self.formats = {r.id: r.box_format for r in self.results}
-        pairs, info = resolve_pairs(list(scored), {r.box_format for r in scored.values()}, self.cfg)
+        available = list(scored) + [i for i in self.pair_only if i not in scored]
+        pairs, info = resolve_pairs(available, {r.box_format for r in scored.values()}, self.cfg)
+        used = {x for pair in pairs for x in pair}
+        for clip_id, (shard, err) in self.pair_only.items():
+            if clip_id not in used:      # no pair needs it: a clip without boxes after all
+                self.missing_boxes.append(err)
+                self.failures.append(Failure(shard, clip_id, "no ground-truth boxes: not scored"))
+        info["pair_only_clips"] = sorted(used & set(self.pair_only))
         by_video: dict[str, list[str]] = {}
         for v, a in pairs:
-            if v in scored:
-                by_video.setdefault(v, []).append(a)
+            by_video.setdefault(v, []).append(a)
         batch: list[tuple[str, ClipSample, str]] = []
         done: set[str] = set()
         for shard, sample in iter_samples(paths, []):  # failures were recorded in pass 1
@@ -409,7 +433,7 @@ class _Run:
                 continue
             self.results.append(ClipResult(
                 sample.id, audio_id, shard, self.formats.get(sample.id, ""), False, math.nan,
-                M.map_confidence(raw, self.cfg.extended.confidence), M.is_constant(raw), 0))
+                self.extended_scores(raw)[0], M.is_constant(raw), 0))
 
 
 def pipeline_failures(paths: Sequence[str]) -> dict[str, str]:
@@ -461,13 +485,14 @@ def _summaries(results: list[ClipResult]) -> dict[str, Any]:
 def write_per_clip(results: Iterable[ClipResult], path: str | os.PathLike) -> Path:
     path = Path(path)
     cols = ["id", "audio_id", "sounding", "ciou", "confidence", "box_format", "n_boxes",
-            "constant_map", "shard"]
+            "constant_map", "shard", "extended_ciou"]
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(cols)
         for r in results:
             w.writerow([r.id, r.audio_id, int(r.sounding), "" if math.isnan(r.ciou) else f"{r.ciou:.6f}",
-                        f"{r.confidence:.6f}", r.box_format, r.n_boxes, int(r.constant_map), r.shard])
+                        f"{r.confidence:.6f}", r.box_format, r.n_boxes, int(r.constant_map), r.shard,
+                        "" if math.isnan(r.ext_ciou) else f"{r.ext_ciou:.6f}"])
     return path
 
 
@@ -504,8 +529,8 @@ def evaluate(model_or_baseline: Any, shards: str | Sequence[str], output_dir: st
     for f in run.failures:
         print(f"skipped: shard {f.shard}{', clip ' + f.key if f.key else ''}: {f.reason}", file=sys.stderr)
     if not any(r.sounding for r in run.results):
-        if run.missing_boxes:
-            raise run.missing_boxes[0]
+        if run.missing_boxes or run.pair_only:
+            raise (run.missing_boxes or [err for _, err in run.pair_only.values()])[0]
         raise EvalError(f"no clip could be scored in {len(paths)} shard(s); failures: "
                         + "; ".join(f"{f.shard} {f.key}: {f.reason}" for f in run.failures[:5]))
     metrics = _summaries(run.results)
@@ -516,9 +541,12 @@ def evaluate(model_or_baseline: Any, shards: str | Sequence[str], output_dir: st
     if cfg.extended.enabled:
         info = run.extended_pass(paths)
         s = [r.sounding for r in run.results]
-        ext = M.summarize_extended(s, [r.ciou for r in run.results], [r.confidence for r in run.results])
+        ext = M.summarize_extended(s, [r.ext_ciou for r in run.results], [r.confidence for r in run.results])
         metrics["extended"] = {**ext, "pairs": info["source"], "missing_pairs": info["missing_pairs"],
-                               "confidence": cfg.extended.confidence}
+                               "pair_only_clips": info["pair_only_clips"], "protocol": cfg.extended.protocol,
+                               "confidence": (cfg.extended.confidence if cfg.extended.protocol == "htf"
+                                              else "slavc_top_quarter_mean"),
+                               "relative_prediction": cfg.extended.relative_prediction}
     metrics.update({
         "predictor": predictor.describe(),
         "checkpoint": checkpoint,

@@ -38,8 +38,9 @@ from typing import Iterable, Literal, Sequence
 import numpy as np
 
 BoxFormat = Literal["flickr", "vggss"]
-Interpolation = Literal["bicubic", "bilinear", "bilinear_align_corners", "nearest"]
-INTERPOLATIONS: tuple[str, ...] = ("bicubic", "bilinear", "bilinear_align_corners", "nearest")
+Interpolation = Literal["bicubic", "bicubic_align_corners", "bilinear", "bilinear_align_corners", "nearest"]
+INTERPOLATIONS: tuple[str, ...] = ("bicubic", "bicubic_align_corners", "bilinear", "bilinear_align_corners",
+                                   "nearest")
 BOX_FORMATS: tuple[str, ...] = ("flickr", "vggss")
 AUC_THRESHOLDS: tuple[float, ...] = tuple(0.05 * i for i in range(21))
 SUCCESS_THRESHOLD = 0.5
@@ -120,7 +121,7 @@ def resize_matrix(n_in: int, n_out: int, interpolation: str = "bicubic") -> np.n
         src = np.minimum(np.floor(out * (n_in / n_out)).astype(int), n_in - 1)
         w[rows, src] = 1.0
         return w
-    if interpolation == "bilinear_align_corners":
+    if interpolation.endswith("_align_corners"):
         src = out * ((n_in - 1) / (n_out - 1)) if n_out > 1 else np.zeros_like(out)
     else:
         src = (out + 0.5) * (n_in / n_out) - 0.5
@@ -128,7 +129,7 @@ def resize_matrix(n_in: int, n_out: int, interpolation: str = "bicubic") -> np.n
             src = np.maximum(src, 0.0)
     base = np.floor(src).astype(int)
     t = src - base
-    if interpolation == "bicubic":
+    if interpolation.startswith("bicubic"):
         taps, weights = np.arange(-1, 3), _cubic_weights(t)
     else:
         taps, weights = np.arange(0, 2), np.stack([1 - t, t], axis=-1)
@@ -327,11 +328,51 @@ def extended_max_f1(sounding: Sequence[bool], cious: Sequence[float],
 
 def summarize_extended(sounding: Sequence[bool], cious: Sequence[float],
                        confidences: Sequence[float]) -> dict[str, float | int]:
-    """{"ap", "max_f1", "n_sounding", "n_non_sounding"} of the extended protocol."""
+    """The extended protocol's numbers at cIoU 0.5 and 0.75 (SLAVC reports both): ``ap``,
+    ``max_f1``, ``precision`` (every pair detected) and their ``_at_75`` twins, ``auc``
+    over the sounding pairs, ``n_sounding``, ``n_non_sounding``."""
     s, c, conf = _extended_arrays(sounding, cious, confidences)
-    return {
-        "ap": extended_ap(s, c, conf),
-        "max_f1": extended_max_f1(s, c, conf),
-        "n_sounding": int(s.sum()),
-        "n_non_sounding": int((~s).sum()),
-    }
+    out: dict[str, float | int] = {}
+    for suffix, thr in (("", SUCCESS_THRESHOLD), ("_at_75", 0.75)):
+        out[f"ap{suffix}"] = extended_ap(s, c, conf, thr)
+        out[f"max_f1{suffix}"] = extended_max_f1(s, c, conf, thr)
+        out[f"precision{suffix}"] = precision_recall(s, c, conf, -math.inf, thr)[0]
+    out.update({"auc": auc(c[s]), "n_sounding": int(s.sum()), "n_non_sounding": int((~s).sum())})
+    return out
+
+
+# --------------------------------------------------------------------------- SLAVC's own rules
+SLAVC_INTERPOLATION = "bicubic_align_corners"
+
+
+def slavc_scores(map2d: np.ndarray, fixed_range: Sequence[float] = (-1.0, 1.0), size: int = 224,
+                 interpolation: str = SLAVC_INTERPOLATION) -> np.ndarray:
+    """SLAVC's scores: the map upsampled to ``size`` (align_corners=True), rescaled by the
+    map's fixed range (not its own min and max): (x - lo) / (hi - lo). A cosine map has
+    the range [-1, 1]; SLAVC's own maps, cosine / tau, have [-1/tau, 1/tau]."""
+    lo, hi = float(fixed_range[0]), float(fixed_range[1])
+    if not hi > lo:
+        raise ValueError(f"fixed range {list(fixed_range)}: expected lo < hi")
+    return (upsample(map2d, size, interpolation) - lo) / (hi - lo)
+
+
+def slavc_confidence(scores: np.ndarray) -> float:
+    """SLAVC's confidence: the mean of the top quarter (``n // 4`` values) of the scores."""
+    flat = np.sort(np.asarray(scores, dtype=np.float64), axis=None)
+    return float(flat[-(flat.size // 4):].mean())
+
+
+def slavc_mask(scores: np.ndarray, relative: bool = False, pred_size: float = 0.5,
+               pred_thr: float = 0.5) -> np.ndarray:
+    """SLAVC's prediction mask, ``pred >= thr``. Absolute (default): ``pred`` is the
+    scores and ``thr`` is ``pred_thr``. Relative (its ``--relative_prediction``): ``pred``
+    is the scores min-max normalised (left as they are when constant) and ``thr`` is the
+    element ``int(n * pred_size)`` of the sorted ``pred``."""
+    pred = np.asarray(scores, dtype=np.float64)
+    if not relative:
+        return pred >= pred_thr
+    lo, hi = float(pred.min()), float(pred.max())
+    if hi - lo != 0:
+        pred = (pred - lo) / (hi - lo)
+    thr = np.sort(pred, axis=None)[int(pred.size * pred_size)]
+    return pred >= thr
