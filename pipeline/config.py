@@ -150,7 +150,7 @@ class DropConfig:
     (``pack.prefix``, ``--shard-prefix``) is listed here are evaluation splits and keep
     every clip of their list (short audio tiled, silence kept, as the official test
     loader does), so a test set's denominator is its list length."""
-    eval_prefixes: list[str] = field(default_factory=lambda: ["val", "test"])
+    eval_prefixes: list[str] = field(default_factory=lambda: ["val", "test", "pairs"])
 
 
 @dataclass
