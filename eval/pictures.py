@@ -85,7 +85,9 @@ def draw_boxes(image: np.ndarray, boxes: Sequence | None, thickness: int = 2) ->
         return out
     h, w = out.shape[:2]
     for a, annotator in enumerate(boxes):
-        items = annotator if annotator and isinstance(annotator[0], (list, tuple)) else [annotator]
+        if not annotator:
+            continue          # an annotator without a box (an empty ground truth)
+        items = annotator if isinstance(annotator[0], (list, tuple)) else [annotator]
         for box in items:
             if len(box) != 4:
                 raise ValueError(f"box {box!r}: expected [x1, y1, x2, y2]")

@@ -81,11 +81,25 @@ def fit_time(spec: np.ndarray, frames: int | None, offset: int | None = None) ->
     return spec[:, start:start + frames]
 
 
+def official_test_resize(frame: np.ndarray, flow: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The official test transform: frame and each flow channel (8-bit images there) resized
+    to size x size with PIL's bicubic filter; flow back to 0..1."""
+    from PIL import Image
+
+    frame = np.asarray(Image.fromarray(frame).resize((size, size), Image.BICUBIC))
+    u8 = np.clip(np.round(np.asarray(flow, np.float32) * 255.0), 0, 255).astype(np.uint8)
+    channels = [np.asarray(Image.fromarray(c).resize((size, size), Image.BICUBIC)) for c in u8]
+    return frame, np.stack(channels).astype(np.float32) / np.float32(255.0)
+
+
 def eval_arrays(sample: ClipSample, cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Test-time inputs: whole frame resized to S x S, centred audio crop."""
+    """Test-time inputs: whole frame resized to S x S, centred audio crop. Samples in the
+    official encoding get the official test transform (PIL bicubic), the rest ours."""
     h, w = sample.frame.shape[:2]
-    frame, flow = geometry(sample.frame, sample.flow, (0, 0, w, h), cfg.image_size, False,
-                            vectors=not official_flow(sample.meta))
+    if official_flow(sample.meta):
+        frame, flow = official_test_resize(sample.frame, sample.flow, cfg.image_size)
+    else:
+        frame, flow = geometry(sample.frame, sample.flow, (0, 0, w, h), cfg.image_size, False, vectors=True)
     return to_tensors(frame, flow, fit_time(sample.spec, cfg.audio_frames), cfg)
 
 

@@ -196,7 +196,9 @@ def sample_settings(cfg: PipelineConfig) -> dict[str, Any]:
 def flow_cache_key(cfg: PipelineConfig) -> str:
     """Short hash of everything the cached flow depends on (frames + flow settings)."""
     flow = {k: v for k, v in asdict(cfg.flow).items() if k not in _FLOW_RUNTIME_FIELDS}
-    return _digest({"frames": asdict(cfg.frames), "flow": flow})
+    # v2: native-resolution flow sees grayscale made from RGB (BT.601), and the uint8_clip
+    # encoding includes the official JPEG round trip; older cached flow is not reused.
+    return _digest({"frames": asdict(cfg.frames), "flow": flow, "flow_version": 2})
 
 
 def content_fingerprint(cfg: PipelineConfig) -> str:

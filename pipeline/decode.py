@@ -109,9 +109,16 @@ def decode_clip(video_path: str, cfg: PipelineConfig, keyframe_index: int | None
 # ------------------------------------------------------------------------------- frames
 
 def _convert(frame, size: tuple[int, int], native: bool) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """RGB at the stored size; for native-resolution flow also the native grayscale frame,
+    made from the RGB pixels with OpenCV's BT.601 weights as the official preprocessing
+    does (cvtColor of the decoded frame), not the video's own luma plane."""
+    import cv2
+
     rgb = frame.to_ndarray(format="rgb24", width=size[0], height=size[1], interpolation="AREA")
-    gray = frame.to_ndarray(format="gray") if native else None
-    return rgb, gray
+    if not native:
+        return rgb, None
+    full = rgb if (frame.width, frame.height) == tuple(size) else frame.to_ndarray(format="rgb24")
+    return rgb, cv2.cvtColor(full, cv2.COLOR_RGB2GRAY)
 
 
 def _decode_pair(path: str, probe: ProbeInfo, k: int, size: tuple[int, int], native: bool, container=None):

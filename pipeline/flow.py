@@ -122,10 +122,20 @@ def resize_flow(flow: np.ndarray, size: tuple[int, int], rescale_vectors: bool =
 
 
 def encode_flow_values(flow: np.ndarray, encoding: str) -> np.ndarray:
-    """'signed': unchanged. 'uint8_clip': what the official JPEG round trip leaves
-    (rounded, clipped to 0..255, /255), so negative motion becomes 0."""
+    """'signed': unchanged. 'uint8_clip': what the official preprocessing leaves: each
+    channel rounded and clipped to 0..255 (negative motion becomes 0), written as a
+    grayscale JPEG (OpenCV, quality 95) and read back, divided by 255."""
     if encoding == "signed":
         return flow
     if encoding == "uint8_clip":
-        return (np.clip(np.round(flow), 0, 255) / 255.0).astype(np.float32)
+        import cv2
+
+        out = []
+        for channel in flow:
+            u8 = np.clip(np.round(channel), 0, 255).astype(np.uint8)
+            ok, jpg = cv2.imencode(".jpg", u8, [cv2.IMWRITE_JPEG_QUALITY, 95])
+            if not ok:
+                raise ValueError("could not JPEG-encode a flow channel")
+            out.append(cv2.imdecode(jpg, cv2.IMREAD_GRAYSCALE))
+        return (np.stack(out).astype(np.float32) / 255.0).astype(np.float32)
     raise ValueError(f"unknown flow encoding {encoding!r}")

@@ -206,3 +206,13 @@ def test_empty_ground_truth_scores_zero_and_a_clip_without_boxes_is_listed_not_f
     rows = {r["id"]: r for r in csv.DictReader(open(tmp_path / "out" / "per_clip.csv"))}
     assert float(rows["emptygt"]["ciou"]) == 0.0 and rows["emptygt"]["n_boxes"] == "0"
     assert [f["key"] for f in m["failures"]] == ["nobox"]
+
+
+def test_pictures_of_a_clip_with_empty_ground_truth_are_drawn(tmp_path):
+    empty = make_clip("emptygt", [0, 0, .5, .5])
+    empty.meta["boxes"] = [[]]
+    write_shard(tmp_path / "e-000000.tar", [empty, make_clip("ok", [0, 0, .6, .7], seed=1)])
+    cfg = EvalConfig()
+    cfg.pictures.heatmaps = 2
+    m = evaluate("center", str(tmp_path / "e-*.tar"), tmp_path / "out", cfg)
+    assert any(p["id"] == "emptygt" for p in m["pictures"])

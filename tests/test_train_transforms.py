@@ -32,9 +32,11 @@ def test_eval_inputs_resize_to_square_and_scale_flow_per_axis():
 
 
 def test_eval_inputs_keep_official_uint8_flow_as_is():
-    _, flow, _ = eval_arrays(_sample("uint8_clip"), CFG)
-    assert flow[0, 28, 5].item() == pytest.approx(4.0)
-    assert flow[1, 28, 40].item() == pytest.approx(2.0)
+    sample = _sample("uint8_clip")
+    sample.flow = sample.flow / 255.0             # official values: 8-bit levels / 255
+    _, flow, _ = eval_arrays(sample, CFG)
+    assert flow[0, 28, 5].item() == pytest.approx(4.0 / 255)
+    assert flow[1, 28, 40].item() == pytest.approx(2.0 / 255)
 
 
 def test_eval_inputs_takes_the_models_input_settings():
