@@ -6,11 +6,13 @@ One WebDataset sample per clip:
 ``__key__``    clip id with dots replaced (WebDataset splits extensions at dots)
 ``jpg``        keyframe, RGB, JPEG
 ``flow.npy``   float16 [2, H, W]: (dx, dy) from keyframe to keyframe+1, signed, in
-               pixels of the stored frame (official encoding: clipped uint8 / 255)
+               pixels of the stored frame (official encoding: 8-bit levels / 255 after the
+               official clip and JPEG round trip)
 ``spec.npy``   float16 [F, T]: the audio feature (log-mel or the official linear one)
 ``json``       metadata: id, source, keyframe_index, keyframe_time, fps, frame_count,
                orig_size [w, h], frame_size [w, h], boxes (normalised xyxy, one list per
-               annotator; absent when unknown), box_format ('flickr' | 'vggss'),
+               annotator; absent when unknown; [[]] when annotated but every box is empty,
+               an empty ground truth), box_format ('flickr' | 'vggss'),
                flow (settings used), audio (settings used)
 =============  =====================================================================
 """
