@@ -19,9 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _torchrun(train: str, out: Path, *extra: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "train", "--train-shards", train, "--output", str(out)]
-    # No --config: the official recipe; from scratch here (no ImageNet weights offline).
-    for item in TINY + ["data.workers=1", "train.dist_timeout_s=120", "model.vision_weights=null",
-                        "model.flow_weights=null"]:
+    for item in TINY + ["data.workers=1", "train.dist_timeout_s=120"]:
         cmd += ["--set", item]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     return subprocess.run(cmd + list(extra), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
