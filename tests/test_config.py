@@ -69,7 +69,7 @@ def test_overrides_parse_yaml_scalars_and_win_over_the_file(tmp_path):
 
 
 def test_override_without_equals_sign_is_explained():
-    with pytest.raises(ConfigError, match="key=value"):
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
         load_config(ExampleConfig, overrides=["workers"])
 
 

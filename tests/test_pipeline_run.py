@@ -28,7 +28,7 @@ def test_run_writes_shards_sizes_reports_and_contract_samples(tmp_path: Path):
     sizes = json.loads((tmp_path / "sizes.json").read_text())
     assert sizes == {"shard-000000.tar": 2, "shard-000001.tar": 2, "shard-000002.tar": 2}
     assert (tmp_path / "failures.jsonl").read_text() == ""
-    saved = yaml.safe_load((tmp_path / "pipeline_config.yaml").read_text())
+    saved = yaml.safe_load((tmp_path / "pipeline_config_shard.yaml").read_text())
     assert saved["frames"]["short_side"] == 64
     samples = read_shards(tmp_path)
     assert [s.id for s in samples] == sorted(p.stem for p in (root / "video").glob("*.mp4"))
