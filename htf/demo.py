@@ -23,10 +23,11 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from htf.cli import command, make_parser, parse_args
 from pipeline.synth import WorldConfig, generate_world
 
 REPO = Path(__file__).resolve().parent.parent
@@ -323,18 +324,51 @@ def run_demo(plan: DemoPlan) -> dict[str, Any]:
     return {"results": results, "verdict": v, "seconds": seconds}
 
 
+DEMO_EXAMPLES = """\
+  # the whole demo (what `make demo` runs); open OUT/report.html afterwards
+  %(prog)s --output demo_out
+  # a smaller, faster world and another seed
+  %(prog)s --output demo_small --n 300 --seed 1 --set train.epochs=2
+  # what the demo will run, without running it
+  %(prog)s --print-config
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = make_parser("htf.demo", "The whole method on a synthetic world: videos -> shards -> torchrun "
+                    "training of HTF and of the same model without flow -> evaluation with the "
+                    "training-free baselines -> OUT/report.html. Every stage is the project's own "
+                    "command, printed as it runs.", DEMO_EXAMPLES)
+    g = p.add_argument_group("the demo")
+    g.add_argument("--output", default="demo_out", metavar="OUT", help="folder for every output of the demo")
+    g.add_argument("--n", type=int, default=1000, help="clips in the synthetic world")
+    g.add_argument("--seed", type=int, default=0, help="seed of the world and of both trainings")
+    g.add_argument("--size", type=int, default=128, help="frame side of the synthetic videos")
+    g.add_argument("--nproc", type=int, default=2, help="torchrun processes per training")
+    c = p.add_argument_group("configuration")
+    c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a training config key for both models (repeatable), e.g. --set train.epochs=2")
+    c.add_argument("--print-config", action="store_true",
+                   help="print the demo's plan (world, presets, overrides) as YAML and exit")
+    return p
+
+
+def plan_text(plan: DemoPlan) -> str:
+    """The plan as YAML (paths as text)."""
+    import yaml
+
+    data = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(plan).items()}
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+@command
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m htf.demo", description=__doc__.split("\n")[0])
-    p.add_argument("--output", default="demo_out", help="folder for every output of the demo")
-    p.add_argument("--n", type=int, default=1000, help="clips in the synthetic world")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=int, default=128, help="frame side of the synthetic videos")
-    p.add_argument("--nproc", type=int, default=2, help="torchrun processes")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a training config key for both models (repeatable)")
-    a = p.parse_args(argv)
+    a = parse_args(build_parser(), argv)
     plan = DemoPlan(output=Path(a.output).resolve(), n=a.n, seed=a.seed, size=a.size, nproc=a.nproc,
                     train_overrides=a.overrides)
+    if a.print_config:
+        sys.stdout.write(plan_text(plan))
+        return 0
     run_demo(plan)
     return 0
 
