@@ -14,6 +14,7 @@ from typing import Any
 
 from eval.baselines import BASELINES
 from eval.config import EvalConfig
+from eval.report import write_report
 from eval.runner import EvalError, evaluate
 from htf.cli import (add_config_flag, add_config_options, command, fail, flag_overrides, make_parser,
                      parse_args, resolve_config)
@@ -103,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                 base = evaluate(args.baseline, args.shards, out / f"baseline_{args.baseline}", cfg)
                 metrics["baselines"] = {args.baseline: {k: base[k] for k in SUMMARY}}
                 (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+                write_report(metrics, out, {f"baseline {args.baseline}": (f"baseline_{args.baseline}/", base)})
                 print(_line(f"baseline {args.baseline}", base))
         else:
             metrics = evaluate(args.baseline, args.shards, out, cfg)
