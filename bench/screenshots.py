@@ -4,9 +4,9 @@
 
 Makes the outputs a person reads, then photographs them:
 
-1. a miniature demo (``htf.demo`` with --n clips): the demo's report.html and one
+1. a miniature demo (``apps.demo`` with --n clips): the demo's report.html and one
    evaluation's report.html (success curve, histogram, heat-map rows, links);
-2. ``eval.localize`` on a 1280x720 test video with the demo's HTF checkpoint: the keyframe
+2. ``apps.localize`` on a 1280x720 test video with the demo's HTF checkpoint: the keyframe
    still and a frame of the overlay video.
 
 Each page is rendered by ``chromium --headless --screenshot`` at a desktop window size and
@@ -71,7 +71,7 @@ def main() -> int:
     p.add_argument("--n", type=int, default=24, help="clips of the miniature demo")
     a = p.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
-    from htf.demo import DemoPlan, run_demo
+    from apps.demo import DemoPlan, run_demo
 
     demo = a.work / "demo"
     if not (demo / "report.html").is_file():
@@ -87,7 +87,7 @@ def main() -> int:
     subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=25:duration=3",
                     "-f", "lavfi", "-i", "sine=frequency=440:duration=3", "-c:a", "aac", "-shortest",
                     "-pix_fmt", "yuv420p", str(video)], check=True)
-    from eval.localize import main as localize
+    from apps.localize import main as localize
 
     ckpt = demo / "runs" / "htf" / "checkpoints" / "best.pt"
     if localize(["--checkpoint", str(ckpt), "--video", str(video), "--output", str(a.work / "localize"),

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from eval.metrics import AUC_THRESHOLDS, SUCCESS_THRESHOLD, auc, success_curve
+from htf.metrics import AUC_THRESHOLDS, SUCCESS_THRESHOLD, auc, success_curve
 
 SUMMARY_KEYS: tuple[tuple[str, str], ...] = (
     ("ciou_at_0.5", "cIoU@0.5 (fraction of clips with cIoU >= 0.5)"),

@@ -33,7 +33,7 @@ STAGE_HELP = {
     "pack": "every stage up to the shards, reusing the flow cache",
 }
 EXAMPLES = """\
-  # the synthetic world (python -m pipeline.synth) -> train/val/test shards in OUT
+  # the synthetic world (python -m apps.synth) -> train/val/test shards in OUT
   %(prog)s run --config synthetic --input WORLD --output OUT \\
       --split-list WORLD/train.txt --annotations WORLD/boxes.json --shard-prefix train
   # VGG-SS test shards with boxes, 4 worker processes

@@ -66,7 +66,7 @@ def test_checkpoint_and_baseline_share_one_report_with_both_methods(tmp_path):
 
 def _fake_eval(folder: Path, cious: list[float]) -> dict:
     """An evaluation folder as the evaluator leaves it: per_clip.csv, metrics.json, one picture."""
-    from eval.metrics import summarize
+    from htf.metrics import summarize
 
     folder.mkdir(parents=True)
     with open(folder / "per_clip.csv", "w", newline="") as fh:
@@ -83,7 +83,7 @@ def _fake_eval(folder: Path, cious: list[float]) -> dict:
 
 
 def test_demo_report_has_curves_histogram_per_method_rows_and_working_links(tmp_path):
-    from htf.demo import ROWS, DemoPlan, write_report
+    from apps.demo import ROWS, DemoPlan, write_report
 
     plan = DemoPlan(output=tmp_path, n=10)
     results = {key: _fake_eval(tmp_path / "eval" / key, [0.1 * (i + 1), 0.6, 0.3])

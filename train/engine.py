@@ -27,7 +27,7 @@ from train import checkpoint as ckpt
 from train import distributed as du
 from train.config import TrainConfig
 from train.data import TrainStream, count_samples, expand_urls, first_sample, train_loader, val_loader
-from train.model import HTFModel, checkpoint_payload, load_model
+from htf.model import HTFModel, checkpoint_payload, load_model
 
 
 class NonFiniteLossError(RuntimeError):
@@ -213,9 +213,9 @@ def train_step(model: torch.nn.Module, batch: dict[str, torch.Tensor], optimizer
 
 def _ciou_functions() -> tuple[Any, Any] | None:
     try:
-        from eval.metrics import clip_ciou, summarize
+        from htf.metrics import clip_ciou, summarize
     except ImportError as err:
-        print(f"warning: eval.metrics unavailable ({err}); validation reports the loss only", file=sys.stderr)
+        print(f"warning: htf.metrics unavailable ({err}); validation reports the loss only", file=sys.stderr)
         return None
     return clip_ciou, summarize
 
@@ -264,7 +264,7 @@ def validate(model: HTFModel, urls: list[str], cfg: TrainConfig, info: du.DistIn
 def _val_picture(image: torch.Tensor, map7: np.ndarray, meta: dict[str, Any], ciou: float,
                  cfg: TrainConfig) -> np.ndarray:
     """The model's input frame (normalisation undone), its map and boxes, as a figure."""
-    from eval.pictures import heatmap_figure
+    from htf.pictures import heatmap_figure
 
     mean = torch.tensor(cfg.model.mean).view(3, 1, 1)
     std = torch.tensor(cfg.model.std).view(3, 1, 1)

@@ -1,4 +1,4 @@
-"""python -m eval.localize (htf-localize): where does the sound come from in any video file?
+"""python -m apps.localize (htf-localize): where does the sound come from in any video file?
 
 No shards needed: the clip goes through the pipeline's own per-clip path
 (pipeline.process.process_clip) with the settings the checkpoint was trained on
@@ -29,7 +29,7 @@ from typing import Any, Iterator
 import cv2
 import numpy as np
 
-from eval.pictures import display_size, heatmap_figure, save_png
+from htf.pictures import display_size, heatmap_figure, save_png
 from eval.runner import ModelPredictor
 from htf.cli import add_config_options, command, fail, make_parser, parse_args, resolve_config
 from htf.config import ConfigError, load_config
@@ -170,7 +170,7 @@ def localize(model: Any, video: str, output_dir: str | Path, every: int | None =
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = make_parser("eval.localize", "Where does the sound come from in any video file? The clip "
+    p = make_parser("apps.localize", "Where does the sound come from in any video file? The clip "
                     "goes through the pipeline with the settings the checkpoint was trained on; DIR "
                     "gets STEM_keyframe.png (frame | heat map, colour bar, legend), STEM_localize.json "
                     "(raw 7x7 map, confidence, settings) and with --every STEM_overlay.mp4.", EXAMPLES)

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from eval.pictures import BOX_COLORS, blend, box_pixels, heat_for_frame, outline_mask, overlay
+from htf.pictures import BOX_COLORS, blend, box_pixels, heat_for_frame, outline_mask, overlay
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 FLICKR_IDS = ("10006434483", "10602295346")
@@ -68,7 +68,7 @@ def test_overlay_label_goes_in_the_top_left_corner():
 
 
 def test_figure_keeps_the_aspect_ratio_at_a_readable_size():
-    from eval.pictures import display_size, heatmap_figure
+    from htf.pictures import display_size, heatmap_figure
 
     wide = np.zeros((256, 455, 3), np.uint8)              # a 16:9 stored frame
     fig = heatmap_figure(wide, np.random.default_rng(0).random((7, 7)), [[[0.1, 0.1, 0.5, 0.5]]], "t")
@@ -79,7 +79,7 @@ def test_figure_keeps_the_aspect_ratio_at_a_readable_size():
 
 
 def test_figure_draws_the_predicted_mask_outline_the_box_and_a_legend():
-    from eval.pictures import MASK_COLOR, heatmap_figure, predicted_mask
+    from htf.pictures import MASK_COLOR, heatmap_figure, predicted_mask
 
     frame = np.full((256, 256, 3), 90, np.uint8)
     map7 = np.zeros((7, 7))

@@ -2,7 +2,7 @@
 
 Stages, each the project's own command (printed as it runs, so a researcher can rerun any):
 
-1. world     ``python -m pipeline.synth``: videos with sound, boxes, train/val/test lists
+1. world     ``python -m apps.synth``: videos with sound, boxes, train/val/test lists
 2. pipeline  ``python -m pipeline run`` once per split: keyframes, cached DIS flow, log-mel
 3. train     ``torchrun --nproc-per-node 2 -m train``: HTF (flow attention), then ``flow: none``
 4. evaluate  ``python -m eval`` on the held-out test shards: both models and the
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from htf.cli import command, make_parser, parse_args
-from pipeline.synth import WorldConfig, generate_world
+from apps.synth import WorldConfig, generate_world
 
 REPO = Path(__file__).resolve().parent.parent
 SPLITS = ("train", "val", "test")
@@ -180,7 +180,7 @@ def clip_kinds(world: Path) -> dict[str, str]:
 
 def results_by_kind(eval_dir: Path, kinds: dict[str, str]) -> dict[str, dict[str, Any]]:
     """The evaluator's per-clip cIoU, summarised per kind of clip (same metric functions)."""
-    from eval.metrics import summarize
+    from htf.metrics import summarize
 
     with open(eval_dir / "per_clip.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -364,7 +364,7 @@ DEMO_EXAMPLES = """\
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = make_parser("htf.demo", "The whole method on a synthetic world: videos -> shards -> torchrun "
+    p = make_parser("apps.demo", "The whole method on a synthetic world: videos -> shards -> torchrun "
                     "training of HTF and of the same model without flow -> evaluation with the "
                     "training-free baselines -> OUT/report.html. Every stage is the project's own "
                     "command, printed as it runs.", DEMO_EXAMPLES)
