@@ -253,7 +253,7 @@ def write_report(plan: DemoPlan, results: dict[str, dict[str, Any]], seconds: di
     """report.md, report.html (the evaluator's report style), the success curves and the cIoU
     histogram of every method, and results.json, in the demo's output folder."""
     from eval.report import (html_page, html_table, links, picture_row, plot_ciou_histogram,
-                             plot_success_curves, read_cious)
+                             plot_success_curves, plots_row, read_cious)
 
     out = plan.output
     table = results_table(results)
@@ -295,8 +295,7 @@ def write_report(plan: DemoPlan, results: dict[str, dict[str, Any]], seconds: di
     body += ["<h2>How often is the sound found?</h2><p class=note>Success curve: for every threshold "
              "t, the fraction of test clips whose cIoU is at least t (its value at 0.5 is cIoU@0.5, "
              "the area under it the AUC); histogram: the per-clip cIoU.</p>",
-             f"<img class=plot src='{success.name}' alt='success curves'> "
-             f"<img class=plot src='{histogram.name}' alt='cIoU histogram'>",
+             plots_row([success.name, histogram.name]),
              f"<h2>Training</h2><img class=plot src='{curves.name}' alt='training curves'>",
              "<h2>Files per method</h2><table><tr><th>method</th><th>metrics</th><th>per clip</th>"
              "<th>report</th></tr>" + "".join(

@@ -39,8 +39,9 @@ REPORT_CSS = (
     "table{border-collapse:collapse;margin:.5em 0}td,th{padding:3px 12px;border-bottom:1px solid #ddd;"
     "text-align:left}th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums}"
     ".row{display:flex;gap:8px;overflow-x:auto;align-items:flex-start}"
-    "figure{margin:0 0 8px 0;flex:0 0 auto}figure img{height:260px;border:1px solid #ddd}"
+    "figure{margin:0 0 8px 0;flex:0 0 auto}figure img{height:300px;border:1px solid #ddd}"
     "figcaption{font-size:12px;color:#555}img.plot{max-width:100%;height:auto}"
+    ".plots{display:flex;gap:12px;flex-wrap:wrap}.plots img{width:calc(50% - 6px);min-width:420px;height:auto}"
     ".links a{margin-right:1.2em}p.note{color:#555;font-size:14px}")
 
 
@@ -101,6 +102,12 @@ def picture_row(pictures: list[dict[str, Any]], prefix: str = "") -> str:
     return "<div class=row>" + "".join(figs) + "</div>"
 
 
+def plots_row(paths: list[str]) -> str:
+    """Plots side by side (they wrap on a narrow window)."""
+    e = html.escape
+    return "<div class=plots>" + "".join(f"<img src='{e(p)}' alt='{e(Path(p).stem)}'>" for p in paths) + "</div>"
+
+
 def html_page(title: str, body: list[str]) -> str:
     return ("<!doctype html><html><head><meta charset='utf-8'>"
             f"<title>{html.escape(title)}</title><style>{REPORT_CSS}</style></head><body>"
@@ -122,6 +129,12 @@ def _pyplot():
     return plt
 
 
+def _legend_below(ax) -> None:
+    """Grid, and the legend under the axes so it never hides a curve."""
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1, frameon=False)
+
+
 def plot_success_curves(methods: dict[str, Sequence[float]], path: str | os.PathLike) -> Path:
     """Fraction of clips with cIoU >= t for t in 0..1, one line per method; the area under
     each line is its AUC (shown in the legend)."""
@@ -135,10 +148,8 @@ def plot_success_curves(methods: dict[str, Sequence[float]], path: str | os.Path
     ax.text(SUCCESS_THRESHOLD + 0.01, 0.96, "cIoU@0.5", color="grey", fontsize=9, va="top")
     ax.set(xlabel="cIoU threshold t", ylabel="fraction of clips with cIoU >= t",
            title="Success curve (area = AUC)", xlim=(0, 1), ylim=(0, 1.02))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=9, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _legend_below(ax)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return Path(path)
 
@@ -155,10 +166,8 @@ def plot_ciou_histogram(methods: dict[str, Sequence[float]], path: str | os.Path
                 label=f"{name} (mean {values.mean():.3f}, n={values.size})" if values.size else name)
     ax.axvline(SUCCESS_THRESHOLD, color="grey", linestyle="--", linewidth=1)
     ax.set(xlabel="cIoU", ylabel="fraction of clips", title="Per-clip cIoU", xlim=(0, 1))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=9, loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _legend_below(ax)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return Path(path)
 
@@ -215,8 +224,7 @@ def html_report(metrics: dict[str, Any], others: dict[str, tuple[str, dict[str, 
     body += ["<h2>How often is the sound found?</h2>",
              "<p class=note>The success curve gives, for every threshold t, the fraction of clips "
              "whose cIoU is at least t; its value at 0.5 is cIoU@0.5 and the area under it is the AUC.</p>",
-             f"<img class=plot src='{CURVES_PNG}' alt='success curve'> "
-             f"<img class=plot src='{HISTOGRAM_PNG}' alt='cIoU histogram'>"]
+             plots_row([CURVES_PNG, HISTOGRAM_PNG])]
     for title, items in _problems(metrics):
         if items:
             body.append(f"<h2>{title}</h2><ul>" + "".join(f"<li>{e(x)}</li>" for x in items) + "</ul>")
