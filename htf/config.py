@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any, TypeVar
 import yaml
 
 T = TypeVar("T")
+_EXPONENT_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
 
 
 CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
@@ -116,6 +118,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a mapping, got {value!r}", key=key)
         return dict(value)
     if tp is float:
+        if isinstance(value, str) and _EXPONENT_NUMBER.match(value):
+            value = float(value)  # YAML 1.1 reads 3e-4 (no dot) as text; it is plainly a number
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected float, got {value!r}", key=key)
         return float(value)

@@ -103,3 +103,13 @@ def test_demo_report_has_curves_histogram_per_method_rows_and_working_links(tmp_
     from eval.report import REPORT_CSS
 
     assert REPORT_CSS in text                              # one stylesheet for every report
+
+
+def test_an_evaluation_that_scores_nothing_leaves_no_report_folder(tmp_path, capsys):
+    from tests.eval_shards import corrupt_member
+
+    shard = write_shard(tmp_path / "test-000000.tar", standard_clips(1))
+    corrupt_member(shard, standard_clips(1)[0].id)
+    out = tmp_path / "r"
+    assert main(["--baseline", "center", "--shards", str(shard), "--output", str(out)]) == 2
+    assert "no clip could be scored" in capsys.readouterr().err and not out.exists()
