@@ -132,7 +132,7 @@ def _pyplot():
 def _legend_below(ax) -> None:
     """Grid, and the legend under the axes so it never hides a curve."""
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1, frameon=False)
+    ax.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1, frameon=False)
 
 
 def plot_success_curves(methods: dict[str, Sequence[float]], path: str | os.PathLike) -> Path:

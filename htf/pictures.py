@@ -12,9 +12,11 @@ last, without anti-aliasing, so every outline pixel has exactly its annotator's 
 """
 from __future__ import annotations
 
+import functools
+import math
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import cv2
 import numpy as np
@@ -28,7 +30,7 @@ TEXT_COLOR = (255, 255, 255)
 MASK_COLOR = (255, 255, 0)      # the predicted mask's outline (no annotator has yellow)
 INK = (30, 30, 30)              # text on the figure's white background
 PAPER = (255, 255, 255)
-FONT = cv2.FONT_HERSHEY_SIMPLEX
+FONT = cv2.FONT_HERSHEY_SIMPLEX   # the old corner label only; the figure uses a TrueType font
 # Display size of one panel: short side at least MIN_SIDE, long side at most MAX_LONG
 # (a 128-px frame is enlarged, a 720p frame shrunk; the aspect ratio is always kept).
 MIN_SIDE, MAX_LONG = 256, 640
@@ -41,10 +43,18 @@ def colormap_id(name: str) -> int:
     return int(getattr(cv2, attr))
 
 
+@functools.lru_cache(maxsize=8)
+def colormap_lut(name: str) -> np.ndarray:
+    """[256, 3] uint8 RGB colours of an OpenCV colour map (cv2.applyColorMap rebuilds its
+    table on every call, which dominates the cost of a video frame)."""
+    ramp = np.arange(256, dtype=np.uint8).reshape(256, 1)
+    return cv2.cvtColor(cv2.applyColorMap(ramp, colormap_id(name)), cv2.COLOR_BGR2RGB).reshape(256, 3)
+
+
 def heat_to_rgb(heat: np.ndarray, colormap: str = "jet") -> np.ndarray:
     """Heat in 0..1 [H, W] -> uint8 RGB colour image."""
     u8 = np.clip(np.asarray(heat, dtype=np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    return cv2.cvtColor(cv2.applyColorMap(u8, colormap_id(colormap)), cv2.COLOR_BGR2RGB)
+    return colormap_lut(colormap)[u8]
 
 
 def heat_for_frame(map2d: np.ndarray, height: int, width: int,
@@ -174,6 +184,21 @@ def predicted_mask(map2d: np.ndarray, height: int, width: int, size: int = 224,
     return cv2.resize(mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST).astype(bool)
 
 
+@functools.lru_cache(maxsize=4)
+def _map_layers_cached(raw_bytes: bytes, shape: tuple[int, int], height: int, width: int, size: int,
+                       interpolation: str) -> tuple[np.ndarray, np.ndarray]:
+    raw = np.frombuffer(raw_bytes, dtype=np.float64).reshape(shape)
+    return heat_for_frame(raw, height, width, interpolation), predicted_mask(raw, height, width, size, interpolation)
+
+
+def map_layers(raw: np.ndarray, height: int, width: int, size: int = 224,
+               interpolation: str = "bicubic") -> tuple[np.ndarray, np.ndarray]:
+    """(heat at the frame's size, predicted mask at the frame's size) of a raw map; the last
+    few are kept, so the frames of a video that share a map compute them once."""
+    raw = np.ascontiguousarray(raw, dtype=np.float64)
+    return _map_layers_cached(raw.tobytes(), raw.shape, height, width, size, interpolation)
+
+
 def draw_mask_outline(image: np.ndarray, mask: np.ndarray, thickness: int = 2) -> np.ndarray:
     """Copy of ``image`` with the outline of ``mask`` in MASK_COLOR."""
     out = image.copy()
@@ -182,9 +207,36 @@ def draw_mask_outline(image: np.ndarray, mask: np.ndarray, thickness: int = 2) -
     return out
 
 
+@functools.lru_cache(maxsize=8)
+def _font(pixels: int) -> Any:
+    """DejaVu Sans (shipped with matplotlib) at ``pixels`` px: readable where OpenCV's
+    Hershey font is not (its 'cIoU' reads 'cloU'); Pillow's own font if it is missing."""
+    from PIL import ImageFont
+
+    try:
+        import matplotlib
+
+        return ImageFont.truetype(os.path.join(matplotlib.get_data_path(), "fonts", "ttf", "DejaVuSans.ttf"), pixels)
+    except (ImportError, OSError):
+        return ImageFont.load_default(pixels)
+
+
+def _pixels(scale: float) -> int:
+    return max(8, int(round(scale * 28)))
+
+
+def _text_width(text: str, scale: float) -> int:
+    return int(math.ceil(_font(_pixels(scale)).getlength(text)))
+
+
 def _text(image: np.ndarray, text: str, x: int, y: int, scale: float = 0.5,
           color: tuple[int, int, int] = INK) -> None:
-    cv2.putText(image, text, (x, y), FONT, scale, color, 1, cv2.LINE_AA)
+    """Draw ``text`` into ``image`` (in place) with its baseline at ``y``."""
+    from PIL import Image, ImageDraw
+
+    pil = Image.fromarray(image)
+    ImageDraw.Draw(pil).text((x, y), text, fill=color, font=_font(_pixels(scale)), anchor="ls")
+    image[...] = np.asarray(pil)
 
 
 def _strip(width: int, height: int) -> np.ndarray:
@@ -221,7 +273,7 @@ def _wrap_text(text: str, width: int, scale: float) -> list[str]:
     lines: list[str] = []
     for word in text.split():
         trial = f"{lines[-1]} {word}" if lines else word
-        if lines and cv2.getTextSize(trial, FONT, scale, 1)[0][0] <= width:
+        if lines and _text_width(trial, scale) <= width:
             lines[-1] = trial
         else:
             lines.append(word)
@@ -243,7 +295,7 @@ def _legend(width: int, items: list[tuple[np.ndarray, str]]) -> np.ndarray:
 
 
 def _fit_text(text: str, width: int, scale: float) -> str:
-    while text and cv2.getTextSize(text, FONT, scale, 1)[0][0] > width:
+    while text and _text_width(text, scale) > width:
         text = text[:-2] + "…" if len(text) > 2 else ""
     return text.replace("…", "..")
 
@@ -261,8 +313,7 @@ def heatmap_figure(frame: np.ndarray, map2d: np.ndarray, boxes: Sequence | None 
     raw = np.asarray(map2d, dtype=np.float64)
     panel = fit_frame(frame, min_side, max_long)
     h, w = panel.shape[:2]
-    heat = heat_for_frame(raw, h, w, interpolation)
-    mask = predicted_mask(raw, h, w, size, interpolation)
+    heat, mask = map_layers(raw, h, w, size, interpolation)
     left = draw_boxes(draw_mask_outline(panel, mask, thickness), boxes, thickness)
     right = draw_boxes(draw_mask_outline(blend(panel, heat, alpha, colormap), mask, thickness), boxes, thickness)
     gap = _strip(10, h)
@@ -271,7 +322,7 @@ def heatmap_figure(frame: np.ndarray, map2d: np.ndarray, boxes: Sequence | None 
     head = _strip(width, 50)
     _text(head, _fit_text(title, width - 16, 0.6), 8, 20, 0.6)
     _text(head, "frame", 4, 44, 0.5)
-    _text(head, _fit_text(f"heat map over the frame ({int(round(alpha * 100))} % opacity)", w - 4, 0.5),
+    _text(head, _fit_text(f"heat map over the frame ({int(round(alpha * 100))} % opacity)", w - 8, 0.5),
           w + 14, 44, 0.5)
     _text(head, "heat", w + 10 + w + 10 + 4, 44, 0.5)
     items: list[tuple[np.ndarray, str]] = []
