@@ -11,8 +11,9 @@ trainer's test-time input preparation and the model. Outputs in DIR:
 - ``<stem>_localize.json``: keyframe index and time, the raw 7x7 map, its confidence, the
   pipeline settings used;
 - with ``--every K``: ``<stem>_overlay.mp4``, every frame of the clip in the same layout,
-  with the heat map of the latest analysed frame (frames 0, K, 2K, ...; each analysed with its next frame's
-  flow and the audio window the settings choose), the original audio track kept.
+  with the heat map of the latest analysed frame (frames 0, K, 2K, ...; each analysed with
+  its next frame's flow and the audio window the settings choose), the original audio
+  track kept.
 """
 from __future__ import annotations
 
