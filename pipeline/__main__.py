@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--executor", choices=["local", "ray"])
         p.add_argument("--shard-prefix", help="shard names <prefix>-000000.tar (e.g. train, val, test)")
         p.add_argument("--cache", help="flow cache folder (default OUT/cache); share it between runs")
-        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar (or progress lines in a log)")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override any config key, e.g. --set audio.feature=linear (repeatable)")
     return parser
@@ -76,6 +76,13 @@ def main(argv: list[str] | None = None) -> int:
     except (FlowSetupError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except RuntimeError as err:      # e.g. a worker died with no clip to blame, Ray missing
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"error: interrupted; rerun the same command to resume (finished tasks and shards in "
+              f"{args.output} are kept)", file=sys.stderr)
+        return 130
     print(summary.text())
     return 0
 

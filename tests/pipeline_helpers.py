@@ -65,6 +65,22 @@ def shard_bytes(out: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(out.glob("*.tar"))}
 
 
+def assert_process_group_ends(group: int, seconds: float = 10.0) -> None:
+    """Every process of a run started in a session of its own (workers included) is gone
+    within ``seconds`` (exited workers may stay zombies for a moment until reaped)."""
+    import os
+    import time
+
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"a process of group {group} outlived its run")
+
+
 def run_task_stuck_in_native_code_on(task, stuck_id: str):
     """``run_task`` in a worker, except that decoding clip ``stuck_id`` never returns and
     ignores the per-clip alarm, as a demuxer looping inside C would: one native call that

@@ -133,3 +133,28 @@ def test_a_sample_write_cut_short_leaves_only_whole_samples(tmp_path: Path, stal
     assert [(f["id"], f["stage"]) for f in failures(tmp_path)] == [(broken, "pack")]
     _assert_whole_shards(tmp_path)
     assert [s.id for s in read_shards(tmp_path)] == [i for i in _ids() if i != broken]
+
+
+@pytest.mark.timeout(120)
+def test_ctrl_c_stops_the_workers_and_says_how_to_resume(tmp_path: Path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    raw = tmp_path / "raw"
+    (raw / "video").mkdir(parents=True)
+    _live_hls_playlist(raw)                       # keeps its worker busy until stopped
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "--input", str(raw), "--output", str(out),
+                             "--workers", "1", "--no-progress"], stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.time() + 60
+    while not list((out / ".work" / "pack").glob("*.step")) and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)            # what Ctrl-C on a terminal does
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert err.strip().splitlines() == [err.strip()] and "rerun the same command" in err
+    helpers.assert_process_group_ends(proc.pid)   # no worker left behind

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.pipeline_helpers import read_shards, shard_bytes, world
+from tests.pipeline_helpers import assert_process_group_ends, read_shards, shard_bytes, world
 
 # RAFT-small with random weights on CPU: slow enough (~0.5 s a clip) to be killed mid-run.
 SLOW_RUN = ["--flow", "raft_small", "--set", "flow.allow_random_init=true", "--set", "frames.short_side=128",
@@ -35,7 +35,7 @@ def test_killed_run_resumes_to_the_same_shards_without_recomputing_cached_flow(t
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    _assert_workers_follow(proc.pid)
+    assert_process_group_ends(proc.pid)       # no worker goes on writing next to the rerun
     done_before = sorted(p.name for p in resumed.glob("shard-*.tar"))
     assert 1 <= len(done_before) < 3, "the run must be killed part-way for this test to mean anything"
     cached_before = _cached_flows(resumed)
@@ -52,19 +52,6 @@ def test_killed_run_resumes_to_the_same_shards_without_recomputing_cached_flow(t
     assert not list(resumed.glob(".*.tmp"))
     ids = [s.id for s in read_shards(resumed)]
     assert len(ids) == len(set(ids)) == 3
-
-
-def _assert_workers_follow(group: int) -> None:
-    """No worker of the killed run goes on writing next to the rerun: the run's process
-    group (it was started in a session of its own) empties within seconds."""
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        try:
-            os.killpg(group, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)
-    raise AssertionError("a worker process outlived the killed run")
 
 
 def _cached_flows(out: Path) -> int:
