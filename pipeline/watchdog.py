@@ -23,12 +23,19 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Protocol
 
 from pipeline.errors import ClipTimeout, failure_record
 
-if TYPE_CHECKING:
-    from pipeline.tasks import Task
+
+class Task(Protocol):
+    """What the watch needs of a task (pipeline.tasks.Task, which imports this module)."""
+    name: str
+    shard_stem: str
+    stage: str
+    output: str
+    cfg: Any
+    clips: list
 
 # The signal gets the first chance; the kill comes this much later (at most).
 STEP_GRACE_S = 5.0
@@ -62,30 +69,30 @@ def time_limit(seconds: float) -> Iterator[None]:
 
 # ----------------------------------------------------------------------- worker side
 
-def _work_dir(task: "Task") -> Path:
+def _work_dir(task: Task) -> Path:
     return Path(task.output) / ".work" / task.stage
 
 
-def step_path(task: "Task") -> Path:
+def step_path(task: Task) -> Path:
     return _work_dir(task) / f"{task.name}.step"
 
 
-def hung_path(task: "Task") -> Path:
+def hung_path(task: Task) -> Path:
     # Per shard, not per task: the record outlives a change of task size.
     return _work_dir(task) / f"{task.shard_stem}.hung.jsonl"
 
 
-def start_task(task: "Task") -> None:
+def start_task(task: Task) -> None:
     if _enabled:
         _work_dir(task).mkdir(parents=True, exist_ok=True)
 
 
-def end_task(task: "Task") -> None:
+def end_task(task: Task) -> None:
     if _enabled:
         step_path(task).unlink(missing_ok=True)
 
 
-def announce(task: "Task", clip_id: str, stage: str, seconds: float, done: int, failed: int) -> None:
+def announce(task: Task, clip_id: str, stage: str, seconds: float, done: int, failed: int) -> None:
     """Worker: "task is now in ``stage`` of ``clip_id`` for at most ``seconds``; ``done``
     of its clips are finished, ``failed`` of them failed" (the progress display reads it)."""
     if not _enabled:
@@ -100,7 +107,7 @@ def announce(task: "Task", clip_id: str, stage: str, seconds: float, done: int, 
 
 # ----------------------------------------------------------------------- parent side
 
-def read_step(task: "Task") -> Optional[dict[str, Any]]:
+def read_step(task: Task) -> Optional[dict[str, Any]]:
     try:
         return json.loads(step_path(task).read_text())
     except (OSError, json.JSONDecodeError):
@@ -111,7 +118,7 @@ def overdue(step: Optional[dict[str, Any]]) -> bool:
     return step is not None and time.time() > step["deadline"]
 
 
-def record_hung(task: "Task", step: dict[str, Any], detail: str) -> dict[str, Any]:
+def record_hung(task: Task, step: dict[str, Any], detail: str) -> dict[str, Any]:
     """After the worker that ran ``step`` was killed (or died): the clip's failure record,
     kept so that the task's next attempt (and a rerun with the same limit) skips it."""
     path = hung_path(task)
@@ -134,7 +141,7 @@ def died_detail(step: dict[str, Any]) -> str:
     return f"{step['id']}: the worker process died inside stage '{step['stage']}' (out of memory?)"
 
 
-def hung_clips(task: "Task") -> dict[str, dict[str, Any]]:
+def hung_clips(task: Task) -> dict[str, dict[str, Any]]:
     """Clips of ``task`` recorded as hung under a time limit at least the current one (a
     clip that hung gets another chance when ``run.clip_timeout_s`` has been raised since)."""
     path = hung_path(task)
