@@ -72,8 +72,8 @@ class PartWriter:
         self.samples.append([key, clip_id, len(members)])
 
     def commit(self) -> None:
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        # No fsync: a part is an intermediate (the shard made from it is synced), and its
+        # size is checked against its record before it is used again.
         self._file.close()
         os.replace(self.tmp_path, self.path)
 

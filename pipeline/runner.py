@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from htf.config import save_config
 from pipeline.annotations import Annotations, load_annotations, load_keyframes
@@ -27,8 +27,7 @@ from pipeline.executors import TaskFn, execute
 from pipeline.flow import check_flow_method
 from pipeline.index import discover, read_split_list
 from pipeline.pack import assemble_shard, merge_sizes, samples_per_shard, shard_name
-from pipeline.tasks import (ClipJob, Task, TaskResult, clips_fingerprint, hung_limit_raised, manifest_path,
-                            part_path, work_dir)
+from pipeline.tasks import ClipJob, Task, TaskResult, clips_fingerprint, hung_limit_raised, part_path, work_dir
 
 # Automatic task size: about this many tasks per worker (the last ones finish close
 # together), but no more clips per task than this (progress, memory, a killed task's loss).
@@ -139,7 +138,7 @@ def input_bytes(task: Task) -> int:
 
 def largest_first(tasks: list[Task]) -> list[Task]:
     """Biggest tasks first, so no worker starts a long task when the others are nearly
-    done (results are put back in task order before anything is written)."""
+    done (samples are put back in clip order when the shard is assembled)."""
     return sorted(tasks, key=lambda t: (-input_bytes(t), t.index))
 
 
@@ -163,7 +162,7 @@ def run_pipeline(cfg: PipelineConfig, inputs: RunInputs, stage: str = "pack",
               f"({n_clips} clips; lower run.task_clips to cut smaller tasks)", file=sys.stderr)
     with Progress(n_clips, cfg, stage) as progress:
         progress.add(sum(r.n_clips for r in shards.reused()), sum(len(r.failures) for r in shards.reused()))
-        for result in execute(_largest_first(todo, cfg), cfg.run.executor, cfg.run.workers,
+        for result in execute(_schedule_order(todo, cfg), cfg.run.executor, cfg.run.workers,
                               cfg.flow.device.startswith("cuda"), cfg.run.ray_address, task_fn, progress.running):
             progress.add(result.n_clips, len(result.failures))
             shards.add(result)
@@ -176,8 +175,16 @@ def run_pipeline(cfg: PipelineConfig, inputs: RunInputs, stage: str = "pack",
     return summary
 
 
-def _largest_first(tasks: list[Task], cfg: PipelineConfig) -> list[Task]:
-    return largest_first(tasks) if cfg.run.workers > 1 else tasks
+def _schedule_order(tasks: list[Task], cfg: PipelineConfig) -> list[Task]:
+    """Shard after shard, so shards are finished (and their parts removed) one after the
+    other and at most a shard or two of parts waits on disk; within a shard the biggest
+    tasks first. Tasks are small, so the last ones finish close together anyway."""
+    if cfg.run.workers <= 1:
+        return tasks
+    shards: dict[int, list[Task]] = {}
+    for task in tasks:
+        shards.setdefault(task.index, []).append(task)
+    return [task for index in sorted(shards) for task in largest_first(shards[index])]
 
 
 class _Shards:
@@ -224,9 +231,11 @@ class _Shards:
                     for cid, key in dropped]
         self.extra_failures[index], self.written[index] = failures, written
         _save_shard_manifest(group, results, failures, written)
-        for task in group:
-            part_path(task).unlink(missing_ok=True)
-            manifest_path(task).unlink(missing_ok=True)
+        # This run's parts and task records of the shard, and any an earlier run with
+        # another task size left.
+        work = work_dir(first.output, "pack")
+        for leftover in [*work.glob(f"{first.shard_stem}-*.part"), *work.glob(f"{first.shard_stem}-*.json")]:
+            leftover.unlink(missing_ok=True)
 
     def ordered_results(self) -> list[TaskResult]:
         out = []
