@@ -158,3 +158,15 @@ def test_ctrl_c_stops_the_workers_and_says_how_to_resume(tmp_path: Path):
     assert proc.returncode == 130
     assert err.strip().splitlines() == [err.strip()] and "rerun the same command" in err
     helpers.assert_process_group_ends(proc.pid)   # no worker left behind
+
+
+def test_tasks_are_handed_out_shard_after_shard_biggest_first_within_one(tmp_path: Path):
+    from pipeline.runner import _schedule_order
+
+    cfg = small_config("pack.samples_per_shard=3", "run.task_clips=1", "run.workers=2")
+    tasks, _, _ = plan_tasks(cfg, RunInputs(str(world()), str(tmp_path)), "pack")
+    order = _schedule_order(tasks, cfg)
+    assert [t.index for t in order] == [0, 0, 0, 1, 1, 1]
+    for shard in (0, 1):
+        sizes = [Path(t.clips[0].video).stat().st_size for t in order if t.index == shard]
+        assert sizes == sorted(sizes, reverse=True)
