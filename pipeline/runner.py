@@ -15,6 +15,7 @@ import os
 import sys
 import time
 from collections import Counter
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -162,10 +163,12 @@ def run_pipeline(cfg: PipelineConfig, inputs: RunInputs, stage: str = "pack",
               f"({n_clips} clips; lower run.task_clips to cut smaller tasks)", file=sys.stderr)
     with Progress(n_clips, cfg, stage) as progress:
         progress.add(sum(r.n_clips for r in shards.reused()), sum(len(r.failures) for r in shards.reused()))
-        for result in execute(_schedule_order(todo, cfg), cfg.run.executor, cfg.run.workers,
-                              cfg.flow.device.startswith("cuda"), cfg.run.ray_address, task_fn, progress.running):
-            progress.add(result.n_clips, len(result.failures))
-            shards.add(result)
+        results = execute(_schedule_order(todo, cfg), cfg.run.executor, cfg.run.workers,
+                          cfg.flow.device.startswith("cuda"), cfg.run.ray_address, task_fn, progress.running)
+        with closing(results):           # the workers stop at once, also on an error here
+            for result in results:
+                progress.add(result.n_clips, len(result.failures))
+                shards.add(result)
     summary = _finish(out, cfg, stage, shards, plan_failures, warnings)
     summary.clips_in = n_clips + sum(1 for f in plan_failures if f["reason"] == "missing_file")
     summary.seconds = time.time() - start
@@ -385,8 +388,8 @@ class Progress:
             return
         done, failed = self.done + self.running_done, self.failed + self.running_failed
         if self.bar is not None:
-            self.bar.update(done - self.bar.n)
-            self.bar.set_postfix(failed=failed, refresh=False)
+            self.bar.n = done          # may step back: a killed task's clips are redone
+            self.bar.set_postfix(failed=failed)
         elif time.time() - self.last_line >= self.interval_s:
             self.last_line = time.time()
             print(self.line(done, failed, time.time() - self.start), file=self.stream, flush=True)
