@@ -76,7 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     except (FlowSetupError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except RuntimeError as err:      # e.g. a worker died with no clip to blame, Ray missing
+    except OSError as err:          # e.g. a full disk or a read-only output folder
+        print(f"error: {err}; fix this and rerun the same command: finished work is kept", file=sys.stderr)
+        return 1
+    except RuntimeError as err:     # e.g. a worker died with no clip to blame, Ray missing
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
