@@ -143,18 +143,25 @@ def largest_first(tasks: list[Task]) -> list[Task]:
     return sorted(tasks, key=lambda t: (-input_bytes(t), t.index))
 
 
+def config_path(out: Path, prefix: str) -> Path:
+    """The resolved config of one prefix's run: train/val/test runs share OUT, each keeps its own."""
+    return out / f"pipeline_config_{prefix}.yaml"
+
+
 def run_pipeline(cfg: PipelineConfig, inputs: RunInputs, stage: str = "pack",
                  task_fn: Optional[TaskFn] = None) -> RunSummary:
     """Run the stages up to ``stage`` over the input folder; resumes a killed run.
     ``task_fn`` replaces ``run_task`` in the workers (tests emulate broken files with it)."""
     start = time.time()
     out = Path(inputs.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    # Every input is checked (flow weights, input folder, lists, boxes) before OUT is
+    # created: a command that fails leaves no half-made output folder behind.
     if stage in ("flow", "pack"):
         check_flow_method(cfg.flow)      # fail before touching any clip (weights, names)
-    save_config(cfg, out / "pipeline_config.yaml")
-    _remove_leftovers(out, cfg.pack.prefix, stage)
     tasks, plan_failures, warnings = plan_tasks(cfg, inputs, stage)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, config_path(out, cfg.pack.prefix))
+    _remove_leftovers(out, cfg.pack.prefix, stage)
     n_clips = sum(len(t.clips) for t in tasks)
     shards = _Shards(tasks, stage)
     todo = [t for t in tasks if t.index not in shards.finished]
