@@ -100,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(ROOT / "bench" / "results_pipeline.md"))
     a = p.parse_args(argv)
     input_dir = Path(a.input).resolve()
+    if not input_dir.is_dir():
+        p.error(f"--input {a.input}: not a folder (make one with python -m apps.synth --output WORLD)")
     videos = input_dir / "video" if (input_dir / "video").is_dir() else input_dir
     n_clips = sum(1 for v in videos.iterdir() if v.is_file())
     runs = []
