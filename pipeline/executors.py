@@ -252,6 +252,9 @@ class RayExecutor:
 
     def cancel(self, handle: Any) -> None:
         self._ray.cancel(handle, force=True)
+        # Wait (briefly) for the kill to land: the task's next attempt must not meet a
+        # worker of the old one still writing its files.
+        self._ray.wait([handle], timeout=10)
 
     def close(self) -> None:
         if self._started_here:
