@@ -198,6 +198,7 @@ def run_task(task: Task) -> TaskResult:
     watchdog.start_task(task)
     hung = watchdog.hung_clips(task)
     result.failures.extend(hung[c.id] for c in task.clips if c.id in hung)
+    run.done = len(result.failures)
     clips = [c for c in task.clips if c.id not in hung]
     try:
         for first in range(0, len(clips), batch):
