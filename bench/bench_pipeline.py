@@ -1,6 +1,6 @@
 """CPU benchmark: the pipeline vs a naive per-clip script in the style of the official code.
 
-    python bench/bench_pipeline.py [--n-synth 500] [--real /work/shared/data/real_videos]
+    python bench/bench_pipeline.py [--n-synth 500] [--real FOLDER_OF_REAL_CLIPS]
                                    [--out bench/results_pipeline.md]
 
 Naive script, per clip (what the official preprocessing does): OpenCV capture with a frame
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--n-synth", type=int, default=500)
     p.add_argument("--synth-size", type=int, default=256)
-    p.add_argument("--real", default="/work/shared/data/real_videos")
+    p.add_argument("--real", help="a folder of real clips (the 'real' set is measured only when given)")
     p.add_argument("--flows", nargs="+", default=["dis", "dis-fast", "farneback"],
                    help="dis (medium preset, the default), dis-fast, farneback")
     p.add_argument("--sets", nargs="+", default=["real", "synthetic"])
@@ -244,8 +244,10 @@ def main(argv: list[str] | None = None) -> int:
              "wall-clock seconds including process start.",
              "Pipeline: PyAV seek + flow on 256-px stored frames + log-mel + WebDataset shards; "
              "per-core rate = clips/s / workers."]
-    real = Path(a.real)
-    if "real" in a.sets and real.is_dir():
+    if "real" in a.sets and a.real:
+        real = Path(a.real)
+        if not real.is_dir():
+            p.error(f"--real {a.real}: not a folder")
         videos = sorted(v for v in real.iterdir() if v.is_file())
         lines += bench_set("real clips", real, videos, a.flows, ["--set", "pack.samples_per_shard=4"])
     if "synthetic" in a.sets:

@@ -76,7 +76,8 @@ def _add_stage_options(p: argparse.ArgumentParser) -> None:
                     "shard names PREFIX-000000.tar, so train/val/test can share OUT", metavar="PREFIX")
     add_config_flag(run, "--cache", "run.cache_dir", PipelineConfig,
                     "flow cache folder, shareable between runs (empty: OUT/cache)", metavar="DIR")
-    run.add_argument("--no-progress", action="store_true", help="no progress bar (config run.progress=false)")
+    run.add_argument("--no-progress", action="store_true",
+                     help="no progress bar or progress lines (config run.progress=false)")
     add_config_options(p, "pipeline", "audio.feature=linear")
 
 
@@ -112,6 +113,13 @@ def main(argv: list[str] | None = None) -> int:
         summary = run_pipeline(cfg, inputs, COMMANDS[args.command])
     except (FlowSetupError, FileNotFoundError, ValueError) as err:
         raise fail(err) from None
+    except OSError as err:          # e.g. a full disk
+        raise fail(f"{err}; fix this and rerun the same command: finished work is kept", 1) from None
+    except RuntimeError as err:     # e.g. a worker died with no clip to blame, Ray missing
+        raise fail(err, 1) from None
+    except KeyboardInterrupt:
+        raise fail(f"interrupted; rerun the same command to resume (finished tasks and shards in "
+                   f"{args.output} are kept)", 130) from None
     print(summary.text())
     return 0
 

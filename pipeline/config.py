@@ -136,11 +136,18 @@ class RunConfig:
     clip_timeout_s: float = 120.0
     # Flow cache folder; empty = <output>/cache
     cache_dir: str = ""
+    # Clips per task (a shard is cut into tasks so that every worker has work); 0 = about
+    # 8 tasks per worker, at most 64 clips each. Never changes what is written.
+    task_clips: int = 0
+    # Progress: a bar on a terminal; otherwise (a batch job's log) one line this often.
     progress: bool = True
+    progress_interval_s: float = 30.0
 
     def validate(self) -> None:
         if self.workers < 1 or self.clip_timeout_s <= 0:
             raise ValueError("workers must be >= 1 and clip_timeout_s > 0")
+        if self.task_clips < 0 or self.progress_interval_s <= 0:
+            raise ValueError("task_clips must be >= 0 (0 = automatic) and progress_interval_s > 0")
 
 
 @dataclass

@@ -1,26 +1,63 @@
-"""Run independent tasks: in-process, on a local process pool, or on a Ray cluster.
+"""Where tasks run: executors behind one interface, and the one loop that schedules them.
 
-All three yield the same results (the task output does not depend on where it ran); only
-the order of completion differs, and the runner sorts by task before writing anything
-that lists shards.
+An executor runs a task function in a worker process it can kill:
+- ``submit(fn, task)`` starts ``fn(task)`` and returns a handle;
+- ``wait(handles, timeout)`` returns the (handle, outcome) pairs that finished, where the
+  outcome is the ``TaskResult``, the exception the task raised, or ``WorkerDied``;
+- ``cancel(handle)`` kills the worker running it (the task's result is never wanted);
+- ``close()`` stops every worker.
+Every executor is built the same way, ``EXECUTORS[name](workers, use_cuda, address)``, so
+they are interchangeable: ``local`` (a pool of processes on this machine) and ``ray``
+(a local Ray instance or a cluster).
+
+``run_tasks`` is the only scheduling loop: it keeps the executor's slots full, and every
+round asks the watchdog (pipeline/watchdog.py) whether a running task's clip is past its
+deadline; such a task is cancelled, its clip recorded as hung, and the task submitted
+again (it then skips the clip). A worker that dies by itself is handled the same way.
+Tasks always run in worker processes, even with one worker, so that a clip stuck in
+native code can be stopped in every run shape.
 """
 from __future__ import annotations
 
+import ctypes
+import itertools
 import multiprocessing
 import os
+import pickle
 import signal
 import sys
-import time
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
-from typing import Callable, Iterable, Iterator
+import traceback
+from collections import deque
+from multiprocessing.connection import Connection, wait as wait_connections
+from typing import Any, Callable, Iterator, Optional, Protocol
 
-from pipeline.tasks import Task, TaskResult
+from pipeline import watchdog
+from pipeline.tasks import Task, TaskResult, run_task
+
+TaskFn = Callable[[Task], TaskResult]
+WATCH_INTERVAL_S = 0.5
 
 
-def _worker_init() -> None:
-    # One core per worker: OpenCV and torch would otherwise each start a thread per core
-    # and the workers would fight over them.
+class WorkerDied(Exception):
+    """The worker running a task exited without an answer (killed for memory, crashed)."""
+
+
+class Executor(Protocol):
+    slots: int       # tasks worth keeping in flight
+
+    def submit(self, fn: TaskFn, task: Task) -> Any: ...
+
+    def wait(self, handles: list[Any], timeout: float) -> list[tuple[Any, Any]]: ...
+
+    def cancel(self, handle: Any) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def worker_init() -> None:
+    """Once per worker process: one core each, hung-clip step files on."""
+    # OpenCV and torch would otherwise each start a thread per core and the workers would
+    # fight over them.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     try:
         import cv2
@@ -33,39 +70,122 @@ def _worker_init() -> None:
     torch = sys.modules.get("torch")
     if torch is not None:
         torch.set_num_threads(1)
+    watchdog.enable()
 
 
-def _watched_worker_init() -> None:
-    from pipeline.tasks import enable_step_files
+# ------------------------------------------------------------------------ local pool
 
-    _worker_init()
-    enable_step_files()
+def _die_with_parent() -> None:
+    """A worker whose run was killed (kill -9 of the command) must not go on writing
+    next to the rerun: the kernel kills it when its parent process ends."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)     # PR_SET_PDEATHSIG
 
 
-def run_local(tasks: list[Task], workers: int, fn: Callable[[Task], TaskResult] | None = None,
-              use_cuda: bool = False) -> Iterator[TaskResult]:
-    """Run ``tasks`` in this process (``workers`` 1) or on a process pool. On the pool, a
-    worker stuck in one clip past its deadline is killed, the clip is recorded as hung,
-    and the unfinished tasks go on in a fresh pool (they skip the hung clip)."""
-    from pipeline.tasks import run_task
+def _worker_main(conn: Connection) -> None:
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)      # Ctrl-C is the parent's to handle
+    worker_init()
+    while True:
+        try:
+            job = conn.recv()
+        except EOFError:
+            return
+        if job is None:
+            return
+        fn, task = job
+        try:
+            reply: tuple[str, Any] = ("ok", fn(task))
+        except BaseException as err:  # sent to the parent, which raises it
+            reply = ("error", _portable(err))
+        conn.send(reply)
 
-    fn = fn or run_task
-    if workers <= 1 or len(tasks) <= 1 and not use_cuda:
-        if workers <= 1:
-            _worker_init()
-        for task in tasks:
-            yield fn(task)
-        return
-    remaining = list(tasks)
+
+def _portable(err: BaseException) -> BaseException:
+    """The exception itself when it survives pickling, else its text and traceback."""
     try:
-        while remaining:
-            finished: set[str] = set()
-            for result in _run_pool(remaining, workers, fn, use_cuda):
-                finished.add(result.task)
-                yield result
-            remaining = [t for t in remaining if t.name not in finished]
-    finally:
-        if not use_cuda:
+        pickle.loads(pickle.dumps(err))
+        return err
+    except Exception:
+        return RuntimeError(f"{type(err).__name__}: {err}\n{traceback.format_exc()}")
+
+
+class _Worker:
+    def __init__(self, context) -> None:
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_worker_main, args=(child,), daemon=True)
+        self.process.start()
+        child.close()
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.join()
+        self.conn.close()
+
+    def stop(self) -> None:
+        try:
+            self.conn.send(None)
+        except OSError:
+            pass
+        self.process.join(timeout=5)
+        if self.process.is_alive():
+            self.kill()
+
+
+class LocalExecutor:
+    """Worker processes on this machine, one task at a time each; a cancelled or dead
+    worker is replaced by a fresh one, the others go on."""
+
+    def __init__(self, workers: int, use_cuda: bool = False, address: str = "") -> None:
+        # Never plain fork: forking a process that already runs threads (torch, Ray, a test
+        # runner) can copy a held import lock into the child, which then hangs on its first
+        # import. A fork server is a clean single-threaded process to fork workers from, with
+        # the task code preloaded; CUDA needs spawn.
+        if use_cuda:
+            self._context = multiprocessing.get_context("spawn")
+        else:
+            self._context = multiprocessing.get_context("forkserver")
+            self._context.set_forkserver_preload(["pipeline.tasks"])
+        self._use_cuda = use_cuda
+        self.slots = max(1, workers)
+        self._idle: list[_Worker] = []
+        self._busy: dict[int, _Worker] = {}
+        self._ids = itertools.count()
+
+    def submit(self, fn: TaskFn, task: Task) -> int:
+        worker = self._idle.pop() if self._idle else _Worker(self._context)
+        handle = next(self._ids)
+        self._busy[handle] = worker
+        worker.conn.send((fn, task))
+        return handle
+
+    def wait(self, handles: list[int], timeout: float) -> list[tuple[int, Any]]:
+        by_conn = {self._busy[h].conn: h for h in handles}
+        finished = []
+        for conn in wait_connections(list(by_conn), timeout):
+            handle = by_conn[conn]
+            worker = self._busy.pop(handle)
+            try:
+                status, payload = conn.recv()
+            except (EOFError, OSError):
+                worker.kill()
+                finished.append((handle, WorkerDied(f"exit code {worker.process.exitcode}")))
+                continue
+            self._idle.append(worker)
+            finished.append((handle, payload))
+        return finished
+
+    def cancel(self, handle: int) -> None:
+        self._busy.pop(handle).kill()
+
+    def close(self) -> None:
+        for worker in self._busy.values():
+            worker.kill()
+        for worker in self._idle:
+            worker.stop()
+        self._busy.clear()
+        self._idle.clear()
+        if not self._use_cuda:
             _stop_fork_server()
 
 
@@ -83,163 +203,119 @@ def _stop_fork_server() -> None:
             pass
 
 
-def _run_pool(tasks: list[Task], workers: int, fn: Callable[[Task], TaskResult],
-              use_cuda: bool) -> Iterator[TaskResult]:
-    """One pool's life: yields results until every task is done or a worker had to be
-    killed (or died), after which the caller starts a new pool for what is left."""
-    # Never plain fork: forking a process that already runs threads (torch, Ray, a test
-    # runner) can copy a held import lock into the child, which then hangs on its first
-    # import. A fork server is a clean single-threaded process to fork workers from, with
-    # the task code preloaded; CUDA needs spawn.
-    if use_cuda:
-        context = multiprocessing.get_context("spawn")
-    else:
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["pipeline.tasks"])
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_watched_worker_init)
-    try:
-        # Keep at most 2 tasks per worker in flight: the queue of pending tasks stays small
-        # however many clips there are.
-        running: dict[Future, Task] = {}
-        todo = iter(tasks)
-        for task in _take(todo, 2 * workers):
-            running[pool.submit(fn, task)] = task
-        while running:
-            done, _ = wait(running, timeout=WATCH_INTERVAL_S, return_when=FIRST_COMPLETED)
-            # Checked every round, not only on idle ones: the other workers may keep
-            # finishing tasks while one is stuck.
-            if _kill_stuck_worker([t for f, t in running.items() if f not in done]):
-                return
-            for future in done:
-                task = running.pop(future)
-                try:
-                    result = future.result()
-                except BrokenProcessPool:
-                    _record_dead_worker(running.values(), task)
-                    return
-                yield result
-                for nxt in _take(todo, 1):
-                    running[pool.submit(fn, nxt)] = nxt
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+# ------------------------------------------------------------------------------- Ray
 
-
-WATCH_INTERVAL_S = 1.0
-
-
-def _stuck_step(task: Task) -> dict | None:
-    """The task's current step if its clip is past its deadline."""
-    from pipeline.tasks import read_step
-
-    step = read_step(task)
-    return step if step is not None and time.time() > step["deadline"] else None
-
-
-def _record_stuck(task: Task, step: dict) -> None:
-    from pipeline.tasks import record_hung_clip
-
-    record_hung_clip(task, step, f"{step['id']}: worker killed, still inside stage "
-                                 f"'{step['stage']}' past its deadline (run.clip_timeout_s) "
-                                 "-- the decoder or flow method never returned")
-
-
-def _kill_stuck_worker(running: Iterable[Task]) -> bool:
-    """Kill the worker of a task whose current clip is past its deadline; True if done."""
-    for task in running:
-        step = _stuck_step(task)
-        if step is None:
-            continue
-        try:
-            os.kill(step["pid"], signal.SIGKILL)
-        except ProcessLookupError:
-            continue
-        _record_stuck(task, step)
-        return True
-    return False
-
-
-def _record_dead_worker(running: Iterable[Task], task: Task) -> None:
-    """A worker died by itself (e.g. killed by the kernel for memory): name the clip it was
-    in when its step file says so; otherwise there is nothing to skip and it is an error."""
-    from pipeline.tasks import read_step, record_hung_clip
-
-    for candidate in [task, *running]:
-        step = read_step(candidate)
-        if step is not None and not _alive(step["pid"]):
-            record_hung_clip(candidate, step, f"{step['id']}: the worker process died inside stage "
-                                              f"'{step['stage']}' (out of memory?)")
-            return
-    raise RuntimeError(f"a pipeline worker died while running {task.name} and no clip can be "
-                       "blamed; rerun the same command to resume")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _take(it: Iterator[Task], n: int) -> Iterable[Task]:
-    for _ in range(n):
-        try:
-            yield next(it)
-        except StopIteration:
-            return
-
-
-def run_ray(tasks: list[Task], workers: int, address: str = "", use_cuda: bool = False,
-            fn: Callable[[Task], TaskResult] | None = None) -> Iterator[TaskResult]:
-    """Run the same tasks on Ray: ``address`` '' starts a local instance with ``workers``
-    CPUs, 'auto' or 'ray://host:port' joins an existing cluster (all nodes must see the
-    input, output and cache folders, e.g. on a shared file system). A task stuck in one
-    clip past its deadline is cancelled (its worker killed), the clip recorded as hung,
-    and the task submitted again."""
-    try:
-        import ray
-    except ImportError as err:
-        raise RuntimeError("--executor ray needs the ray package (pip install 'ray[default]')") from err
-    from pipeline.tasks import run_task
-
-    started_here = not ray.is_initialized()
-    if started_here:
-        kwargs = {"address": address} if address else {"num_cpus": workers, "include_dashboard": False}
-        ray.init(ignore_reinit_error=True, log_to_driver=False, **kwargs)
-    remote = ray.remote(num_cpus=1, num_gpus=1 if use_cuda else 0, max_retries=2)(_ray_task)
-    fn = fn or run_task
-    try:
-        running: dict = {}
-        todo = iter(tasks)
-        in_flight = max(2 * workers, 2)
-        for task in _take(todo, in_flight):
-            running[remote.remote(task, fn)] = task
-        while running:
-            done, _ = ray.wait(list(running), num_returns=1, timeout=WATCH_INTERVAL_S)
-            for ref, task in list(running.items()):
-                step = None if ref in done else _stuck_step(task)
-                if step is not None:
-                    ray.cancel(ref, force=True)
-                    _record_stuck(task, step)
-                    del running[ref]
-                    running[remote.remote(task, fn)] = task     # goes on without that clip
-            if not done:
-                continue
-            task = running.pop(done[0])
-            try:
-                result = ray.get(done[0])
-            except (ray.exceptions.TaskCancelledError, ray.exceptions.WorkerCrashedError):
-                continue      # cancelled above, already submitted again
-            yield result
-            for nxt in _take(todo, 1):
-                running[remote.remote(nxt, fn)] = nxt
-    finally:
-        if started_here:
-            ray.shutdown()
-
-
-def _ray_task(task: Task, fn: Callable[[Task], TaskResult]) -> TaskResult:
-    _watched_worker_init()
+def _ray_task(task: Task, fn: TaskFn) -> TaskResult:
+    worker_init()
     return fn(task)
+
+
+class RayExecutor:
+    """The same tasks on Ray: ``address`` '' starts a local instance with ``workers``
+    CPUs, 'auto' or 'ray://host:port' joins an existing cluster (all nodes must see the
+    input, output and cache folders, e.g. on a shared file system)."""
+
+    def __init__(self, workers: int, use_cuda: bool = False, address: str = "") -> None:
+        try:
+            import ray
+        except ImportError as err:
+            raise RuntimeError("--executor ray needs the ray package (pip install 'ray[default]')") from err
+        self._ray = ray
+        self._started_here = not ray.is_initialized()
+        if self._started_here:
+            kwargs = {"address": address} if address else {"num_cpus": workers, "include_dashboard": False}
+            ray.init(ignore_reinit_error=True, log_to_driver=False, **kwargs)
+        # No retries by Ray: a task that lost its worker is the scheduler's to blame and resubmit.
+        self._remote = ray.remote(num_cpus=1, num_gpus=1 if use_cuda else 0, max_retries=0)(_ray_task)
+        self.slots = max(2 * workers, 2)     # a queued task starts as soon as a CPU frees
+
+    def submit(self, fn: TaskFn, task: Task) -> Any:
+        return self._remote.remote(task, fn)
+
+    def wait(self, handles: list[Any], timeout: float) -> list[tuple[Any, Any]]:
+        ray = self._ray
+        done, rest = ray.wait(handles, num_returns=1, timeout=timeout)
+        if done and rest:
+            done += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
+        return [(ref, self._outcome(ref)) for ref in done]
+
+    def _outcome(self, ref: Any) -> Any:
+        errors = self._ray.exceptions
+        died = tuple(getattr(errors, name) for name in ("WorkerCrashedError", "OutOfMemoryError")
+                     if hasattr(errors, name))
+        try:
+            return self._ray.get(ref)
+        except died as err:
+            return WorkerDied(str(err))
+        except errors.RayTaskError as err:
+            return err.as_instanceof_cause()
+
+    def cancel(self, handle: Any) -> None:
+        self._ray.cancel(handle, force=True)
+        # Wait (briefly) for the kill to land: the task's next attempt must not meet a
+        # worker of the old one still writing its files.
+        self._ray.wait([handle], timeout=10)
+
+    def close(self) -> None:
+        if self._started_here:
+            self._ray.shutdown()
+
+
+EXECUTORS: dict[str, Callable[..., Executor]] = {"local": LocalExecutor, "ray": RayExecutor}
+
+
+# ------------------------------------------------------------------------ scheduling
+
+def run_tasks(tasks: list[Task], executor: Executor, fn: Optional[TaskFn] = None,
+              on_round: Optional[Callable[[list[dict]], None]] = None) -> Iterator[TaskResult]:
+    """Run every task on ``executor``; yields results as they finish (any order).
+    ``on_round`` gets the step records of the running tasks about every
+    ``WATCH_INTERVAL_S`` (their progress)."""
+    fn = fn or run_task
+    pending = deque(tasks)
+    running: dict[Any, Task] = {}
+    while pending or running:
+        while pending and len(running) < executor.slots:
+            task = pending.popleft()
+            running[executor.submit(fn, task)] = task
+        for handle, outcome in executor.wait(list(running), WATCH_INTERVAL_S):
+            task = running.pop(handle)
+            if isinstance(outcome, WorkerDied):
+                _blame_dead_worker(task, outcome)
+                pending.appendleft(task)          # goes on without the clip it died in
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            else:
+                yield outcome
+        # Checked every round, not only on idle ones: other workers may keep finishing
+        # tasks while one is stuck.
+        steps = {handle: watchdog.read_step(task) for handle, task in running.items()}
+        for handle, step in steps.items():
+            if watchdog.overdue(step):
+                executor.cancel(handle)
+                task = running.pop(handle)
+                watchdog.record_hung(task, step, watchdog.killed_detail(step))
+                pending.appendleft(task)
+        if on_round is not None:
+            on_round([s for h, s in steps.items() if h in running and s is not None])
+
+
+def _blame_dead_worker(task: Task, died: WorkerDied) -> None:
+    """Name the clip the worker was in when its step file says so; otherwise there is
+    nothing to skip and the run stops."""
+    step = watchdog.read_step(task)
+    if step is None:
+        raise RuntimeError(f"a pipeline worker died ({died}) while running {task.name} and no clip "
+                           "can be blamed; rerun the same command to resume")
+    watchdog.record_hung(task, step, watchdog.died_detail(step))
+
+
+def execute(tasks: list[Task], kind: str, workers: int, use_cuda: bool = False, address: str = "",
+            fn: Optional[TaskFn] = None, on_round: Optional[Callable[[list[dict]], None]] = None
+            ) -> Iterator[TaskResult]:
+    """Run ``tasks`` on a fresh executor of ``kind`` and close it afterwards."""
+    executor = EXECUTORS[kind](workers, use_cuda, address)
+    try:
+        yield from run_tasks(tasks, executor, fn, on_round)
+    finally:
+        executor.close()

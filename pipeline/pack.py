@@ -1,8 +1,15 @@
-"""Stage 5, pack: samples -> WebDataset tar shards, written atomically and deterministically.
+"""Stage 5, pack: samples -> WebDataset tar shards, whole samples only, deterministic bytes.
 
-A shard is written to a hidden temporary name and renamed into place only when complete,
-so an interrupted run never leaves a partial ``*.tar`` behind. Tar headers carry fixed
-owner and time, so the same samples give byte-identical shards whatever the worker count.
+Tasks and shards are separate units: a task (a bounded run of clips) appends each
+finished sample, as complete tar members built in memory first, to its own *part* file
+in ``.work/pack/``; a shard is assembled from the part files of its tasks, in clip
+order, once they are all done. So:
+- a shard holds only whole samples: a sample is written with one append after all its
+  bytes exist, an append that fails is cut off again, and a part becomes visible (is
+  renamed from its temp name) only when its task finished; the shard itself is written
+  to a hidden temporary name and renamed into place when complete;
+- tar headers carry fixed owner and time and the samples come in plan order, so the same
+  samples give byte-identical shards whatever the worker count or task size.
 """
 from __future__ import annotations
 
@@ -11,66 +18,118 @@ import json
 import os
 import tarfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from htf.sample import ClipSample, encode_sample
 from pipeline.audio import feature_shape
 from pipeline.config import PipelineConfig
 
 _TAR_MTIME = 0
+_END_OF_ARCHIVE = b"\0" * (2 * tarfile.BLOCKSIZE)
 
 
 def shard_name(prefix: str, index: int) -> str:
     return f"{prefix}-{index:06d}.tar"
 
 
-class ShardWriter:
-    """Write samples to ``final_path`` via ``.<name>.tmp``; ``commit`` renames it into place."""
-
-    def __init__(self, final_path: str | os.PathLike) -> None:
-        self.final_path = Path(final_path)
-        self.tmp_path = self.final_path.with_name(f".{self.final_path.name}.tmp")
-        self._file = open(self.tmp_path, "wb")
-        self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
-        self.count = 0
-        self.keys: set[str] = set()
-
-    def write(self, sample: ClipSample) -> None:
-        fields = encode_sample(sample)
-        key = fields.pop("__key__")
-        if key in self.keys:        # two ids mapping to one key would corrupt the shard
-            raise ValueError(f"duplicate sample key '{key}' in {self.final_path.name}")
-        self.keys.add(key)
-        for ext, data in fields.items():
-            self._add(f"{key}.{ext}", data)
-        self.count += 1
-
-    def _add(self, name: str, data: bytes) -> None:
-        info = tarfile.TarInfo(name)
+def sample_members(sample: ClipSample) -> tuple[str, bytes]:
+    """(key, the sample's tar members: header, data and padding of each field)."""
+    fields = encode_sample(sample)
+    key = fields.pop("__key__")
+    out = io.BytesIO()
+    for ext, data in fields.items():
+        info = tarfile.TarInfo(f"{key}.{ext}")
         info.size = len(data)
         info.mtime = _TAR_MTIME
         info.mode = 0o444
         info.uname = info.gname = "htf"
-        self._tar.addfile(info, io.BytesIO(data))
+        out.write(info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape"))
+        out.write(data)
+        out.write(b"\0" * (-len(data) % tarfile.BLOCKSIZE))
+    return key, out.getvalue()
 
-    def commit(self) -> bool:
-        """Close and rename into place; an empty shard is removed instead (returns False)."""
-        self._tar.close()
-        self._file.flush()
-        os.fsync(self._file.fileno())
+
+class PartWriter:
+    """A task's samples, appended whole to ``.<name>.tmp``; ``commit`` renames it to ``path``."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.tmp_path = self.path.with_name(f".{self.path.name}.tmp")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.tmp_path, "wb")
+        self.samples: list[list[Any]] = []          # [key, clip id, bytes] in write order
+
+    def append(self, clip_id: str, key: str, members: bytes) -> None:
+        """Append one sample, or nothing: an append interrupted for any reason is cut off."""
+        start = self._file.tell()
+        try:
+            self._file.write(members)
+            self._file.flush()
+        except BaseException:
+            self._file.seek(start)
+            self._file.truncate()
+            raise
+        self.samples.append([key, clip_id, len(members)])
+
+    def commit(self) -> None:
+        # No fsync: a part is an intermediate (the shard made from it is synced), and its
+        # size is checked against its record before it is used again.
         self._file.close()
-        if self.count == 0:
-            self.tmp_path.unlink(missing_ok=True)
-            return False
-        os.replace(self.tmp_path, self.final_path)
-        return True
+        os.replace(self.tmp_path, self.path)
 
     def abort(self) -> None:
         try:
-            self._tar.close()
             self._file.close()
         finally:
             self.tmp_path.unlink(missing_ok=True)
+
+
+def part_is_whole(path: str | os.PathLike, samples: list[list[Any]]) -> bool:
+    """The part file is there and holds exactly the listed samples' bytes."""
+    try:
+        return os.path.getsize(path) == sum(size for _, _, size in samples)
+    except OSError:
+        return False
+
+
+def assemble_shard(final_path: str | os.PathLike, parts: Iterable[tuple[str | os.PathLike, list[list[Any]]]]
+                   ) -> tuple[int, list[tuple[str, str]]]:
+    """Concatenate whole samples of ``parts`` (path, [key, id, bytes] list) into a shard,
+    via a temp name. Returns (samples written, [(clip id, key)] left out because an earlier
+    sample already had their key: two samples with one key would read back as one)."""
+    final_path = Path(final_path)
+    tmp = final_path.with_name(f".{final_path.name}.tmp")
+    seen: set[str] = set()
+    dropped: list[tuple[str, str]] = []
+    size = 0
+    try:
+        with open(tmp, "wb") as out:
+            for path, samples in parts:
+                with open(path, "rb") as part:
+                    for key, clip_id, n in samples:
+                        data = part.read(n)
+                        if len(data) != n:
+                            raise OSError(f"{path}: shorter than its record says (damaged); rerun to rebuild it")
+                        if key in seen:
+                            dropped.append((clip_id, key))
+                            continue
+                        seen.add(key)
+                        out.write(data)
+                        size += n
+            # What tarfile writes on close: two zero blocks, padded to a whole record.
+            out.write(_END_OF_ARCHIVE)
+            size += len(_END_OF_ARCHIVE)
+            out.write(b"\0" * (-size % tarfile.RECORDSIZE))
+            out.flush()
+            os.fsync(out.fileno())
+        if not seen:
+            tmp.unlink()
+            return 0, dropped
+        os.replace(tmp, final_path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return len(seen), dropped
 
 
 def estimated_sample_bytes(cfg: PipelineConfig) -> int:

@@ -1,30 +1,30 @@
-"""One shard-sized unit of work: the clips of one shard through the stages up to ``stage``.
+"""One task: a bounded run of clips through the stages up to ``stage``.
 
 Tasks are independent (no shared state but the caches and their own output files), so any
-executor can run them in any order on any machine that sees the folders. A task that
-finished earlier with the same settings is skipped; otherwise it recomputes only what is
-not cached.
+executor can run them in any order on any machine that sees the folders. A task belongs
+to one shard (``index``; a shard is cut into tasks so that every worker has work, see
+pipeline/runner.py) and, at the pack stage, writes its samples to a part file that the
+runner assembles into the shard (pipeline/pack.py). A task that finished earlier with the
+same settings is skipped; otherwise it recomputes only what is not cached.
 
 Stages: ``index`` probes and writes the index records; ``decode`` also decodes the frames
 and audio window (a validation pass: decoding two frames is cheaper than storing them);
 ``flow`` also fills the flow cache; ``audio`` also computes the spectrograms (a check:
-they take milliseconds, so they are not stored); ``pack`` (and ``run``) writes the shard.
+they take milliseconds, so they are not stored); ``pack`` (and ``run``) writes the samples.
 """
 from __future__ import annotations
 
 import json
 import os
-import signal
-import threading
 import time
 import traceback
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import numpy as np
 
+from pipeline import watchdog
 from pipeline.audio import audio_feature
 from pipeline.cache import ArrayCache
 from pipeline.config import PipelineConfig, _digest, content_fingerprint, flow_cache_key
@@ -32,10 +32,8 @@ from pipeline.decode import DecodedClip, decode_clip
 from pipeline.errors import ClipError, ClipTimeout, failure_record
 from pipeline.flow import is_learned
 from pipeline.index import open_container, probe_container
-from pipeline.pack import ShardWriter, shard_name
+from pipeline.pack import PartWriter, part_is_whole, sample_members
 from pipeline.process import assemble_sample, clip_flows
-
-STAGES = ("index", "decode", "flow", "audio", "pack")
 
 
 @dataclass
@@ -48,9 +46,15 @@ class ClipJob:
     boxes: Optional[list] = None
 
 
+def clips_fingerprint(clips: list[ClipJob], cfg: PipelineConfig, box_format: Optional[str]) -> str:
+    """Changes when the clips or the sample-defining settings change."""
+    rows = [[c.id, c.video, c.audio, c.keyframe_index, c.keyframe_entry, c.boxes] for c in clips]
+    return _digest({"clips": rows, "content": content_fingerprint(cfg), "box_format": box_format})
+
+
 @dataclass
 class Task:
-    index: int
+    index: int              # the shard this task's clips belong to
     prefix: str
     stage: str
     clips: list[ClipJob]
@@ -58,16 +62,18 @@ class Task:
     output: str
     cache_dir: str
     box_format: Optional[str] = None
+    part: int = 0           # the task's place among its shard's tasks
+
+    @property
+    def shard_stem(self) -> str:
+        return f"{self.prefix}-{self.index:06d}"
 
     @property
     def name(self) -> str:
-        return f"{self.prefix}-{self.index:06d}"
+        return f"{self.shard_stem}-{self.part:04d}"
 
     def fingerprint(self) -> str:
-        """Changes when the clips or the sample-defining settings change."""
-        clips = [[c.id, c.video, c.audio, c.keyframe_index, c.keyframe_entry, c.boxes] for c in self.clips]
-        return _digest({"clips": clips, "content": content_fingerprint(self.cfg),
-                        "box_format": self.box_format})
+        return clips_fingerprint(self.clips, self.cfg, self.box_format)
 
 
 @dataclass
@@ -77,7 +83,9 @@ class TaskResult:
     fingerprint: str
     n_clips: int
     written: int = 0
-    shard: Optional[str] = None
+    # pack: the part file (under .work/pack/) and its samples, [key, clip id, bytes] each
+    part: Optional[str] = None
+    samples: list[list[Any]] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)
     index_records: list[dict[str, Any]] = field(default_factory=list)
     flow_computed: int = 0
@@ -85,128 +93,56 @@ class TaskResult:
     seconds: float = 0.0
     skipped: bool = False
 
+    def as_record(self) -> dict[str, Any]:
+        data = dict(self.__dict__)
+        data.pop("skipped")
+        return data
+
+    @classmethod
+    def reused(cls, data: dict[str, Any]) -> "TaskResult":
+        """An earlier result: nothing was computed or read from the cache by this run."""
+        return cls(**{**data, "skipped": True, "flow_computed": 0, "flow_cached": 0, "seconds": 0.0})
+
+
+def work_dir(output: str, stage: str) -> Path:
+    return Path(output) / ".work" / stage
+
 
 def manifest_path(task: Task) -> Path:
-    return Path(task.output) / ".work" / task.stage / f"{task.name}.json"
+    return work_dir(task.output, task.stage) / f"{task.name}.json"
+
+
+def part_path(task: Task) -> Path:
+    return work_dir(task.output, task.stage) / f"{task.name}.part"
+
+
+def hung_limit_raised(task: Task, failures: list[dict[str, Any]]) -> bool:
+    """A clip recorded as hung that the current (raised) time limit gives another chance."""
+    hung = watchdog.hung_clips(task)
+    return any(f["reason"] == "clip_hung" and f["id"] not in hung for f in failures)
 
 
 def load_finished(task: Task) -> Optional[TaskResult]:
-    """The earlier result of this exact task, if it finished and its shard is in place."""
-    path = manifest_path(task)
-    if not path.exists():
-        return None
+    """The earlier result of this exact task, if it finished and its part file is whole."""
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(manifest_path(task).read_text())
     except (OSError, json.JSONDecodeError):
         return None
     if data.get("fingerprint") != task.fingerprint():
         return None
-    if data.get("shard") and not (Path(task.output) / data["shard"]).exists():
+    if data.get("part") and not part_is_whole(work_dir(task.output, task.stage) / data["part"], data["samples"]):
         return None
-    hung = _hung_clips(task)
-    if any(f["reason"] == "clip_hung" and f["id"] not in hung for f in data.get("failures", [])):
-        return None       # the time limit was raised since: give those clips another chance
-    # Nothing was computed or read from the cache by this run for a finished task.
-    data.update(skipped=True, flow_computed=0, flow_cached=0, seconds=0.0)
-    return TaskResult(**data)
+    if hung_limit_raised(task, data.get("failures", [])):
+        return None
+    return TaskResult.reused(data)
 
 
 def _save_manifest(task: Task, result: TaskResult) -> None:
     path = manifest_path(task)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    data = dict(result.__dict__)
-    data.pop("skipped")
-    tmp.write_text(json.dumps(data))
+    tmp.write_text(json.dumps(result.as_record()))
     os.replace(tmp, path)
-
-
-# --------------------------------------------------------------------------- time limit
-
-@contextmanager
-def time_limit(seconds: float) -> Iterator[None]:
-    """Raise ClipTimeout after ``seconds`` (SIGALRM; main thread only, elsewhere no limit).
-
-    Decoding returns to Python every frame, so even a file that makes the decoder spin
-    is interrupted between frames."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
-        yield
-        return
-
-    def _raise(signum, frame):
-        raise ClipTimeout(seconds)
-
-    previous = signal.signal(signal.SIGALRM, _raise)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-# -------------------------------------------------------------------- hung-clip watch
-# A clip stuck inside native code (a demuxer looping on a broken file) never returns to
-# Python, so the signal above cannot stop it. In a worker process each task therefore
-# names its current clip and a deadline in a small "step" file; the parent kills a worker
-# that passes its deadline, records the clip in the task's "hung" list and runs the task
-# again, which then skips that clip with a failure record (pipeline/executors.py).
-
-STEP_GRACE_S = 5.0
-_announce_steps = False       # set in worker processes by the executor
-
-
-def enable_step_files() -> None:
-    global _announce_steps
-    _announce_steps = True
-
-
-def step_path(task: Task) -> Path:
-    return Path(task.output) / ".work" / task.stage / f"{task.name}.step"
-
-
-def hung_path(task: Task) -> Path:
-    return Path(task.output) / ".work" / task.stage / f"{task.name}.hung.jsonl"
-
-
-def _announce(task: Task, clip_id: str, stage: str, seconds: float) -> None:
-    if not _announce_steps:
-        return
-    path = step_path(task)          # its folder is made once per task, in run_task
-    tmp = path.with_name(f".{path.name}.tmp")
-    grace = min(STEP_GRACE_S, task.cfg.run.clip_timeout_s)   # lets the signal act first
-    tmp.write_text(json.dumps({"pid": os.getpid(), "id": clip_id, "stage": stage,
-                               "deadline": time.time() + seconds + grace}))
-    os.replace(tmp, path)
-
-
-def read_step(task: Task) -> Optional[dict[str, Any]]:
-    try:
-        return json.loads(step_path(task).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def record_hung_clip(task: Task, step: dict[str, Any], detail: str) -> None:
-    """Called by the parent after it killed the worker that ran ``step``."""
-    path = hung_path(task)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    clip = next((c for c in task.clips if c.id == step["id"]), None)
-    record = failure_record(step["id"], step["stage"], "clip_hung", detail, clip.video if clip else "")
-    with open(path, "a") as f:
-        f.write(json.dumps({"failure": record, "clip_timeout_s": task.cfg.run.clip_timeout_s}) + "\n")
-    # The dead worker's step must not make the task's next attempt look stuck.
-    step_path(task).unlink(missing_ok=True)
-
-
-def _hung_clips(task: Task) -> dict[str, dict[str, Any]]:
-    path = hung_path(task)
-    if not path.exists():
-        return {}
-    entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    # A clip that hung is tried again when the limit has been raised since.
-    limit = task.cfg.run.clip_timeout_s
-    return {e["failure"]["id"]: e["failure"] for e in entries if e["clip_timeout_s"] >= limit}
 
 
 # ------------------------------------------------------------------------------- running
@@ -220,7 +156,7 @@ class _ClipFailed(Exception):
 def _guard(clip: ClipJob, stage: str, seconds: float, fn, *args, **kwargs):
     """Run one clip step; any failure becomes a failure record naming clip, stage, file."""
     try:
-        with time_limit(seconds):
+        with watchdog.time_limit(seconds):
             return fn(*args, **kwargs)
     except (ClipError, ClipTimeout) as err:
         raise _ClipFailed(failure_record(clip.id, stage, err.reason, err.detail, clip.video)) from None
@@ -232,6 +168,23 @@ def _guard(clip: ClipJob, stage: str, seconds: float, fn, *args, **kwargs):
                                          f"{err} ({tail})", clip.video)) from None
 
 
+@dataclass
+class _Run:
+    """One attempt at a task: where its outputs go and how far it got."""
+    task: Task
+    result: TaskResult
+    flow_cache: ArrayCache
+    writer: Optional[PartWriter]
+    done: int = 0           # clips finished (written or failed), for the progress display
+
+    def announce(self, clip: ClipJob, stage: str, seconds: float) -> None:
+        watchdog.announce(self.task, clip.id, stage, seconds, self.done, len(self.result.failures))
+
+    def fail(self, record: dict[str, Any]) -> None:
+        self.result.failures.append(record)
+        self.done += 1
+
+
 def run_task(task: Task) -> TaskResult:
     """Do the task (or return its earlier result); never raises for a bad clip."""
     finished = load_finished(task)
@@ -239,64 +192,90 @@ def run_task(task: Task) -> TaskResult:
         return finished
     start = time.time()
     result = TaskResult(task.name, task.stage, task.fingerprint(), len(task.clips))
-    cfg = task.cfg
-    flow_cache = ArrayCache(task.cache_dir, flow_cache_key(cfg), "flow")
-    writer = ShardWriter(Path(task.output) / shard_name(task.prefix, task.index)) if task.stage == "pack" else None
-    batch = cfg.flow.batch_size if is_learned(cfg.flow.method) else 1
-    if _announce_steps:
-        step_path(task).parent.mkdir(parents=True, exist_ok=True)
-    hung = _hung_clips(task)
+    writer = PartWriter(part_path(task)) if task.stage == "pack" else None
+    run = _Run(task, result, ArrayCache(task.cache_dir, flow_cache_key(task.cfg), "flow"), writer)
+    batch = task.cfg.flow.batch_size if is_learned(task.cfg.flow.method) else 1
+    watchdog.start_task(task)
+    hung = watchdog.hung_clips(task)
     result.failures.extend(hung[c.id] for c in task.clips if c.id in hung)
+    run.done = len(result.failures)
     clips = [c for c in task.clips if c.id not in hung]
     try:
-        for start_i in range(0, len(clips), batch):
-            _run_chunk(task, clips[start_i:start_i + batch], result, flow_cache, writer)
-        flow_cache.flush()
+        for first in range(0, len(clips), batch):
+            _run_batch(run, clips[first:first + batch])
+        run.flow_cache.flush()
         if writer is not None:
-            result.shard = writer.final_path.name if writer.commit() else None
-            result.written = writer.count
+            writer.commit()
+            result.part, result.samples = writer.path.name, writer.samples
+            result.written = len(writer.samples)
     except BaseException:
         if writer is not None:
             writer.abort()
         raise
     finally:
-        if _announce_steps:
-            step_path(task).unlink(missing_ok=True)
+        watchdog.end_task(task)
     result.seconds = round(time.time() - start, 3)
     _save_manifest(task, result)
     return result
 
 
-def _run_chunk(task: Task, clips: list[ClipJob], result: TaskResult, flow_cache: ArrayCache,
-               writer: Optional[ShardWriter]) -> None:
-    cfg, limit = task.cfg, task.cfg.run.clip_timeout_s
+def _run_batch(run: _Run, clips: list[ClipJob]) -> None:
+    """Clips one after the other, except the flow: one call for the batch (learned methods)."""
+    task, limit = run.task, run.task.cfg.run.clip_timeout_s
     decoded: list[tuple[ClipJob, DecodedClip]] = []
     for clip in clips:
-        _announce(task, clip.id, "decode", 2 * limit)        # index + decode
+        run.announce(clip, "decode", 2 * limit)        # index + decode
         try:
-            d = _probe_and_decode(task, clip, result)
-            if d is not None:
-                decoded.append((clip, d))
+            d = _probe_and_decode(task, clip, run.result)
         except _ClipFailed as failed:
-            result.failures.append(failed.record)
+            run.fail(failed.record)
+            continue
+        if d is None:
+            run.done += 1
+        else:
+            decoded.append((clip, d))
+    if task.stage == "decode":
+        run.done += len(decoded)
     if task.stage in ("index", "decode") or not decoded:
         return
-    flows = _flows(task, decoded, result, flow_cache)
+    flows = _flows(run, decoded)
     for (clip, d), flow in zip(decoded, flows):
         if flow is None:
             continue
+        if task.stage == "flow":
+            run.done += 1
+            continue
         try:
-            if task.stage == "flow":
-                continue
-            _announce(task, clip.id, "pack", 3 * limit)       # audio + assemble + write
-            spec = _guard(clip, "audio", limit, audio_feature, d.waveform, d.sample_rate, cfg.audio)
-            if writer is not None:
-                sample = _guard(clip, "pack", limit, assemble_sample, clip.id, d, flow, cfg, clip.boxes,
-                                task.box_format if clip.boxes is not None else None, clip.video, spec)
-                sample.meta["audio_rms_dbfs"] = d.audio_info.get("rms_dbfs")
-                _guard(clip, "pack", limit, writer.write, sample)
+            _pack_one(run, clip, d, flow)
         except _ClipFailed as failed:
-            result.failures.append(failed.record)
+            run.fail(failed.record)
+            continue
+        run.done += 1
+
+
+def _pack_one(run: _Run, clip: ClipJob, d: DecodedClip, flow: np.ndarray) -> None:
+    """Audio feature, then (pack) the sample's bytes, built whole, then one append. The
+    clip's time limit covers the computing but never the write: a signal in the middle of
+    a write would leave half a sample behind."""
+    task, cfg, limit = run.task, run.task.cfg, run.task.cfg.run.clip_timeout_s
+    run.announce(clip, "pack", 3 * limit)       # audio + sample bytes + write
+    spec = _guard(clip, "audio", limit, audio_feature, d.waveform, d.sample_rate, cfg.audio)
+    if run.writer is None:
+        return
+    key, members = _guard(clip, "pack", limit, _sample_bytes, task, clip, d, flow, spec)
+    try:
+        run.writer.append(clip.id, key, members)
+    except Exception as err:     # e.g. a full disk: the part file is cut back to whole samples
+        raise _ClipFailed(failure_record(clip.id, "pack", f"error_{type(err).__name__}",
+                                         f"writing the sample failed: {err}", clip.video)) from None
+
+
+def _sample_bytes(task: Task, clip: ClipJob, d: DecodedClip, flow: np.ndarray,
+                  spec: np.ndarray) -> tuple[str, bytes]:
+    sample = assemble_sample(clip.id, d, flow, task.cfg, clip.boxes,
+                             task.box_format if clip.boxes is not None else None, clip.video, spec)
+    sample.meta["audio_rms_dbfs"] = d.audio_info.get("rms_dbfs")
+    return sample_members(sample)
 
 
 def _probe_and_decode(task: Task, clip: ClipJob, result: TaskResult) -> Optional[DecodedClip]:
@@ -316,20 +295,20 @@ def _probe_and_decode(task: Task, clip: ClipJob, result: TaskResult) -> Optional
         container.close()
 
 
-def _flows(task: Task, decoded: list[tuple[ClipJob, DecodedClip]], result: TaskResult,
-           cache: ArrayCache) -> list[Optional[np.ndarray]]:
+def _flows(run: _Run, decoded: list[tuple[ClipJob, DecodedClip]]) -> list[Optional[np.ndarray]]:
+    task, result, cache = run.task, run.result, run.flow_cache
     flows: list[Optional[np.ndarray]] = [cache.get(c.id, d.keyframe_index) for c, d in decoded]
     todo = [i for i, f in enumerate(flows) if f is None]
     result.flow_cached += len(decoded) - len(todo)
     if not todo:
         return flows
     limit = task.cfg.run.clip_timeout_s * len(todo)
-    _announce(task, decoded[todo[0]][0].id, "flow", 2 * limit)   # the batch, then clip by clip
+    run.announce(decoded[todo[0]][0], "flow", 2 * limit)   # the batch, then clip by clip
     try:
         computed = _guard(decoded[todo[0]][0], "flow", limit, clip_flows, [decoded[i][1] for i in todo], task.cfg)
     except _ClipFailed as failed:
         if len(todo) == 1:
-            result.failures.append(failed.record)
+            run.fail(failed.record)
             return flows
         # A batch failed: retry clip by clip so only the culprit is reported.
         computed = []
@@ -338,7 +317,7 @@ def _flows(task: Task, decoded: list[tuple[ClipJob, DecodedClip]], result: TaskR
                 computed.extend(_guard(decoded[i][0], "flow", task.cfg.run.clip_timeout_s, clip_flows,
                                        [decoded[i][1]], task.cfg))
             except _ClipFailed as one:
-                result.failures.append(one.record)
+                run.fail(one.record)
                 computed.append(None)
     for i, flow in zip(todo, computed):
         if flow is None:

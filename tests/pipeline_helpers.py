@@ -65,6 +65,20 @@ def shard_bytes(out: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(out.glob("*.tar"))}
 
 
+def assert_process_group_ends(group: int, seconds: float = 10.0) -> None:
+    """Every process of a run started in a session of its own (workers included) is gone
+    within ``seconds`` (exited workers may stay zombies for a moment until reaped)."""
+    import os
+    import time
+
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"a process of group {group} outlived its run")
 
 
 def run_task_stuck_in_native_code_on(task, stuck_id: str):
@@ -73,17 +87,13 @@ def run_task_stuck_in_native_code_on(task, stuck_id: str):
     does not come back to Python, with the alarm blocked in this thread (in a process with
     other threads it lands on one of those, and Python would run its handler here only
     after the call returned)."""
-    import ctypes
-    import signal
-
     import pipeline.tasks as tasks
 
     original = tasks.decode_clip
 
     def decode(path, *args, **kwargs):
         if Path(path).stem == stuck_id:
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
-            ctypes.CDLL(None).sleep(3600)
+            _block_natively()
         return original(path, *args, **kwargs)
 
     tasks.decode_clip = decode
@@ -91,3 +101,76 @@ def run_task_stuck_in_native_code_on(task, stuck_id: str):
         return tasks.run_task(task)
     finally:
         tasks.decode_clip = original
+
+
+def _block_natively() -> None:
+    """Stay inside one native call that ignores the per-clip alarm (see below)."""
+    import ctypes
+    import signal
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+    ctypes.CDLL(None).sleep(3600)
+
+
+def run_task_dying_on(task, dying_id: str):
+    """``run_task`` in a worker, except that the worker process exits at once inside
+    clip ``dying_id`` (as when the kernel kills it for memory)."""
+    import os
+
+    import pipeline.tasks as tasks
+
+    original = tasks.decode_clip
+
+    def decode(path, *args, **kwargs):
+        if Path(path).stem == dying_id:
+            os._exit(9)
+        return original(path, *args, **kwargs)
+
+    tasks.decode_clip = decode
+    try:
+        return tasks.run_task(task)
+    finally:
+        tasks.decode_clip = original
+
+
+class _HalfWritingFile:
+    """A file whose next write stores half the bytes, then blocks (``stall``) or fails."""
+
+    def __init__(self, file, stall: bool) -> None:
+        self._file, self._stall, self.armed = file, stall, False
+
+    def write(self, data: bytes) -> int:
+        if not self.armed:
+            return self._file.write(data)
+        self.armed = False
+        self._file.write(data[: len(data) // 2])
+        self._file.flush()
+        if self._stall:
+            _block_natively()
+        raise OSError(28, "No space left on device")
+
+    def __getattr__(self, name: str):
+        return getattr(self._file, name)
+
+
+def run_task_with_a_broken_write_of(task, broken_id: str, stall: bool):
+    """``run_task`` in a worker, except that writing clip ``broken_id``'s sample stores
+    half of it and then stalls forever (``stall``) or fails like a full disk."""
+    import pipeline.tasks as tasks
+
+    original = tasks.PartWriter
+
+    class Writer(original):
+        def __init__(self, path) -> None:
+            super().__init__(path)
+            self._file = _HalfWritingFile(self._file, stall)
+
+        def append(self, clip_id: str, key: str, members: bytes) -> None:
+            self._file.armed = clip_id == broken_id
+            super().append(clip_id, key, members)
+
+    tasks.PartWriter = Writer
+    try:
+        return tasks.run_task(task)
+    finally:
+        tasks.PartWriter = original

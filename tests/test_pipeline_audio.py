@@ -53,8 +53,8 @@ def test_cpu_path_imports_neither_torch_nor_librosa():
     import sys
 
     code = ("import sys; from pipeline.runner import run_pipeline; from pipeline.tasks import run_task; "
-            "from pipeline.executors import _worker_init; from pipeline.audio import _mel_basis; "
-            "_worker_init(); _mel_basis(16000, 512, 80, 20.0, None); "
+            "from pipeline.executors import worker_init; from pipeline.audio import _mel_basis; "
+            "worker_init(); _mel_basis(16000, 512, 80, 20.0, None); "
             "print(sorted(m for m in ('torch', 'librosa', 'scipy.signal', 'ptlflow') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

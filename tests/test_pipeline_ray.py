@@ -34,11 +34,11 @@ def test_ray_task_stuck_in_native_code_is_cancelled_and_only_its_clip_is_lost(tm
     import cloudpickle
 
     import tests.pipeline_helpers as helpers
-    from pipeline.executors import run_ray
+    from pipeline.executors import execute
     from pipeline.runner import plan_tasks
 
-    cfg = small_config("run.clip_timeout_s=0.5")
-    tasks, _, _, _ = plan_tasks(cfg, RunInputs(str(world()), str(tmp_path)), "pack")
+    cfg = small_config("run.clip_timeout_s=0.5", "run.task_clips=2")
+    tasks, _, _ = plan_tasks(cfg, RunInputs(str(world()), str(tmp_path)), "pack")
     stuck = tasks[2].clips[1].id
     cloudpickle.register_pickle_by_value(helpers)    # Ray workers need not import tests/
     try:
@@ -47,7 +47,7 @@ def test_ray_task_stuck_in_native_code_is_cancelled_and_only_its_clip_is_lost(tm
         pytest.skip(f"a local Ray instance cannot start here: {err}")
     try:
         run = functools.partial(helpers.run_task_stuck_in_native_code_on, stuck_id=stuck)
-        results = {r.task: r for r in run_ray(tasks, workers=2, fn=run)}
+        results = {r.task: r for r in execute(tasks, "ray", workers=2, fn=run)}
     finally:
         ray.shutdown()
         cloudpickle.unregister_pickle_by_value(helpers)

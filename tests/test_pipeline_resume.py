@@ -9,36 +9,44 @@ import sys
 import time
 from pathlib import Path
 
-from tests.pipeline_helpers import read_shards, shard_bytes, world
+import pytest
+
+from tests.pipeline_helpers import assert_process_group_ends, read_shards, shard_bytes, world
 
 # RAFT-small with random weights on CPU: slow enough (~0.5 s a clip) to be killed mid-run.
 SLOW_RUN = ["--flow", "raft_small", "--set", "flow.allow_random_init=true", "--set", "frames.short_side=128",
-            "--set", "pack.samples_per_shard=1", "--set", "audio.n_mels=32", "--workers", "1", "--no-progress"]
+            "--set", "pack.samples_per_shard=1", "--set", "audio.n_mels=32", "--no-progress"]
 
 
-def _command(out: Path) -> list[str]:
+def _command(out: Path, workers: int = 1) -> list[str]:
     return [sys.executable, "-m", "pipeline", "run", "--input", str(world(n=3, size=128, seed=4)),
-            "--output", str(out), *SLOW_RUN]
+            "--output", str(out), *SLOW_RUN, "--workers", str(workers)]
 
 
-def test_killed_run_resumes_to_the_same_shards_without_recomputing_cached_flow(tmp_path: Path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_killed_run_resumes_to_the_same_shards_without_recomputing_cached_flow(tmp_path: Path, workers: int):
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
     subprocess.run(_command(reference), check=True, capture_output=True)
 
-    proc = subprocess.Popen(_command(resumed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    proc = subprocess.Popen(_command(resumed, workers), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.time() + 120
-    while not (resumed / "shard-000000.tar").exists() and proc.poll() is None and time.time() < deadline:
+    while not list(resumed.glob("shard-*.tar")) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    assert_process_group_ends(proc.pid)       # no worker goes on writing next to the rerun
     done_before = sorted(p.name for p in resumed.glob("shard-*.tar"))
     assert 1 <= len(done_before) < 3, "the run must be killed part-way for this test to mean anything"
     cached_before = _cached_flows(resumed)
+    # Tasks finished before the kill (one clip per shard and task here): those of recorded
+    # shards, and those whose samples were waiting for their shard's assembly.
+    records = (resumed / ".work" / "pack").glob("shard-*.json")
+    finished = {p.name.split(".")[0][:len("shard-000000")] for p in records}
 
     subprocess.run(_command(resumed), check=True, capture_output=True)
     summary = json.loads((resumed / "summary_shard_pack.json").read_text())
-    assert summary["tasks_skipped"] == len(done_before)
+    assert summary["tasks_skipped"] == len(finished) >= len(done_before)
     assert summary["flow_computed"] == 3 - cached_before
     assert shard_bytes(resumed) == shard_bytes(reference)
     assert not list(resumed.glob(".*.tmp"))
@@ -56,14 +64,14 @@ def test_a_partial_shard_left_by_a_crash_is_discarded_and_rebuilt(tmp_path: Path
     from pipeline.runner import RunInputs, run_pipeline
     from tests.pipeline_helpers import small_config
 
-    cfg = small_config()
+    cfg = small_config("run.task_clips=2")         # one task per shard
     run_pipeline(cfg, RunInputs(str(world()), str(tmp_path)))
     complete = shard_bytes(tmp_path)
     # Simulate a crash in the middle of writing shard 1: its temp file half written, the
-    # final file and the task's record gone.
+    # final file and the shard's record gone.
     (tmp_path / ".shard-000001.tar.tmp").write_bytes(complete["shard-000001.tar"][:1000])
     (tmp_path / "shard-000001.tar").unlink()
-    (tmp_path / ".work" / "pack" / "shard-000001.json").unlink()
+    (tmp_path / ".work" / "pack" / "shard-000001.shard.json").unlink()
     summary = run_pipeline(cfg, RunInputs(str(world()), str(tmp_path)))
     assert shard_bytes(tmp_path) == complete
     assert summary.tasks_skipped == 2 and summary.flow_computed == 0

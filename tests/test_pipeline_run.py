@@ -181,15 +181,15 @@ def test_huge_portrait_and_odd_rate_files_each_get_their_own_outcome(tmp_path: P
 def test_a_worker_stuck_in_native_code_is_killed_and_only_its_clip_is_lost(tmp_path: Path):
     import functools
 
-    from pipeline.executors import run_local
+    from pipeline.executors import execute
     from pipeline.runner import plan_tasks
     from tests.pipeline_helpers import run_task_stuck_in_native_code_on
 
-    cfg = small_config("run.clip_timeout_s=0.5")
-    tasks, _, _, _ = plan_tasks(cfg, RunInputs(str(world()), str(tmp_path)), "pack")
+    cfg = small_config("run.clip_timeout_s=0.5", "run.task_clips=2")
+    tasks, _, _ = plan_tasks(cfg, RunInputs(str(world()), str(tmp_path)), "pack")
     stuck = tasks[1].clips[0].id
     run = functools.partial(run_task_stuck_in_native_code_on, stuck_id=stuck)
-    results = {r.task: r for r in run_local(tasks, workers=2, fn=run)}
+    results = {r.task: r for r in execute(tasks, "local", workers=2, fn=run)}
     assert sorted(results) == [t.name for t in tasks]                   # every task finished
     failed = [f for r in results.values() for f in r.failures]
     assert [(f["id"], f["reason"], f["stage"]) for f in failed] == [(stuck, "clip_hung", "decode")]
@@ -199,16 +199,17 @@ def test_a_worker_stuck_in_native_code_is_killed_and_only_its_clip_is_lost(tmp_p
 
 def test_a_hung_clip_is_skipped_on_rerun_unless_the_time_limit_was_raised(tmp_path: Path):
     from pipeline.runner import plan_tasks
-    from pipeline.tasks import record_hung_clip, run_task
+    from pipeline.tasks import run_task
+    from pipeline.watchdog import record_hung
 
     def first_task(timeout: float):
-        tasks, _, _, _ = plan_tasks(small_config(f"run.clip_timeout_s={timeout}"),
-                                    RunInputs(str(world()), str(tmp_path)), "pack")
+        tasks, _, _ = plan_tasks(small_config(f"run.clip_timeout_s={timeout}"),
+                                 RunInputs(str(world()), str(tmp_path)), "pack")
         return tasks[0]
 
     task = first_task(1.0)
     hung = task.clips[0].id
-    record_hung_clip(task, {"id": hung, "stage": "decode", "pid": 0, "deadline": 0.0}, "stuck")
+    record_hung(task, {"id": hung, "stage": "decode", "pid": 0, "deadline": 0.0}, "stuck")
     same = run_task(task)
     assert [(f["id"], f["reason"]) for f in same.failures] == [(hung, "clip_hung")]
     assert same.written == len(task.clips) - 1
