@@ -71,12 +71,15 @@ def analyse_frames(video: str, cfg: Any, predictor: ModelPredictor, indices: lis
 
 def iter_frames(video: str, size: tuple[int, int]) -> Iterator[np.ndarray]:
     """Every frame of the video, RGB, resized to ``size`` (w, h), in presentation order."""
-    from pipeline.index import open_container
+    from pipeline.decode import display_rotation
+    from pipeline.index import open_container, probe_video
 
+    stream_index = probe_video(video).stream_index      # the clip's stream, not a cover picture
     with open_container(video) as container:
-        stream = container.streams.video[0]
+        stream = container.streams[stream_index]
         for frame in container.decode(stream):
-            rgb = frame.to_ndarray(format="rgb24")
+            # Turned as displayed, as the pipeline turns the keyframe.
+            rgb = np.ascontiguousarray(np.rot90(frame.to_ndarray(format="rgb24"), display_rotation(frame) // 90))
             yield cv2.resize(rgb, size, interpolation=cv2.INTER_AREA) if rgb.shape[1::-1] != size else rgb
 
 

@@ -151,7 +151,7 @@ def run_pipeline(cfg: PipelineConfig, inputs: RunInputs, stage: str = "pack") ->
             bar.update(result.n_clips)
     ordered = [results[t.name] for t in tasks]
     summary = _finish(out, cfg, stage, tasks, ordered, plan_failures, warnings)
-    summary.clips_in = n_clips + sum(1 for f in plan_failures if f["reason"] == "missing_file")
+    summary.clips_in = n_clips + sum(1 for f in plan_failures if f["reason"] != "duplicate_id")
     summary.seconds = time.time() - start
     (out / f"summary_{cfg.pack.prefix}_{stage}.json").write_text(json.dumps(
         {**{k: v for k, v in summary.__dict__.items() if k not in ("failures", "warnings")},
@@ -166,6 +166,7 @@ def _finish(out: Path, cfg: PipelineConfig, stage: str, tasks: list[Task], resul
     for r in results:
         failures.extend(dict(f, prefix=prefix) for f in r.failures)
     _merge_jsonl(out / "failures.jsonl", prefix, failures)
+    warnings = warnings + [w for r in results for w in r.warnings]
     _merge_jsonl(out / "warnings.jsonl", prefix, [dict(w, prefix=prefix) for w in warnings])
     if stage == "index" or any(r.index_records for r in results):
         _merge_jsonl(out / "index.jsonl", prefix,
