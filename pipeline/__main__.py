@@ -71,13 +71,48 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --flow-ckpt {args.flow_ckpt}: no such file", file=sys.stderr)
         return 2
     inputs = RunInputs(args.input, args.output, args.split_list, args.annotations, args.keyframes)
+    stage = COMMANDS[args.command]
+    if stage == "pack" and cfg.pack.prefix.startswith("test") and not args.annotations:
+        print(f"warning: building '{cfg.pack.prefix}' shards without boxes: the evaluator cannot score "
+              "them (give --annotations: VGG-SS JSON, Flickr XML folder or 256-px JSON)", file=sys.stderr)
     try:
-        summary = run_pipeline(cfg, inputs, COMMANDS[args.command])
+        check_output_folder(Path(args.output))
+        summary = run_pipeline(cfg, inputs, stage)
     except (FlowSetupError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:          # disk full, permissions changed during the run...
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"error: {where}{err.strerror or err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"error: interrupted; finished shards in {args.output} are kept, run the same command "
+              "again to resume", file=sys.stderr)
+        return 130
     print(summary.text())
     return 0
+
+
+def check_output_folder(out: Path) -> None:
+    """Make ``out`` and write into it once, or say in one line why that is impossible."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except (NotADirectoryError, FileExistsError):
+        blocker = next((p for p in [out, *out.parents] if p.exists() and not p.is_dir()), out)
+        raise OutputFolderError(f"--output {out}: {blocker} is a file, not a folder; choose another "
+                                "--output") from None
+    except PermissionError:
+        raise OutputFolderError(f"--output {out}: not writable (permission denied or a read-only "
+                                "file system); choose a writable folder") from None
+    except OSError as err:
+        raise OutputFolderError(f"--output {out}: cannot write there ({err.strerror or err})") from None
+
+
+class OutputFolderError(ValueError):
+    """The output folder cannot be made or written."""
 
 
 if __name__ == "__main__":

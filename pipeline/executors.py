@@ -40,6 +40,21 @@ def _watched_worker_init() -> None:
 
     _worker_init()
     enable_step_files()
+    # Ctrl-C reaches every process of the terminal: the parent says how to resume, the
+    # workers leave without a traceback each (a partial shard is removed on the rerun).
+    signal.signal(signal.SIGINT, lambda signum, frame: os._exit(130))
+
+
+def _start_fork_server_without_ctrl_c() -> None:
+    """Start the fork server with Ctrl-C ignored: interrupted while preloading imports,
+    it would print a traceback of its own."""
+    from multiprocessing import forkserver
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        forkserver.ensure_running()
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def run_local(tasks: list[Task], workers: int, fn: Callable[[Task], TaskResult] | None = None,
@@ -96,6 +111,7 @@ def _run_pool(tasks: list[Task], workers: int, fn: Callable[[Task], TaskResult],
     else:
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(["pipeline.tasks"])
+        _start_fork_server_without_ctrl_c()
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_watched_worker_init)
     try:
         # Keep at most 2 tasks per worker in flight: the queue of pending tasks stays small
