@@ -56,6 +56,11 @@ def load_checkpoint(path: str, device: str) -> Any:
     """The model of ``path`` through the trainer's loader (our, official .pth and .ckpt)."""
     if not Path(path).is_file():
         raise EvalError(f"checkpoint not found: {path}")
+    import torch
+
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise EvalError(f"device '{device}': CUDA is not available on this machine (no GPU, or a "
+                        f"CPU-only torch); use --device cpu (or --set run.device=cpu)")
     from train.model import load_model
 
     try:

@@ -7,8 +7,9 @@ model (``model(image, flow, spec) -> {"map": [B, 7, 7]}``) is wrapped with the t
 own input preparation (``train.transforms.eval_inputs``), and a baseline name (``center``,
 ``flow``, ``random``) becomes an :class:`eval.baselines.Baseline`.
 
-Nothing is silently counted as zero: clips without boxes stop the run with the shard and
-clip named; a corrupt shard or sample, a duplicate id or a non-finite map is skipped and
+Nothing is silently counted as zero: shards without any boxes stop the run with the shard
+and clip named; a single clip whose box was lost is scored 0 (as the protocol does) and
+listed under ``warnings``; a corrupt shard or sample, a duplicate id or a non-finite map is skipped and
 listed under ``failures`` in metrics.json (and on stderr), never scored.
 """
 from __future__ import annotations
@@ -260,14 +261,17 @@ def _box_format(sample: ClipSample, shard: str, cfg: EvalConfig, warnings: list[
     return wanted
 
 
-def _require_boxes(sample: ClipSample, shard: str) -> None:
+def _has_boxes(sample: ClipSample) -> bool:
     boxes = sample.boxes
-    if not boxes or not any(len(a) for a in boxes):
-        raise MissingBoxesError(
-            f"shard {shard}, clip {sample.id}: no ground-truth boxes. Metric evaluation needs test "
-            "shards built with boxes (pipeline --boxes: VGG-SS JSON, Flickr XML folder or 256-px "
-            "JSON; see metadata/README.md). To look at heat maps without boxes use "
-            "`python -m eval.localize` on the video.")
+    return bool(boxes) and any(len(a) for a in boxes)
+
+
+def _no_boxes_error(sample: ClipSample, shard: str, n: int) -> MissingBoxesError:
+    return MissingBoxesError(
+        f"shard {shard}, clip {sample.id}: no ground-truth boxes (nor in any of the {n} clip(s) read "
+        "so far). Metric evaluation needs test shards built with boxes (python -m pipeline run "
+        "--annotations FILE: VGG-SS JSON, Flickr XML folder or 256-px JSON; see metadata/README.md). "
+        "To look at heat maps without boxes use `python -m eval.localize` on the video.")
 
 
 class _Run:
@@ -283,6 +287,10 @@ class _Run:
         self.specs: dict[str, np.ndarray] = {}
         self.extremes = _Extremes(cfg.pictures.heatmaps)
         self.formats: dict[str, str] = {}
+        self.with_boxes = 0                    # clips read that carry boxes
+        self.empty_gt: list[str] = []          # clips scored 0 for want of a box
+        self.first_boxless: tuple[ClipSample, str] | None = None
+        self.last_format = "vggss"
 
     def check_settings(self, sample: ClipSample, shard: str) -> None:
         expected = self.p.data_settings
@@ -316,12 +324,24 @@ class _Run:
                 self.failures.append(Failure(shard, sample.id, f"prediction map has {why}: not scored"))
                 continue
             _, mask = M.prediction_mask(raw, size, interp)
-            value = M.ciou(mask, M.gt_map(sample.boxes, fmt, size))
+            boxes = sample.boxes or []
+            try:
+                gt = M.gt_map(boxes, fmt, size) if _has_boxes(sample) else np.zeros((size, size), np.float32)
+                why = "no ground-truth box (lost when clipped to the frame?)"
+            except ValueError as err:      # a degenerate box (x2 <= x1 after clipping, ...)
+                gt, why = np.zeros((size, size), np.float32), f"unusable box ({err})"
+            if gt.sum() > 0:
+                value = M.ciou(mask, gt)
+            else:
+                # A test clip whose box was lost (clipped to nothing, or dropped as empty when
+                # the shards were made): the protocol scores it 0; it is listed, not hidden.
+                value = 0.0
+                self.empty_gt.append(f"shard {shard}, clip {sample.id}: {why}: scored 0, as the protocol does")
             self.results.append(ClipResult(
                 sample.id, sample.id, shard, fmt, True, value,
                 M.map_confidence(raw, self.cfg.extended.confidence), M.is_constant(raw),
-                sum(len(a) if a and isinstance(a[0], (list, tuple)) else 1 for a in sample.boxes)))
-            self.extremes.add(_Picked(value, sample.id, sample.frame, raw, sample.boxes))
+                sum(len(a) if a and isinstance(a[0], (list, tuple)) else 1 for a in boxes)))
+            self.extremes.add(_Picked(value, sample.id, sample.frame, raw, boxes))
 
     def first_pass(self, paths: list[str]) -> None:
         batch: list[tuple[str, ClipSample, str]] = []
@@ -333,17 +353,31 @@ class _Run:
             if sample.id in self.seen:
                 self.failures.append(Failure(shard, sample.id, "duplicate clip id: scored once only"))
                 continue
-            _require_boxes(sample, shard)
+            if _has_boxes(sample):
+                self.with_boxes += 1
+            else:
+                self.first_boxless = self.first_boxless or (sample, shard)
+                if self.with_boxes == 0 and len(self.seen) + 1 >= self.cfg.run.batch_size:
+                    # A whole batch without one box: shards made without --annotations.
+                    raise _no_boxes_error(*self.first_boxless, len(self.seen) + 1)
             self.check_settings(sample, shard)
             self.seen.add(sample.id)
-            batch.append((shard, sample, _box_format(sample, shard, self.cfg, self.warnings)))
+            if _has_boxes(sample) or sample.meta.get("box_format") or self.cfg.protocol.protocol != "auto":
+                self.last_format = _box_format(sample, shard, self.cfg, self.warnings)
+            # A clip without boxes scores 0 whatever the format: it takes its neighbours'.
+            batch.append((shard, sample, self.last_format))
             if self.cfg.extended.enabled:
                 self.specs[sample.id] = sample.spec.astype(np.float16)
             if len(batch) >= self.cfg.run.batch_size:
                 self.score(batch)
                 batch = []
+        if self.first_boxless and self.with_boxes == 0:
+            raise _no_boxes_error(*self.first_boxless, len(self.seen))
         if batch:
             self.score(batch)
+        self.warnings.extend(self.empty_gt)
+        for line in self.empty_gt:
+            print(f"warning: {line}", file=sys.stderr)
 
     def extended_pass(self, paths: list[str]) -> dict:
         scored = {r.id: r for r in self.results}

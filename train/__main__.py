@@ -2,7 +2,7 @@
 
     torchrun --nproc-per-node N -m train --config configs/train/<preset>.yaml \\
         --train-shards 'OUT/train-{000000..000009}.tar' --val-shards 'OUT/val-*.tar' \\
-        --output RUN [--set key=value ...] [--resume]
+        --output RUN [--set key=value ...] [--resume [auto]]
 
 Plain ``python -m train ...`` runs one process. See docs/train.md.
 """
@@ -15,6 +15,12 @@ from htf.config import ConfigError, load_config
 from train.config import TrainConfig
 
 
+def _resume_mode(text: str) -> str:
+    if text != "auto":
+        raise argparse.ArgumentTypeError(f"'{text}': the only value --resume takes is 'auto'")
+    return text
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="htf-train", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -24,8 +30,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--output", required=True, help="run folder: checkpoints/, metrics.jsonl, tb/")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set optim.lr=3e-4 (repeatable)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from OUTPUT/checkpoints/latest.pt (a torchrun restart does this itself)")
+    p.add_argument("--resume", nargs="?", const=True, choices=[True, "auto"], type=_resume_mode,
+                   help="continue from OUTPUT/checkpoints/latest.pt, which must exist; '--resume auto': "
+                        "continue if it exists, else start (a torchrun restart resumes by itself)")
     return p.parse_args(argv)
 
 
@@ -36,12 +43,23 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    from train.data import ShardSettingsError
     from train.engine import NonFiniteLossError, ResumeError, fit
+    from train.model import WeightsUnavailableError
     try:
         fit(cfg, args.train_shards, args.val_shards, args.output, resume=args.resume)
-    except (NonFiniteLossError, ResumeError, FileNotFoundError, ConfigError) as err:
+    except (NonFiniteLossError, ResumeError, FileNotFoundError, ConfigError, ShardSettingsError,
+            WeightsUnavailableError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except OSError as err:         # disk full, an unwritable --output...
+        print(f"error: {err.filename + ': ' if err.filename else ''}{err.strerror or err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"error: interrupted; continue with the same command plus --resume (from "
+              f"{args.output}/checkpoints/latest.pt, saved every train.save_every_steps steps and at "
+              f"each epoch end)", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -119,6 +119,10 @@ class FlowAttention(nn.Module):
 
 # ---------------------------------------------------------------------- pretrained weights
 
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights named in the config cannot be had (offline, not cached)."""
+
+
 def _fetch_torchvision_resnet18(name: str) -> dict[str, torch.Tensor]:
     """ImageNet weights by torchvision name; fails fast, with what to do, when offline."""
     from torchvision.models import ResNet18_Weights
@@ -131,14 +135,14 @@ def _fetch_torchvision_resnet18(name: str) -> dict[str, torch.Tensor]:
                           f"(known: {[w.name for w in ResNet18_Weights]}) and no such file") from None
     cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
     if not cached.is_file() and os.environ.get("HTF_OFFLINE", "") not in ("", "0"):
-        raise RuntimeError(f"weights '{name}' are not cached at {cached} and HTF_OFFLINE is set; "
-                           f"download {weights.url} there or give a local path")
+        raise WeightsUnavailableError(f"weights '{name}' are not cached at {cached} and HTF_OFFLINE is "
+                                      f"set; download {weights.url} there or give a local path")
     try:
         return weights.get_state_dict(progress=False)
     except Exception as err:  # URLError, socket errors, ...
-        raise RuntimeError(f"could not download ResNet-18 weights '{name}' from {weights.url} ({err}); "
-                           f"on an offline machine put the file at {cached} or set the weights "
-                           f"option to a local .pth path") from err
+        raise WeightsUnavailableError(f"could not download ResNet-18 weights '{name}' from {weights.url} "
+                                      f"({err}); on an offline machine put the file at {cached} or set "
+                                      f"the weights option to a local .pth path") from None
 
 
 def load_backbone_weights(trunk: ResNetTrunk, source: str, skip: tuple[str, ...] = ()) -> None:
@@ -147,7 +151,13 @@ def load_backbone_weights(trunk: ResNetTrunk, source: str, skip: tuple[str, ...]
     if Path(source).suffix in (".pth", ".pt", ".bin") or os.path.sep in source:
         if not Path(source).is_file():
             raise ConfigError(f"backbone weights file not found: {source}")
-        state = torch.load(source, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(source, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise ConfigError(f"backbone weights {source}: not a weights file torch can read safely "
+                              f"({type(err).__name__})") from None
+        if not isinstance(state, dict):
+            raise ConfigError(f"backbone weights {source}: holds a {type(state).__name__}, not a state dict")
         state = state.get("state_dict", state.get("model", state))
     else:
         state = _fetch_torchvision_resnet18(source)
@@ -272,13 +282,22 @@ def _official_config(state: dict[str, torch.Tensor]) -> ModelConfig:
 
 
 def _torch_load(path: Path, map_location: Any) -> Any:
+    """Tensors and plain containers only: a checkpoint never runs code (weights_only)."""
+    import zipfile
+
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        if path.suffix != ".ckpt":
-            raise ValueError(f"{path}: cannot read checkpoint: {err}") from err
-        # Lightning checkpoints pickle their hyper-parameters: load fully (trusted files only).
-        return torch.load(path, map_location=map_location, weights_only=False)
+        text = str(err)
+        if "cuda" in text.lower() and not torch.cuda.is_available():
+            raise ValueError(f"{path}: asked to load onto {map_location}, but CUDA is not available "
+                             f"on this machine; use the CPU") from None
+        if zipfile.is_zipfile(path) and "Unsupported global" in text:
+            # A Lightning .ckpt that pickles hyper-parameter objects, or any other pickle.
+            raise ValueError(f"{path}: holds pickled Python objects besides the weights, which are "
+                             f"not loaded (they could run code); save its state_dict alone with "
+                             f"torch.save in a session you trust and load that") from None
+        raise ValueError(f"{path}: not a checkpoint (not a file torch.save wrote, or a damaged one)") from None
 
 
 def model_from_state(state: dict[str, torch.Tensor], cfg: ModelConfig, source: str) -> HTFModel:
