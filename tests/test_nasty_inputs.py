@@ -30,6 +30,7 @@ def nasty_run(tmp_path_factory) -> tuple[Path, Path]:
         make(video)
     nasty.truncated_with_header(video)
     nasty.moving_texture(video / "moving.mp4", 2, 0)
+    nasty.moving_texture(video / "moving_down.mp4", 0, 1)
     nasty.moving_texture(video / "moving_turned.mov", 2, 0, rotate=90)
     for name in NAMES:
         nasty.named(video, f"{name}.mp4")
@@ -114,6 +115,16 @@ def test_rotated_file_is_stored_as_displayed(nasty_run):
     expected = cv2.resize(cv2.cvtColor(cv2.imread(str(shown)), cv2.COLOR_BGR2RGB), (w, h),
                           interpolation=cv2.INTER_AREA)
     assert np.abs(expected.astype(int) - sample.frame.astype(int)).mean() < 12
+
+
+@pytest.mark.parametrize("clip_id, dx, dy", [("moving", 2.0, 0.0), ("moving_down", 0.0, 1.0)])
+def test_stored_flow_points_from_the_keyframe_to_the_next_frame(nasty_run, clip_id, dx, dy):
+    # Content moving right (down) by a known step: flow (dx, dy) is positive along it, in
+    # stored-frame pixels, after the whole pipeline (decode, flow, cache, shard).
+    sample = _samples(nasty_run[1])[clip_id][1]
+    assert sample.frame.shape[:2] == (64, 96)          # stored at its own size: no rescaling
+    assert float(np.median(sample.flow[0])) == pytest.approx(dx, abs=0.25)
+    assert float(np.median(sample.flow[1])) == pytest.approx(dy, abs=0.25)
 
 
 def test_flow_of_a_rotated_file_turns_with_the_frame(nasty_run):
