@@ -61,7 +61,7 @@ def load_checkpoint(path: str, device: str) -> Any:
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise EvalError(f"device '{device}': CUDA is not available on this machine (no GPU, or a "
                         f"CPU-only torch); use --device cpu (or --set run.device=cpu)")
-    from train.model import load_model
+    from htf.model import load_model
 
     try:
         return load_model(path, map_location=device)

@@ -22,10 +22,11 @@ from htf.sample import encode_sample
 from tests.eval_shards import make_clip, standard_clips, write_shard
 from tests.train_helpers import synthetic_sample, write_shards
 from train import checkpoint as ckpt
-from train.config import ModelConfig, TrainConfig
+from htf.model_config import ModelConfig
+from train.config import TrainConfig
 from train.data import ShardSettingsError, check_shard_settings
 from train.engine import ResumeError, _check_same_model, wants_resume
-from train.model import HTFModel, load_model
+from htf.model import HTFModel, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["model.width=8", "model.image_size=56", "model.freeze_vision=false", "model.audio_frames=32",

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from train.data import ShardSettingsError
     from train.engine import NonFiniteLossError, ResumeError, fit
-    from train.model import WeightsUnavailableError
+    from htf.model import WeightsUnavailableError
     try:
         fit(cfg, args.train_shards, args.val_shards, args.output, resume=args.resume)
     except (NonFiniteLossError, ResumeError, FileNotFoundError, ConfigError, ShardSettingsError,
