@@ -52,12 +52,21 @@ def expand_urls(spec: str) -> list[str]:
     return urls
 
 
+class ShardSettingsError(ValueError):
+    """A shard is unreadable, or shards were made with different pipeline settings or not
+    with the ones the preset expects."""
+
+
 def _count_tar(url: str) -> int:
     keys = set()
-    with tarfile.open(url) as tar:
-        for member in tar:
-            if member.isfile():
-                keys.add(os.path.basename(member.name).split(".", 1)[0])
+    try:
+        with tarfile.open(url) as tar:
+            for member in tar:
+                if member.isfile():
+                    keys.add(os.path.basename(member.name).split(".", 1)[0])
+    except (tarfile.TarError, OSError, EOFError) as err:
+        raise ShardSettingsError(f"shard {url} is unreadable ({type(err).__name__}: {err}); make it "
+                                 f"again or leave it out") from None
     return len(keys)
 
 
@@ -84,10 +93,6 @@ def first_sample(urls: list[str]) -> ClipSample:
     for raw in wds.tarfile_to_samples()([{"url": urls[0]}]):
         return decode_sample(raw)
     raise ValueError(f"shard {urls[0]} holds no samples")
-
-
-class ShardSettingsError(ValueError):
-    """Shards made with different pipeline settings, or not with the ones the preset expects."""
 
 
 def recorded_settings(url: str) -> dict[str, Any] | None:
@@ -243,8 +248,12 @@ class ValStream(IterableDataset):
         shards = [{"url": u} for u in self.urls[worker::workers]]
         items: list[tuple[torch.Tensor, ...]] = []
         metas: list[dict[str, Any]] = []
-        for raw in wds.tarfile_to_samples()(iter(shards)):
-            sample = decode_sample(raw)
+        for raw in wds.tarfile_to_samples(handler=_log_and_continue)(iter(shards)):
+            try:
+                sample = decode_sample(raw)
+            except ValueError as err:         # a damaged sample: named, skipped, not scored
+                _log_and_continue(err)
+                continue
             items.append(eval_arrays(sample, self.model_cfg))
             metas.append({"id": sample.id, "boxes": sample.boxes,
                           "box_format": sample.meta.get("box_format", "vggss")})
