@@ -34,6 +34,7 @@ import numpy as np
 from eval.pictures import enlarge, overlay, put_label, save_png
 from eval.runner import ModelPredictor
 from htf.config import ConfigError, load_config
+from htf.sample import sample_key
 
 
 def pipeline_config(data_settings: dict | None, overrides: list[str] | None = None):
@@ -112,6 +113,13 @@ def write_overlay_video(video: str, maps: dict[int, np.ndarray], fps: float, siz
     return out_path
 
 
+def output_stem(video: str) -> str:
+    """The video's stem for output names; a stem too long for ``<stem>_keyframe.png`` to
+    fit a file name (255 bytes) becomes its short shard key."""
+    stem = Path(video).stem
+    return stem if len(stem.encode("utf-8", "surrogateescape")) <= 200 else sample_key(stem)
+
+
 def localize(model: Any, video: str, output_dir: str | Path, every: int | None = None,
              keyframe: int | None = None, overrides: list[str] | None = None,
              alpha: float = 0.5, device: str = "cpu") -> dict[str, Any]:
@@ -124,7 +132,7 @@ def localize(model: Any, video: str, output_dir: str | Path, every: int | None =
     predictor = model if hasattr(model, "predict") else ModelPredictor(model, device)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stem = Path(video).stem
+    stem = output_stem(video)
     sample = process_clip(video, cfg, keyframe_index=keyframe)
     raw = np.asarray(_maps(predictor, [sample])[0], np.float32)
     confidence = float(raw.max())

@@ -33,7 +33,7 @@ from eval.baselines import BASELINES, Baseline
 from eval.config import EvalConfig
 from eval.shards import Failure, expand_shards, iter_samples
 from htf.config import save_config
-from htf.sample import ClipSample
+from htf.sample import ClipSample, sample_key
 
 METADATA_DIR = Path(__file__).resolve().parent.parent / "metadata"
 SLAVC_LISTS = {"flickr": "slavc_flickr_test_plus_silent.csv", "vggss": "slavc_vggss_test_plus_silent.csv"}
@@ -451,7 +451,7 @@ def _write_pictures(run: _Run, out: Path) -> list[dict]:
             label = f"{item.id}  cIoU {item.ciou:.3f}" + ("  (constant map)" if M.is_constant(item.map) else "")
             image = overlay(item.frame, item.map, item.boxes, label,
                             pc.alpha, pc.colormap, pc.box_thickness, interp)
-            rel = f"heatmaps/{kind}_{rank:02d}_{item.id.replace('/', '_')}.png"
+            rel = f"heatmaps/{kind}_{rank:02d}_{sample_key(item.id)}.png"      # any id: a short, safe name
             save_png(image, out / rel)
             made.append({"kind": kind, "rank": rank, "id": item.id, "ciou": item.ciou, "path": rel})
     return made

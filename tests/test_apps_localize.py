@@ -89,3 +89,11 @@ def test_extreme_aspect_video_is_one_error_line(tmp_path, capsys):
                  "--output", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.startswith("error: ") and "4000x64" in err
+
+
+def test_output_names_of_a_very_long_video_name_fit_a_file_name():
+    from apps.localize import output_stem
+
+    assert output_stem("/x/clip one.mp4") == "clip one"
+    long_stem = output_stem("/x/" + "v" * 250 + ".mp4")
+    assert len(f"{long_stem}_localize.json".encode()) <= 255
