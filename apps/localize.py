@@ -184,6 +184,13 @@ def main(argv: list[str] | None = None) -> int:
     except (EvalError, ConfigError, ClipError, FileNotFoundError, ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:         # an unwritable --output (read-only, under a file), disk full
+        print(f"error: {err.filename + ': ' if err.filename else ''}{err.strerror or err}; choose a "
+              f"writable --output", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted before the outputs were complete; run the same command again", file=sys.stderr)
+        return 130
     print(f"keyframe {result['keyframe_index']}: {Path(args.output) / result['keyframe_png']}")
     if "overlay_video" in result:
         print(f"overlay video: {Path(args.output) / result['overlay_video']}")

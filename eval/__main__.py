@@ -100,6 +100,13 @@ def main(argv: list[str] | None = None) -> int:
     except (EvalError, ConfigError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:         # an unwritable --output (read-only, under a file), disk full
+        print(f"error: {err.filename + ': ' if err.filename else ''}{err.strerror or err}; choose a "
+              f"writable --output", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted before the outputs were complete; run the same command again", file=sys.stderr)
+        return 130
     if metrics.get("n_failed"):
         print(f"note: {metrics['n_failed']} item(s) skipped, listed in {out / 'metrics.json'} "
               "under 'failures'", file=sys.stderr)

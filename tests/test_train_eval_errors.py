@@ -159,3 +159,13 @@ def test_a_box_too_small_for_the_grid_is_scored_zero_not_a_crash(tmp_path):
     write_shard(tmp_path / "test-000000.tar", clips)
     m = evaluate("center", str(tmp_path / "test-*.tar"), tmp_path / "out", EvalConfig())
     assert m["n"] == 4 and any("clip speck" in w for w in m["warnings"])
+
+
+def test_eval_output_under_a_file_is_one_error_line(tmp_path, capsys):
+    from eval.__main__ import main
+
+    write_shard(tmp_path / "test-000000.tar", standard_clips(2))
+    (tmp_path / "afile").write_text("x")
+    assert main(["--baseline", "center", "--shards", str(tmp_path / "test-*.tar"),
+                 "--output", str(tmp_path / "afile" / "r")]) == 2
+    assert "afile" in _one_error_line(capsys.readouterr().err)
