@@ -53,12 +53,12 @@ def _flatten_boxes(boxes: Sequence) -> list[list[float]]:
     flat: list[list[float]] = []
     for item in boxes:
         arr = np.asarray(item, dtype=np.float64)
+        if arr.size == 0:
+            continue  # an annotator without a box ([] or [[]]) contributes nothing
         if arr.ndim == 1:
             flat.append(list(arr))
         elif arr.ndim == 2 and arr.shape[1] == 4:
             flat.extend(list(row) for row in arr)
-        elif arr.size == 0:
-            continue  # an annotator without a box contributes nothing
         else:
             raise ValueError(f"box entry {item!r}: expected [x1, y1, x2, y2] or a list of them")
     for box in flat:
