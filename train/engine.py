@@ -202,7 +202,10 @@ def validate(model: HTFModel, urls: list[str], cfg: TrainConfig, info: du.DistIn
             continue
         for map7, meta in zip(out["map"].float().cpu().numpy(), metas):
             if meta["boxes"]:
-                cious.append(metrics_fns[0](map7, meta["boxes"], meta["box_format"]))
+                try:
+                    cious.append(metrics_fns[0](map7, meta["boxes"], meta["box_format"]))
+                except ValueError:     # a box lost when clipped: scored 0, as the evaluator does
+                    cious.append(0.0)
     model.train(was_training)
     gathered = du.gather_objects((loss_sum, loss_n, cious), info)
     loss_sum = sum(g[0] for g in gathered)
