@@ -66,7 +66,7 @@ class ArrayCache:
         return f"{sample_key(clip_id)}@{keyframe_index}"
 
     def _bucket(self, clip_id: str) -> Path:
-        return self.root / f"{zlib.crc32(clip_id.encode()) % N_BUCKETS:02d}.h5"
+        return self.root / f"{zlib.crc32(sample_key(clip_id).encode()) % N_BUCKETS:02d}.h5"
 
     @contextmanager
     def _locked(self, bucket: Path) -> Iterator[None]:

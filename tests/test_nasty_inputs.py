@@ -18,7 +18,7 @@ from tests import nasty
 from tests.pipeline_helpers import failures, small_config
 
 LONG_NAME = "clip-" + "x" * 110          # 115 bytes: past the 100-byte tar name limit
-NAMES = ["k.1", "k_1", "vid.part1", LONG_NAME, "with space", "née ünïcode"]
+NAMES = ["k.1", "k_1", "vid.part1", LONG_NAME, "with space", "née ünïcode", "caf\udce9 latin-1 byte"]
 
 
 @pytest.fixture(scope="module")
