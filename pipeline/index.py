@@ -36,7 +36,8 @@ class ClipInput:
 class Discovery:
     clips: list[ClipInput]
     failures: list[dict[str, Any]] = field(default_factory=list)
-    ignored_files: list[str] = field(default_factory=list)
+    ignored_files: list[str] = field(default_factory=list)      # files without a video extension
+    warnings: list[dict[str, Any]] = field(default_factory=list)  # other entries passed over, with why
 
 
 def normalise_id(raw_id: str, id_style: str) -> str:
@@ -123,11 +124,13 @@ def discover(input_dir: str | Path, input_cfg: InputConfig,
     failures: list[dict[str, Any]] = []
     bad_ids: set[str] = set()
     files, others = _media_files(folder)
+    passed_over: list[dict[str, Any]] = []
     for p, reason, detail in others:
         # In video/ every visible entry is meant to be a clip; in a flat folder only
         # entries named like videos are (it may also hold lists, boxes, an audio/ folder).
         if reason == "hidden_file" or (not structured and p.suffix.lower() not in video_exts):
-            ignored.append(str(p))
+            passed_over.append(failure_record(normalise_id(p.stem, input_cfg.id_style) or p.name, "index",
+                                              reason, f"{detail}; not a clip", str(p)))
             continue
         clip_id = normalise_id(p.stem, input_cfg.id_style)
         bad_ids.add(clip_id)
@@ -161,7 +164,7 @@ def discover(input_dir: str | Path, input_cfg: InputConfig,
             elif clip_id not in bad_ids:     # a bad entry already has its failure line
                 failures.append(failure_record(clip_id, "index", "missing_file",
                                                f"id in the split list has no file in {folder}"))
-    return Discovery(ordered, failures, ignored)
+    return Discovery(ordered, failures, ignored, passed_over)
 
 
 def _audio_files(audio_dir: Path, input_cfg: InputConfig) -> dict[str, Path]:

@@ -67,7 +67,7 @@ def plan_tasks(cfg: PipelineConfig, inputs: RunInputs, stage: str) -> tuple[list
     found = discover(inputs.input_dir, cfg.input, split_ids)
     warnings: list[dict[str, Any]] = [{"id": Path(p).stem, "stage": "index", "reason": "not_a_video_extension",
                                        "detail": f"{p} ignored (not one of input.video_extensions)", "path": p}
-                                      for p in found.ignored_files]
+                                      for p in found.ignored_files] + found.warnings
     annotations = load_annotations(inputs.annotations, cfg.input.id_style) if inputs.annotations else None
     if annotations is not None:
         warnings.extend(annotations.warnings)

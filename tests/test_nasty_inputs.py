@@ -34,6 +34,7 @@ def nasty_run(tmp_path_factory) -> tuple[Path, Path]:
     nasty.moving_texture(video / "moving_turned.mov", 2, 0, rotate=90)
     for name in NAMES:
         nasty.named(video, f"{name}.mp4")
+    (video / ".DS_Store").write_bytes(b"\0")
     out = tmp_path_factory.mktemp("nasty_out")
     cfg = small_config("pack.samples_per_shard=50")
     run_pipeline(cfg, RunInputs(str(root), str(out)), "pack")
@@ -67,6 +68,11 @@ def test_every_folder_entry_is_a_sample_or_a_failure_line(nasty_run):
 def test_entry_that_cannot_be_a_clip_gets_its_reason(nasty_run, clip_id, reason):
     failure = _failure(nasty_run[1], clip_id)
     assert failure["reason"] == reason and clip_id in failure["detail"]
+
+
+def test_hidden_file_is_listed_as_passed_over(nasty_run):
+    warnings = [json.loads(line) for line in (nasty_run[1] / "warnings.jsonl").read_text().splitlines()]
+    assert any(w["reason"] == "hidden_file" and w["path"].endswith(".DS_Store") for w in warnings)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
