@@ -36,6 +36,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _how_to_go_on(output: str) -> str:
+    from train.checkpoint import latest_path
+
+    latest = latest_path(output)
+    if latest.is_file():
+        return (f"continue with the same command plus --resume (from {latest}, saved every "
+                f"train.save_every_steps steps and at each epoch end)")
+    return ("no checkpoint was saved yet (the first comes after train.save_every_steps steps or one "
+            "epoch); run the same command again to start over")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -56,9 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err.filename + ': ' if err.filename else ''}{err.strerror or err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"error: interrupted; continue with the same command plus --resume (from "
-              f"{args.output}/checkpoints/latest.pt, saved every train.save_every_steps steps and at "
-              f"each epoch end)", file=sys.stderr)
+        print(f"error: interrupted; {_how_to_go_on(args.output)}", file=sys.stderr)
         return 130
     return 0
 
