@@ -125,3 +125,26 @@ def test_audio_gain_shifts_the_whole_feature_by_one_value_in_range():
         assert len(values) == 1 and abs(values[0]) <= 0.3
         offsets.add(round(float(values[0]), 4))
     assert len(offsets) == 10
+
+
+def test_crop_side_is_the_configured_fraction_of_the_short_side():
+    # A 40-px short side cropped to 0.5 is 20 px; resized to 56, flow y (2 px) becomes 5.6.
+    aug = AugmentConfig(crop_fraction=[0.5, 0.5], hflip=0.0)
+    for seed in range(5):
+        _, flow, _ = train_arrays(_sample(), CFG, aug, np.random.default_rng(seed))
+        assert float(flow[1].mean()) == pytest.approx(2.0 * 56 / 20, rel=1e-5)
+
+
+def test_time_and_frequency_masks_fill_a_band_with_the_mean():
+    cfg = ModelConfig(width=8, image_size=56)
+    for axis, aug in ((1, AugmentConfig(time_masks=1, audio_time_shift=False)),
+                      (0, AugmentConfig(freq_masks=1, audio_time_shift=False))):
+        masked = 0
+        for seed in range(10):
+            spec = train_arrays(_sample(), cfg, aug, np.random.default_rng(seed))[2][0].numpy()
+            original = _sample().spec
+            filled = np.all(spec == np.float32(original.mean()), axis=1 - axis)
+            changed = np.any(spec != original, axis=1 - axis)
+            np.testing.assert_array_equal(filled, changed)         # only whole bands change
+            masked += int(filled.sum())
+        assert masked > 0
