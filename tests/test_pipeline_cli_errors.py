@@ -40,12 +40,12 @@ def test_output_path_under_a_file_is_one_error_line(tmp_path, capsys):
 
 
 def test_read_only_output_folder_is_named(tmp_path, monkeypatch):
-    def refuse(self, data):
-        raise PermissionError(13, "Permission denied", str(self))
-
-    monkeypatch.setattr(Path, "write_bytes", refuse)
-    with pytest.raises(OutputFolderError, match="not writable"):
-        check_output_folder(tmp_path / "out")
+    # As root every folder is writable: stand in a read-only file system for tmp_path.
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == tmp_path else real_access(p, mode))
+    with pytest.raises(OutputFolderError, match=f"{tmp_path} is not writable"):
+        check_output_folder(tmp_path / "out" / "deeper")
+    assert not (tmp_path / "out").exists()
 
 
 def test_annotation_with_null_bbox_is_a_warning_not_a_crash(tmp_path):
