@@ -34,6 +34,7 @@ from htf.pictures import display_size, heatmap_figure, save_png
 from eval.runner import ModelPredictor
 from htf.cli import add_config_options, command, fail, make_parser, parse_args, resolve_config
 from htf.config import ConfigError, load_config
+from htf.sample import sample_key
 
 EXAMPLES = """\
   # the keyframe's heat map (middle frame) of one video
@@ -85,12 +86,15 @@ def analyse_frames(video: str, cfg: Any, predictor: ModelPredictor, indices: lis
 
 def iter_frames(video: str, size: tuple[int, int]) -> Iterator[np.ndarray]:
     """Every frame of the video, RGB, resized to ``size`` (w, h), in presentation order."""
-    from pipeline.index import open_container
+    from pipeline.decode import display_rotation
+    from pipeline.index import open_container, probe_video
 
+    stream_index = probe_video(video).stream_index      # the clip's stream, not a cover picture
     with open_container(video) as container:
-        stream = container.streams.video[0]
+        stream = container.streams[stream_index]
         for frame in container.decode(stream):
-            rgb = frame.to_ndarray(format="rgb24")
+            # Turned as displayed, as the pipeline turns the keyframe.
+            rgb = np.ascontiguousarray(np.rot90(frame.to_ndarray(format="rgb24"), display_rotation(frame) // 90))
             yield cv2.resize(rgb, size, interpolation=cv2.INTER_AREA) if rgb.shape[1::-1] != size else rgb
 
 
@@ -128,6 +132,11 @@ def write_overlay_video(video: str, maps: dict[int, np.ndarray], fps: float, siz
     return out_path
 
 
+def output_stem(video: str) -> str:
+    """The video's stem for output names; a stem too long for ``<stem>_keyframe.png`` to
+    fit a file name (255 bytes) becomes its short shard key."""
+    stem = Path(video).stem
+    return stem if len(stem.encode("utf-8", "surrogateescape")) <= 200 else sample_key(stem)
 def even_sides(image: np.ndarray) -> np.ndarray:
     """Pad with white to even height and width (H.264 with yuv420p needs them)."""
     h, w = image.shape[:2]
@@ -145,7 +154,7 @@ def localize(model: Any, video: str, output_dir: str | Path, every: int | None =
     cfg = pipeline_config(getattr(model, "data_settings", None), overrides)
     predictor = model if hasattr(model, "predict") else ModelPredictor(model, device)
     out = Path(output_dir)
-    stem = Path(video).stem
+    stem = output_stem(video)
     sample = process_clip(video, cfg, keyframe_index=keyframe)   # checks the video before DIR exists
     raw = np.asarray(_maps(predictor, [sample])[0], np.float32)
     confidence = float(raw.max())
@@ -216,6 +225,11 @@ def main(argv: list[str] | None = None) -> int:
                           device=args.device)
     except (EvalError, ConfigError, ClipError, FileNotFoundError, ValueError, RuntimeError) as err:
         raise fail(err) from None
+    except OSError as err:         # an unwritable --output (read-only, under a file), disk full
+        raise fail(f"{err.filename + ': ' if err.filename else ''}{err.strerror or err}; choose a "
+                   f"writable --output") from None
+    except KeyboardInterrupt:
+        raise fail("interrupted before the outputs were complete; run the same command again", 130) from None
     print(f"keyframe {result['keyframe_index']}: {Path(args.output) / result['keyframe_png']}")
     if "overlay_video" in result:
         print(f"overlay video: {Path(args.output) / result['overlay_video']}")

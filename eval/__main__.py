@@ -80,6 +80,11 @@ def load_checkpoint(path: str, device: str, trust: bool = False) -> Any:
     a file holding classes outside the allow-list is refused unless ``trust``."""
     if not Path(path).is_file():
         raise EvalError(f"checkpoint not found: {path}")
+    import torch
+
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise EvalError(f"device '{device}': CUDA is not available on this machine (no GPU, or a "
+                        f"CPU-only torch); use --device cpu (or --set run.device=cpu)")
     from htf.model import load_model
 
     try:
@@ -121,6 +126,11 @@ def main(argv: list[str] | None = None) -> int:
             print(_line(f"baseline {args.baseline}", metrics))
     except (EvalError, ConfigError, FileNotFoundError, ValueError) as err:
         raise fail(err) from None
+    except OSError as err:         # an unwritable --output (read-only, under a file), disk full
+        raise fail(f"{err.filename + ': ' if err.filename else ''}{err.strerror or err}; choose a "
+                   f"writable --output") from None
+    except KeyboardInterrupt:
+        raise fail("interrupted before the outputs were complete; run the same command again", 130) from None
     for item in metrics.get("not_scored", [])[:20]:
         print(f"not scored: {item['id']}: {item['reason']}", file=sys.stderr)
     if metrics.get("n_failed"):

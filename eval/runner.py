@@ -35,7 +35,7 @@ from eval.config import EvalConfig
 from eval.shards import Failure, expand_shards, iter_samples
 from htf.config import save_config
 from htf.lists import normalise_id, read_split_list
-from htf.sample import ClipSample
+from htf.sample import ClipSample, sample_key
 
 METADATA_DIR = Path(__file__).resolve().parent.parent / "metadata"
 SLAVC_LISTS = {"flickr": "slavc_flickr_test_plus_silent.csv", "vggss": "slavc_vggss_test_plus_silent.csv"}
@@ -277,8 +277,8 @@ def _require_boxes(sample: ClipSample, shard: str) -> None:
     if sample.boxes is None:
         raise MissingBoxesError(
             f"shard {shard}, clip {sample.id}: no ground-truth boxes. Metric evaluation needs test "
-            "shards built with boxes (pipeline --boxes: VGG-SS JSON, Flickr XML folder or 256-px "
-            "JSON; see metadata/README.md). To look at heat maps without boxes use "
+            "shards built with boxes (python -m pipeline run --annotations FILE: VGG-SS JSON, Flickr "
+            "XML folder or 256-px JSON; see metadata/README.md). To look at heat maps without boxes use "
             "`python -m apps.localize` on the video.")
 
 
@@ -389,8 +389,13 @@ class _Run:
             if len(batch) >= self.cfg.run.batch_size:
                 self.score(batch)
                 batch = []
+        if self.first_boxless and self.with_boxes == 0:
+            raise _no_boxes_error(*self.first_boxless, len(self.seen))
         if batch:
             self.score(batch)
+        self.warnings.extend(self.empty_gt)
+        for line in self.empty_gt:
+            print(f"warning: {line}", file=sys.stderr)
 
     def extended_pass(self, paths: list[str]) -> dict:
         scored = {r.id: r for r in self.results}
@@ -507,7 +512,7 @@ def _write_pictures(run: _Run, out: Path) -> list[dict]:
                      + ("   (constant map)" if M.is_constant(item.map) else ""))
             image = heatmap_figure(item.frame, item.map, item.boxes, title, pc.alpha, pc.colormap,
                                    pc.box_thickness, proto.interpolation, proto.size)
-            rel = f"heatmaps/{kind}_{rank:02d}_{item.id.replace('/', '_')}.png"
+            rel = f"heatmaps/{kind}_{rank:02d}_{sample_key(item.id)}.png"      # any id: a short, safe name
             save_png(image, out / rel)
             made.append({"kind": kind, "rank": rank, "id": item.id, "ciou": item.ciou, "path": rel})
     return made

@@ -1,6 +1,6 @@
 """Clip lists and clip ids, read one way by the pipeline and the evaluator.
 
-A list is a txt file (one id a line, first token) or a csv (id in column 0); a header row
+A list is a txt file (one id a line, taken whole: ids may contain spaces) or a csv (id in column 0); a header row
 ('id', 'file', ...), blank lines and '#' comments are skipped. VGGSound ids name a YouTube
 id and a start second: 'YTID_19' and 'YTID_000019' are the same clip ('YTID_000019').
 """
@@ -37,7 +37,8 @@ def read_split_list(path: str | Path, id_style: str = "generic") -> list[str]:
         if path.suffix.lower() == ".csv":
             rows = [r[0] for r in csv.reader(f) if r and r[0].strip()]
         else:
-            rows = [line.split()[0] for line in f if line.strip()]
+            # One id a line, taken whole: ids may contain spaces (file names do).
+            rows = [line.strip() for line in f if line.strip()]
     rows = [r.strip() for r in rows if not r.strip().startswith("#")]
     if rows and rows[0].lower() in _HEADER_NAMES:
         rows = rows[1:]

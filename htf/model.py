@@ -138,14 +138,14 @@ def _fetch_torchvision_resnet18(name: str) -> dict[str, torch.Tensor]:
                           f"(known: {[w.name for w in ResNet18_Weights]}) and no such file") from None
     cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
     if not cached.is_file() and os.environ.get("HTF_OFFLINE", "") not in ("", "0"):
-        raise WeightsUnavailableError(f"weights '{name}' are not cached at {cached} and HTF_OFFLINE is set; "
-                           f"download {weights.url} there or give a local path")
+        raise WeightsUnavailableError(f"weights '{name}' are not cached at {cached} and HTF_OFFLINE is "
+                                      f"set; download {weights.url} there or give a local path")
     try:
         return weights.get_state_dict(progress=False)
     except Exception as err:  # URLError, socket errors, ...
-        raise WeightsUnavailableError(f"could not download ResNet-18 weights '{name}' from {weights.url} ({err}); "
-                           f"on an offline machine put the file at {cached} or set the weights "
-                           f"option to a local .pth path") from err
+        raise WeightsUnavailableError(f"could not download ResNet-18 weights '{name}' from {weights.url} "
+                                      f"({err}); on an offline machine put the file at {cached} or set "
+                                      f"the weights option to a local .pth path") from None
 
 
 def load_backbone_weights(trunk: ResNetTrunk, source: str, skip: tuple[str, ...] = ()) -> None:
@@ -154,7 +154,13 @@ def load_backbone_weights(trunk: ResNetTrunk, source: str, skip: tuple[str, ...]
     if Path(source).suffix in (".pth", ".pt", ".bin") or os.path.sep in source:
         if not Path(source).is_file():
             raise ConfigError(f"backbone weights file not found: {source}")
-        state = torch.load(source, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(source, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise ConfigError(f"backbone weights {source}: not a weights file torch can read safely "
+                              f"({type(err).__name__})") from None
+        if not isinstance(state, dict):
+            raise ConfigError(f"backbone weights {source}: holds a {type(state).__name__}, not a state dict")
         state = state.get("state_dict", state.get("model", state))
     else:
         state = _fetch_torchvision_resnet18(source)
@@ -322,13 +328,20 @@ def _torch_load(path: Path, map_location: Any, trust: bool = False) -> Any:
     except pickle.UnpicklingError as err:
         if trust:
             return torch.load(path, map_location=map_location, weights_only=False)
-        names = _unsafe_globals(path) or [str(err).splitlines()[0][:200]]
+        names = _unsafe_globals(path)
+        if not names:       # nothing it would import: not a file torch.save wrote
+            raise ValueError(f"{path}: not a checkpoint (not a file torch.save wrote, or a damaged "
+                             f"one: {str(err).splitlines()[0][:120]})") from None
         raise UntrustedCheckpointError(
             f"{path}: refused: it holds {', '.join(names)}, which real checkpoints of this model do "
             "not contain (loading it could run code). Only if you trust the file's origin, pass "
             "--trust-checkpoint (training: --set train.trust_init_from=true).") from None
     except Exception as err:
-        raise ValueError(f"{path}: cannot read checkpoint: {err}") from err
+        text = str(err)
+        if "cuda" in text.lower() and not torch.cuda.is_available():
+            raise ValueError(f"{path}: asked to load onto {map_location}, but CUDA is not available "
+                             f"on this machine; use the CPU") from None
+        raise ValueError(f"{path}: not a checkpoint (not a file torch.save wrote, or a damaged one)") from None
 
 
 def model_from_state(state: dict[str, torch.Tensor], cfg: ModelConfig, source: str) -> HTFModel:

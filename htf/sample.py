@@ -3,7 +3,8 @@
 One WebDataset sample per clip:
 
 =============  =====================================================================
-``__key__``    clip id with dots replaced (WebDataset splits extensions at dots)
+``__key__``    ``sample_key(id)``: the clip id escaped to [A-Za-z0-9_-%~] (WebDataset
+               splits extensions at dots; tar names are short); the id itself is in json
 ``jpg``        keyframe, RGB, JPEG
 ``flow.npy``   float16 [2, H, W]: (dx, dy) from keyframe to keyframe+1, signed, in
                pixels of the stored frame (official encoding: 8-bit levels / 255 after the
@@ -18,6 +19,7 @@ One WebDataset sample per clip:
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from dataclasses import dataclass, field
@@ -43,11 +45,49 @@ class ClipSample:
         return self.meta.get("boxes")
 
 
+# Characters a key keeps as they are; everything else (dots, slashes, spaces, non-ASCII
+# bytes, '%' itself) becomes %XX of its UTF-8 bytes, so the mapping is one-to-one.
+_KEY_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+# A tar (ustar) member name holds 100 bytes: key + '.' + the longest field name must fit.
+MAX_KEY_LENGTH = 80
+_HASHED_PREFIX = MAX_KEY_LENGTH - 17          # prefix + '~' + 16 hex digits
+
+
 def sample_key(clip_id: str) -> str:
-    """WebDataset key for a clip id: no dots (they would split the key from the extension)."""
+    """WebDataset key of a clip id: unique for every distinct id a file name can carry.
+
+    Plain ids (``abc_000019``, ``1234``) are their own key. Other characters are escaped
+    (``k.1`` -> ``k%2E1``, never equal to the key of ``k_1``). A key longer than
+    ``MAX_KEY_LENGTH`` is cut and ends in ``~`` + a hash of the whole id ('~' never occurs
+    in an escaped key); its id is read back from the sample's json.
+    """
     if not clip_id:
         raise ValueError("empty clip id")
-    return clip_id.replace(".", "_").replace("/", "_")
+    raw = clip_id.encode("utf-8", "surrogateescape")
+    key = "".join(chr(b) if chr(b) in _KEY_SAFE else f"%{b:02X}" for b in raw)
+    if len(key) <= MAX_KEY_LENGTH:
+        return key
+    prefix = key[:_HASHED_PREFIX]
+    if "%" in prefix[-2:]:                  # no half escape before the hash
+        prefix = prefix[:prefix.rindex("%")]
+    return f"{prefix}~{hashlib.sha256(raw).hexdigest()[:16]}"
+
+
+def key_to_id(key: str) -> str | None:
+    """The clip id of an unhashed key (inverse of ``sample_key``); None for a hashed key,
+    whose id only the sample's json holds."""
+    if "~" in key:
+        return None
+    out = bytearray()
+    i = 0
+    while i < len(key):
+        if key[i] == "%":
+            out.append(int(key[i + 1:i + 3], 16))
+            i += 3
+        else:
+            out.append(ord(key[i]))
+            i += 1
+    return out.decode("utf-8", "surrogateescape")
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -99,11 +139,24 @@ def decode_sample(raw: dict[str, Any]) -> ClipSample:
     missing = [k for k in ("jpg", "flow.npy", "spec.npy", "json") if k not in raw]
     if missing:
         raise ValueError(f"sample '{key}' in {raw.get('__url__', '?')}: missing fields {missing}")
-    meta = json.loads(raw["json"])
+    try:
+        meta = json.loads(raw["json"])
+    except (ValueError, TypeError) as err:      # UnicodeDecodeError is a ValueError too
+        raise ValueError(f"sample '{key}': unreadable json: {err}") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"sample '{key}': json is a {type(meta).__name__}, not an object")
     try:
         frame = decode_jpeg(raw["jpg"])
     except ValueError as err:
         raise ValueError(f"sample '{key}': {err}") from err
     flow = _npy_load(raw["flow.npy"], "flow.npy", key).astype(np.float32)
     spec = _npy_load(raw["spec.npy"], "spec.npy", key).astype(np.float32)
-    return ClipSample(id=meta.get("id", key), frame=frame, flow=flow, spec=spec, meta=meta)
+    h, w = frame.shape[:2]
+    if flow.shape != (2, h, w):
+        raise ValueError(f"sample '{key}': flow.npy has shape {flow.shape}, the frame needs (2, {h}, {w})")
+    if spec.ndim != 2 or min(spec.shape) < 1:
+        raise ValueError(f"sample '{key}': spec.npy has shape {spec.shape}, expected [F, T]")
+    if not (np.isfinite(flow).all() and np.isfinite(spec).all()):
+        raise ValueError(f"sample '{key}': flow.npy or spec.npy holds NaN/inf (a damaged shard?)")
+    clip_id = meta.get("id") if isinstance(meta.get("id"), str) else key_to_id(str(key))
+    return ClipSample(id=clip_id or str(key), frame=frame, flow=flow, spec=spec, meta=meta)

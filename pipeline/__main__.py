@@ -109,12 +109,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.flow_ckpt is not None and not Path(args.flow_ckpt).exists() and "/" in args.flow_ckpt:
         raise fail(f"--flow-ckpt {args.flow_ckpt}: no such file")
     inputs = RunInputs(args.input, args.output, args.split_list, args.annotations, args.keyframes)
+    stage = COMMANDS[args.command]
+    if stage == "pack" and cfg.pack.prefix.startswith("test") and not args.annotations:
+        print(f"warning: building '{cfg.pack.prefix}' shards without boxes: the evaluator cannot score "
+              "them (give --annotations: VGG-SS JSON, Flickr XML folder or 256-px JSON)", file=sys.stderr)
     try:
-        summary = run_pipeline(cfg, inputs, COMMANDS[args.command])
+        check_output_folder(Path(args.output))
+        summary = run_pipeline(cfg, inputs, stage)
     except (FlowSetupError, FileNotFoundError, ValueError) as err:
         raise fail(err) from None
-    except OSError as err:          # e.g. a full disk
-        raise fail(f"{err}; fix this and rerun the same command: finished work is kept", 1) from None
+    except OSError as err:          # disk full, permissions changed during the run...
+        raise fail(f"{err.filename + ': ' if err.filename else ''}{err.strerror or err}; fix this and "
+                   "rerun the same command: finished work is kept", 1) from None
     except RuntimeError as err:     # e.g. a worker died with no clip to blame, Ray missing
         raise fail(err, 1) from None
     except KeyboardInterrupt:
@@ -122,6 +128,22 @@ def main(argv: list[str] | None = None) -> int:
                    f"{args.output} are kept)", 130) from None
     print(summary.text())
     return 0
+
+
+def check_output_folder(out: Path) -> None:
+    """Say in one line why ``out`` cannot be made or written, before any work (and without
+    making it: no folder is left behind by a run that fails on its inputs)."""
+    existing = next(p for p in [out, *out.parents] if p.exists() or p.is_symlink())
+    if not existing.is_dir():
+        raise OutputFolderError(f"--output {out}: {existing} is a file, not a folder; choose another "
+                                "--output")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputFolderError(f"--output {out}: {existing} is not writable (permission denied or a "
+                                "read-only file system); choose a writable folder")
+
+
+class OutputFolderError(ValueError):
+    """The output folder cannot be made or written."""
 
 
 if __name__ == "__main__":

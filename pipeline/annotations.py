@@ -15,6 +15,7 @@ area are dropped. Every change is reported; nothing is changed silently.
 from __future__ import annotations
 
 import json
+import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +42,7 @@ def load_annotations(path: str | Path, id_style: str = "generic") -> Annotations
         return load_flickr_xml_folder(path, id_style)
     if not path.is_file():
         raise FileNotFoundError(f"annotations not found: {path}")
-    data = json.loads(path.read_text())
+    data = read_json(path, "annotations")
     if isinstance(data, list):
         return parse_vggss(data, id_style, str(path))
     if isinstance(data, dict):
@@ -49,15 +50,59 @@ def load_annotations(path: str | Path, id_style: str = "generic") -> Annotations
     raise ValueError(f"{path}: expected a VGG-SS list or a Flickr {{id: boxes}} mapping")
 
 
-def parse_vggss(entries: list[dict[str, Any]], id_style: str = "generic", origin: str = "") -> Annotations:
-    """VGG-SS: ``[{"file": id, "bbox": [[x1,y1,x2,y2], ...]}]``, already normalised."""
+def read_json(path: str | Path, what: str) -> Any:
+    """The JSON in ``path``; a damaged file is a ValueError naming it and where it breaks."""
+    try:
+        text = Path(path).read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{what} {path}: not UTF-8 text (byte {err.start}); is it really a JSON file?") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{what} {path}: not valid JSON ({err.msg} at line {err.lineno}, column "
+                         f"{err.colno}); the file is damaged or truncated, fetch it again") from None
+
+
+def _numbers(value: Any) -> list[float] | None:
+    """``value`` as a list of floats, or None when it is not a list of numbers."""
+    if not isinstance(value, (list, tuple)):
+        return None
+    out = []
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+            return None
+        try:
+            out.append(float(v))
+        except ValueError:
+            return None
+    return out
+
+
+def _box_list(raw: Any) -> list[list[float]] | None:
+    """One box or a list of boxes -> list of number lists; None when the shape is wrong."""
+    if isinstance(raw, (list, tuple)) and raw and not isinstance(raw[0], (list, tuple)):
+        raw = [raw]
+    if not isinstance(raw, (list, tuple)):
+        return None
+    boxes = [_numbers(b) for b in raw]
+    return None if any(b is None for b in boxes) else boxes
+
+
+def parse_vggss(entries: list[Any], id_style: str = "generic", origin: str = "") -> Annotations:
+    """VGG-SS: ``[{"file": id, "bbox": [[x1,y1,x2,y2], ...]}]``, already normalised.
+    A malformed entry is reported in the warnings and skipped."""
     out = Annotations({}, "vggss")
     for i, entry in enumerate(entries):
-        if not isinstance(entry, dict) or "file" not in entry or "bbox" not in entry:
-            raise ValueError(f"{origin}: entry {i} is not a {{'file', 'bbox'}} record")
+        if not isinstance(entry, dict) or not isinstance(entry.get("file"), (str, int)) or "bbox" not in entry:
+            out.warnings.append(_warn(f"entry {i}", "bad_annotation",
+                                      f"entry {i} is not a {{'file', 'bbox'}} record: {str(entry)[:80]}", origin))
+            continue
         clip_id = normalise_id(str(entry["file"]), id_style)
-        raw = entry["bbox"]
-        raw = [raw] if raw and not isinstance(raw[0], (list, tuple)) else raw
+        raw = _box_list(entry["bbox"])
+        if raw is None:
+            out.warnings.append(_warn(clip_id, "bad_box", f"entry {i}: bbox {str(entry['bbox'])[:80]} is not "
+                                                          f"a box or a list of boxes", origin))
+            continue
         out.boxes[clip_id] = [_official_vggss_boxes(clip_id, raw, out.warnings, origin)]
     return out
 
@@ -91,13 +136,19 @@ def _official_vggss_boxes(clip_id: str, raw: list, warnings: list[dict[str, Any]
 
 
 def parse_flickr_json(data: dict[str, Any], id_style: str = "generic", origin: str = "") -> Annotations:
-    """Flickr: ``{id: [[xmin, ymin, xmax, ymax] per annotator]}`` in a 256x256 frame."""
+    """Flickr: ``{id: [[xmin, ymin, xmax, ymax] per annotator]}`` in a 256x256 frame.
+    A malformed entry is reported in the warnings and skipped."""
     out = Annotations({}, "flickr")
     for raw_id, per_annotator in data.items():
         clip_id = normalise_id(str(raw_id), id_style)
+        raw = _box_list(per_annotator)
+        if raw is None:
+            out.warnings.append(_warn(clip_id, "bad_box", f"{str(per_annotator)[:80]} is not a list of "
+                                                          f"[xmin, ymin, xmax, ymax] boxes", origin))
+            continue
         annotators = []
-        for b in per_annotator:
-            boxes = _clean(clip_id, [[float(v) for v in b]], FLICKR_FRAME, out.warnings, origin)
+        for b in raw:
+            boxes = _clean(clip_id, [b], FLICKR_FRAME, out.warnings, origin)
             if boxes:
                 annotators.append(boxes)
         if annotators:
@@ -139,7 +190,7 @@ def _clean(clip_id: str, boxes: list[list[float]], scale: float, warnings: list[
     """Normalise by ``scale``, clip into 0..1, drop boxes without area; report each change."""
     kept = []
     for box in boxes:
-        if len(box) != 4 or any(v != v for v in box):
+        if len(box) != 4 or not all(math.isfinite(v) for v in box):
             warnings.append(_warn(clip_id, "bad_box", f"{box} is not 4 numbers", origin))
             continue
         norm = [v / scale for v in box]
@@ -162,15 +213,18 @@ def _warn(clip_id: str, reason: str, detail: str, origin: str) -> dict[str, Any]
 def load_keyframes(path: str | Path) -> dict[str, dict[str, int]]:
     """id -> {'index': i} for plain frame indices, {'entry': e} for official imagetoframe lists
     (candidate entries: the first is used with the official -1/-2 rule)."""
-    data = json.loads(Path(path).read_text())
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"keyframes file not found: {path}")
+    data = read_json(path, "keyframes")
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object id -> frame index")
+        raise ValueError(f"keyframes {path}: expected a JSON object id -> frame index")
     out: dict[str, dict[str, int]] = {}
     for clip_id, value in data.items():
-        if isinstance(value, list):
-            if not value:
-                continue
-            out[str(clip_id)] = {"entry": int(value[0])}
-        else:
-            out[str(clip_id)] = {"index": int(value)}
+        first = value[0] if isinstance(value, list) and value else value
+        if isinstance(value, list) and not value:
+            continue
+        if isinstance(first, bool) or not isinstance(first, int) or first < 0:
+            raise ValueError(f"keyframes {path}: '{clip_id}': {str(value)[:60]} is not a frame index "
+                             f"(a whole number >= 0, or a list of them)")
+        out[str(clip_id)] = {"entry": first} if isinstance(value, list) else {"index": first}
     return out

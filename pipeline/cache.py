@@ -28,6 +28,8 @@ from typing import Iterator, Optional
 
 import numpy as np
 
+from htf.sample import sample_key
+
 N_BUCKETS = 64
 
 
@@ -60,11 +62,11 @@ class ArrayCache:
 
     @staticmethod
     def entry_name(clip_id: str, keyframe_index: int) -> str:
-        # HDF5 names may not contain '/', and '.' would be confusing next to extensions.
-        return f"{clip_id.replace('/', '_')}@{keyframe_index}"
+        # HDF5 names may not contain '/': the shard key escaping keeps distinct ids distinct.
+        return f"{sample_key(clip_id)}@{keyframe_index}"
 
     def _bucket(self, clip_id: str) -> Path:
-        return self.root / f"{zlib.crc32(clip_id.encode()) % N_BUCKETS:02d}.h5"
+        return self.root / f"{zlib.crc32(sample_key(clip_id).encode()) % N_BUCKETS:02d}.h5"
 
     @contextmanager
     def _locked(self, bucket: Path) -> Iterator[None]:

@@ -200,12 +200,18 @@ def sample_settings(cfg: PipelineConfig) -> dict[str, Any]:
     return {"frames": asdict(cfg.frames), "flow": asdict(cfg.flow), "audio": asdict(cfg.audio)}
 
 
+# Bumped when decoding changes what a clip's frames are (2: display rotation applied,
+# frame counts from decodable frames), so caches and shards made before are not reused.
+DECODE_VERSION = 2
+
+
 def flow_cache_key(cfg: PipelineConfig) -> str:
     """Short hash of everything the cached flow depends on (frames + flow settings)."""
     flow = {k: v for k, v in asdict(cfg.flow).items() if k not in _FLOW_RUNTIME_FIELDS}
-    # v2: native-resolution flow sees grayscale made from RGB (BT.601), and the uint8_clip
-    # encoding includes the official JPEG round trip; older cached flow is not reused.
-    return _digest({"frames": asdict(cfg.frames), "flow": flow, "flow_version": 2})
+    # flow_version 2: native-resolution flow sees grayscale made from RGB (BT.601), and the
+    # uint8_clip encoding includes the official JPEG round trip; older cached flow is not reused.
+    return _digest({"frames": asdict(cfg.frames), "flow": flow, "flow_version": 2,
+                    "decode": DECODE_VERSION})
 
 
 def content_fingerprint(cfg: PipelineConfig) -> str:
@@ -214,7 +220,8 @@ def content_fingerprint(cfg: PipelineConfig) -> str:
     settings = sample_settings(cfg)
     settings["flow"] = {k: v for k, v in settings["flow"].items()
                         if k not in ("device", "fp16", "batch_size")}
-    return _digest({"settings": settings, "source": cfg.source, "drops": applies_drop_rules(cfg)})
+    return _digest({"settings": settings, "source": cfg.source, "drops": applies_drop_rules(cfg),
+                    "decode": DECODE_VERSION})
 
 
 def _digest(obj: Any) -> str:

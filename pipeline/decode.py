@@ -39,6 +39,18 @@ class DecodedClip:
     audio_info: dict[str, Any] = field(default_factory=dict)
     native0: Optional[np.ndarray] = None   # uint8 [h, w] grayscale, only for native-resolution flow
     native1: Optional[np.ndarray] = None
+    rotation: int = 0                      # display rotation applied (degrees counter-clockwise)
+
+    @property
+    def display_size(self) -> tuple[int, int]:
+        """(w, h) of the source as shown: stored size with the rotation applied."""
+        w, h = self.probe.width, self.probe.height
+        return (h, w) if self.rotation % 180 else (w, h)
+
+
+# Flow methods need frames of some size (OpenCV's DIS refuses sides under 12 px); a clip
+# whose stored frame would be thinner than this is refused with a reason instead.
+MIN_STORED_SIDE = 16
 
 
 def stored_size(width: int, height: int, frames_cfg: FramesConfig) -> tuple[int, int]:
@@ -49,6 +61,17 @@ def stored_size(width: int, height: int, frames_cfg: FramesConfig) -> tuple[int,
     if max(width, height) * scale > frames_cfg.max_long_side:
         scale = frames_cfg.max_long_side / max(width, height)
     return max(2, int(round(width * scale))), max(2, int(round(height * scale)))
+
+
+def checked_stored_size(path: str, width: int, height: int, frames_cfg: FramesConfig) -> tuple[int, int]:
+    """``stored_size``, refused with a clear reason when the frame would be too thin."""
+    size = stored_size(width, height, frames_cfg)
+    if min(size) < MIN_STORED_SIDE:
+        raise ClipError("aspect_too_extreme",
+                        f"{path}: a {width}x{height} frame would be stored at {size[0]}x{size[1]} "
+                        f"(frames.max_long_side={frames_cfg.max_long_side}); flow needs sides >= "
+                        f"{MIN_STORED_SIDE} px. Crop the video or raise frames.max_long_side")
+    return size
 
 
 def official_keyframe_from_entry(entry: int, frame_count: int) -> int:
@@ -87,9 +110,9 @@ def decode_clip(video_path: str, cfg: PipelineConfig, keyframe_index: int | None
     if probe is None:
         probe = probe_container(container, video_path, audio_path, cfg.frames.max_source_pixels)
     k = choose_keyframe(probe, keyframe_index, keyframe_entry, cfg.frames.min_frames)
-    size = stored_size(probe.width, probe.height, cfg.frames)
+    checked_stored_size(video_path, probe.width, probe.height, cfg.frames)   # before any decoding
     native = cfg.flow.resolution == "native"
-    pair = _decode_pair(video_path, probe, k, size, native, container)
+    pair, rotation = _decode_pair(video_path, probe, k, cfg.frames, native, container)
     t_key = probe.timestamps[k] - probe.timestamps[0]
     center = t_key if cfg.audio.center == "keyframe" else probe.duration / 2
     drops = applies_drop_rules(cfg)     # evaluation splits keep short and silent clips
@@ -103,27 +126,48 @@ def decode_clip(video_path: str, cfg: PipelineConfig, keyframe_index: int | None
     _measure_silence(wave, cfg.audio.min_rms_dbfs, audio_path or video_path, info, reject=drops)
     return DecodedClip(frame0=pair[0], frame1=pair[1], waveform=wave, sample_rate=cfg.audio.sample_rate,
                        keyframe_index=k, keyframe_time=round(t_key, 6), probe=probe, audio_info=info,
-                       native0=pair[2] if native else None, native1=pair[3] if native else None)
+                       native0=pair[2] if native else None, native1=pair[3] if native else None,
+                       rotation=rotation)
 
 
 # ------------------------------------------------------------------------------- frames
 
-def _convert(frame, size: tuple[int, int], native: bool) -> tuple[np.ndarray, Optional[np.ndarray]]:
-    """RGB at the stored size; for native-resolution flow also the native grayscale frame,
-    made from the RGB pixels with OpenCV's BT.601 weights as the official preprocessing
-    does (cvtColor of the decoded frame), not the video's own luma plane."""
+def display_rotation(frame) -> int:
+    """The frame's display rotation (degrees counter-clockwise, a multiple of 90): the
+    display matrix of phone videos stored sideways (PyAV >= 14 reads it per frame)."""
+    try:
+        angle = float(getattr(frame, "rotation", 0) or 0)
+    except Exception:      # a malformed display matrix: show the frame as stored
+        return 0
+    return int(round(angle / 90.0)) * 90 % 360
+
+
+def _convert(frame, size: tuple[int, int], native: bool, rotation: int) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """RGB at ``size`` (w, h, as displayed); for native-resolution flow also the native
+    grayscale frame, made from the RGB pixels with OpenCV's BT.601 weights as the official
+    preprocessing does (cvtColor of the decoded frame), not the video's own luma plane.
+    Both are turned as displayed."""
     import cv2
 
-    rgb = frame.to_ndarray(format="rgb24", width=size[0], height=size[1], interpolation="AREA")
-    if not native:
-        return rgb, None
-    full = rgb if (frame.width, frame.height) == tuple(size) else frame.to_ndarray(format="rgb24")
-    return rgb, cv2.cvtColor(full, cv2.COLOR_RGB2GRAY)
+    turns = rotation // 90
+    w, h = (size[1], size[0]) if turns % 2 else size        # the stored orientation
+    rgb = frame.to_ndarray(format="rgb24", width=w, height=h, interpolation="AREA")
+    gray = None
+    if native:
+        full = rgb if (frame.width, frame.height) == (w, h) else frame.to_ndarray(format="rgb24")
+        gray = cv2.cvtColor(full, cv2.COLOR_RGB2GRAY)
+    if turns:
+        # np.rot90 turns counter-clockwise, as the display matrix angle counts.
+        rgb = np.ascontiguousarray(np.rot90(rgb, turns))
+        gray = np.ascontiguousarray(np.rot90(gray, turns)) if gray is not None else None
+    return rgb, gray
 
 
-def _decode_pair(path: str, probe: ProbeInfo, k: int, size: tuple[int, int], native: bool, container=None):
+def _decode_pair(path: str, probe: ProbeInfo, k: int, frames_cfg: FramesConfig, native: bool, container=None):
     """Decode frames k and k+1 by timestamp; falls back to counting frames from the start
-    when a container cannot seek or carries no usable timestamps."""
+    when a container cannot seek, carries no usable timestamps, or the seek lands where
+    the frames cannot be decoded (MPEG-TS/PS seek to any packet, not to a keyframe).
+    Returns ((rgb0, rgb1, gray0, gray1), display rotation)."""
     try:
         if container is None:
             with open_container(path) as own:
@@ -135,14 +179,18 @@ def _decode_pair(path: str, probe: ProbeInfo, k: int, size: tuple[int, int], nat
     except Exception:
         frames = None
     if frames is None:
-        frames = _decode_by_count(path, k)
-    (rgb0, g0), (rgb1, g1) = _convert(frames[0], size, native), _convert(frames[1], size, native)
-    return rgb0, rgb1, g0, g1
+        frames = _decode_by_count(path, k, probe.stream_index)
+    rotation = display_rotation(frames[0])
+    w, h = probe.width, probe.height
+    display = (h, w) if rotation % 180 else (w, h)
+    size = stored_size(display[0], display[1], frames_cfg)
+    (rgb0, g0), (rgb1, g1) = (_convert(f, size, native, rotation) for f in frames)
+    return (rgb0, rgb1, g0, g1), rotation
 
 
 def _decode_by_seek(container, path: str, probe: ProbeInfo, k: int):
     target, following = probe.timestamps[k], probe.timestamps[k + 1]
-    stream = container.streams.video[0]
+    stream = container.streams[probe.stream_index]
     tb = float(stream.time_base)
     # Half a frame of tolerance: timestamps of decoded frames and packets can differ by
     # rounding in some containers.
@@ -155,7 +203,7 @@ def _decode_by_seek(container, path: str, probe: ProbeInfo, k: int):
     finally:
         stream.codec_context.skip_frame = "DEFAULT"
     if frames is not None and len(frames) < 2:
-        raise ClipError("decode_error", f"{path}: stream ended before frame {k + 1} (truncated file?)")
+        return None        # nothing decodable after the seek point: count from the start
     return frames
 
 
@@ -186,11 +234,11 @@ def _decode_from_seek_point(container, stream, target: float, eps: float) -> Opt
     return got
 
 
-def _decode_by_count(path: str, k: int):
+def _decode_by_count(path: str, k: int, stream_index: int = 0):
     with open_container(path) as container:
         got = []
         try:
-            for i, frame in enumerate(container.decode(container.streams.video[0])):
+            for i, frame in enumerate(container.decode(container.streams[stream_index])):
                 if i >= k:
                     got.append(frame)
                     if len(got) == 2:

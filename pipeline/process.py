@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
+import cv2
 import numpy as np
 
 from htf.sample import ClipSample
@@ -18,6 +19,7 @@ from pipeline.config import PipelineConfig, sample_settings
 from pipeline.decode import DecodedClip, decode_clip
 from pipeline.errors import ClipError
 from pipeline.flow import compute_flow_batch, encode_flow_values, resize_flow
+from pipeline.index import ProbeInfo
 
 
 def flow_inputs(decoded: DecodedClip, cfg: PipelineConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -38,9 +40,25 @@ def finish_flow(raw: np.ndarray, decoded: DecodedClip, cfg: PipelineConfig) -> n
     return resize_flow(encoded, (w, h), rescale_vectors=rescale)
 
 
+def frame_count_warning(clip_id: str, probe: ProbeInfo) -> Optional[dict[str, Any]]:
+    """A warnings.jsonl record when the header promised other frames than decode (a cut
+    file: the keyframe is the middle of what decodes, boxes made for the whole clip may
+    not match it)."""
+    if probe.header_frame_count is None:
+        return None
+    return {"id": clip_id, "stage": "index", "reason": "frame_count_mismatch", "path": probe.path,
+            "detail": f"{probe.path}: the header says {probe.header_frame_count} frames, "
+                      f"{probe.frame_count} decode (truncated file?); keyframe chosen among those"}
+
+
 def clip_flows(decoded: list[DecodedClip], cfg: PipelineConfig) -> list[np.ndarray]:
     """Stored flow for each decoded clip; learned methods see them as one batch."""
-    raw = compute_flow_batch([flow_inputs(d, cfg) for d in decoded], cfg.flow)
+    try:
+        raw = compute_flow_batch([flow_inputs(d, cfg) for d in decoded], cfg.flow)
+    except cv2.error as err:       # OpenCV refuses the frames (size, type): a clip problem
+        paths = ", ".join(d.probe.path for d in decoded)
+        message = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        raise ClipError("flow_error", f"{paths}: {cfg.flow.method}: {message}") from None
     for r, d in zip(raw, decoded):
         if not np.isfinite(r).all():
             raise ClipError("flow_not_finite", f"{d.probe.path}: {cfg.flow.method} returned NaN/inf "
@@ -61,13 +79,17 @@ def build_meta(clip_id: str, decoded: DecodedClip, cfg: PipelineConfig,
         "fps": round(probe.fps, 4),
         "vfr": probe.vfr,
         "frame_count": probe.frame_count,
-        "orig_size": [probe.width, probe.height],
+        "orig_size": list(decoded.display_size),
         "frame_size": [int(decoded.frame0.shape[1]), int(decoded.frame0.shape[0])],
         "audio_window": decoded.audio_info.get("window"),
         "audio_tiled": decoded.audio_info.get("tiled", False),
         "audio_silent": decoded.audio_info.get("silent", False),
         "pipeline": sample_settings(cfg),
     }
+    if decoded.rotation:
+        meta["rotation"] = decoded.rotation
+    if probe.header_frame_count is not None:
+        meta["header_frame_count"] = probe.header_frame_count
     if boxes is not None:
         meta["boxes"] = boxes
         meta["box_format"] = box_format

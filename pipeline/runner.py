@@ -79,7 +79,7 @@ def plan_tasks(cfg: PipelineConfig, inputs: RunInputs, stage: str) -> tuple[list
     found = discover(inputs.input_dir, cfg.input, split_ids)
     warnings: list[dict[str, Any]] = [{"id": Path(p).stem, "stage": "index", "reason": "not_a_video_extension",
                                        "detail": f"{p} ignored (not one of input.video_extensions)", "path": p}
-                                      for p in found.ignored_files]
+                                      for p in found.ignored_files] + found.warnings
     annotations = load_annotations(inputs.annotations, cfg.input.id_style) if inputs.annotations else None
     if annotations is not None:
         warnings.extend(annotations.warnings)
@@ -177,7 +177,7 @@ def run_pipeline(cfg: PipelineConfig, inputs: RunInputs, stage: str = "pack",
                 progress.add(result.n_clips, len(result.failures))
                 shards.add(result)
     summary = _finish(out, cfg, stage, shards, plan_failures, warnings)
-    summary.clips_in = n_clips + sum(1 for f in plan_failures if f["reason"] == "missing_file")
+    summary.clips_in = n_clips + sum(1 for f in plan_failures if f["reason"] != "duplicate_id")
     summary.seconds = time.time() - start
     (out / f"summary_{cfg.pack.prefix}_{stage}.json").write_text(json.dumps(
         {**{k: v for k, v in summary.__dict__.items() if k not in ("failures", "warnings")},
@@ -303,6 +303,7 @@ def _finish(out: Path, cfg: PipelineConfig, stage: str, shards: _Shards, plan_fa
         failures.extend(dict(f, prefix=prefix) for f in r.failures)
     failures.extend(dict(f, prefix=prefix) for f in shards.failures())
     _merge_jsonl(out / "failures.jsonl", prefix, failures)
+    warnings = warnings + [w for r in results for w in r.warnings]
     _merge_jsonl(out / "warnings.jsonl", prefix, [dict(w, prefix=prefix) for w in warnings])
     if stage == "index" or any(r.index_records for r in results):
         _merge_jsonl(out / "index.jsonl", prefix,

@@ -33,7 +33,7 @@ from pipeline.errors import ClipError, ClipTimeout, failure_record
 from pipeline.flow import is_learned
 from pipeline.index import open_container, probe_container
 from pipeline.pack import PartWriter, part_is_whole, sample_members
-from pipeline.process import assemble_sample, clip_flows
+from pipeline.process import assemble_sample, clip_flows, frame_count_warning
 
 
 @dataclass
@@ -88,6 +88,7 @@ class TaskResult:
     samples: list[list[Any]] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)
     index_records: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[dict[str, Any]] = field(default_factory=list)
     flow_computed: int = 0
     flow_cached: int = 0
     seconds: float = 0.0
@@ -287,6 +288,9 @@ def _probe_and_decode(task: Task, clip: ClipJob, result: TaskResult) -> Optional
         probe = _guard(clip, "index", limit, probe_container, container, clip.video, clip.audio,
                        cfg.frames.max_source_pixels)
         result.index_records.append({"id": clip.id, **probe.summary(), "audio": clip.audio})
+        warning = frame_count_warning(clip.id, probe)
+        if warning is not None:
+            result.warnings.append(warning)
         if task.stage == "index":
             return None
         return _guard(clip, "decode", limit, decode_clip, clip.video, cfg, clip.keyframe_index,

@@ -70,6 +70,37 @@ def test_video_without_audio_is_rejected_with_the_reason(tmp_path, capsys):
     assert main(["--checkpoint", _checkpoint(tmp_path / "m.pt"), "--video", str(video),
                  "--output", str(tmp_path / "out")]) == 2
     assert "no_audio_stream" in capsys.readouterr().err
+
+
+def test_rotated_video_is_shown_as_displayed(tmp_path):
+    from tests import nasty
+
+    video = nasty.rotated(tmp_path)                              # 64x48 stored, turned 90 degrees
+    assert main(["--checkpoint", _checkpoint(tmp_path / "m.pt"), "--video", str(video),
+                 "--output", str(tmp_path / "out"), "--every", "25"]) == 0
+    picture = cv2.imread(str(tmp_path / "out" / "rotated_keyframe.png"))
+    assert picture.shape[0] > picture.shape[1]                  # portrait, as players show it
+    overlay = cv2.VideoCapture(str(tmp_path / "out" / "rotated_overlay.mp4"))
+    ok, frame = overlay.read()
+    assert ok and frame.shape[0] > frame.shape[1]
+
+
+def test_extreme_aspect_video_is_one_error_line(tmp_path, capsys):
+    from tests import nasty
+
+    video = nasty.extreme_aspect(tmp_path)
+    assert main(["--checkpoint", _checkpoint(tmp_path / "m.pt"), "--video", str(video),
+                 "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.startswith("error: ") and "4000x64" in err
+
+
+def test_output_names_of_a_very_long_video_name_fit_a_file_name():
+    from apps.localize import output_stem
+
+    assert output_stem("/x/clip one.mp4") == "clip one"
+    long_stem = output_stem("/x/" + "v" * 250 + ".mp4")
+    assert len(f"{long_stem}_localize.json".encode()) <= 255
     assert not (tmp_path / "out").exists()   # a failed command leaves no output folder
 
 

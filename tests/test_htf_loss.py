@@ -95,3 +95,18 @@ def test_ezvsl_loss_matches_reference(b):
     np.testing.assert_allclose(loss.item(), reference_ezvsl(img.double().numpy(), aud.double().numpy()),
                                rtol=1e-9)
     assert amap.shape == (b, 7, 7)
+
+
+@pytest.mark.parametrize("kind", ["lvs", "ezvsl"])
+def test_localization_loss_runs_the_configured_loss_in_float32(kind):
+    from htf.loss import localization_loss
+
+    torch.manual_seed(3)
+    img = F.normalize(torch.randn(3, 16, 7, 7), dim=1).to(torch.bfloat16)
+    aud = F.normalize(torch.randn(3, 16), dim=1).to(torch.bfloat16)
+    cfg = LossConfig(kind=kind)
+    loss, amap = localization_loss(img, aud, cfg)
+    want_loss, want_map = {"lvs": lvs_loss, "ezvsl": ezvsl_loss}[kind](img.float(), aud.float(), cfg)
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, want_loss)
+    torch.testing.assert_close(amap, want_map)

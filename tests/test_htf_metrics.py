@@ -107,6 +107,17 @@ def test_malformed_box_is_named():
         M.gt_map([[[0.5, 0.1, 0.2, 0.9]]], "flickr")
 
 
+def test_zero_width_box_is_refused_like_an_inverted_one():
+    with pytest.raises(ValueError, match=r"x2 <= x1"):
+        M.gt_map([[[0.5, 0.1, 0.5, 0.9]]], "vggss")
+
+
+def test_annotator_without_a_box_adds_nothing_to_the_consensus():
+    with_empty = M.gt_map([[[0.0, 0.0, 0.5, 0.5]], [], [[0.0, 0.0, 0.5, 0.5]]], "flickr")
+    without = M.gt_map([[[0.0, 0.0, 0.5, 0.5]], [[0.0, 0.0, 0.5, 0.5]]], "flickr")
+    np.testing.assert_array_equal(with_empty, without)
+
+
 def test_auc_of_a_known_success_curve():
     # success: 1 at t=0, 2/3 for 0<t<=0.5, 1/3 for 0.5<t<=1 -> 0.05*(1+2/3)/2 + 0.45*2/3
     # + 0.05*(2/3+1/3)/2 + 0.45*1/3 = 31/60

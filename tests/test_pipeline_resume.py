@@ -76,3 +76,52 @@ def test_a_partial_shard_left_by_a_crash_is_discarded_and_rebuilt(tmp_path: Path
     assert shard_bytes(tmp_path) == complete
     assert summary.tasks_skipped == 2 and summary.flow_computed == 0
     assert not (tmp_path / ".shard-000001.tar.tmp").exists()
+
+
+# Kill -9 at random moments (seeded), with several workers, then damage a flow-cache
+# bucket: the final run still writes exactly the reference shards.
+FAST_RUN = ["--set", "pack.samples_per_shard=1", "--set", "frames.short_side=64", "--set", "audio.n_mels=32",
+            "--workers", "2", "--no-progress"]
+
+
+def _fast_command(out: Path) -> list[str]:
+    return [sys.executable, "-m", "pipeline", "run", "--input", str(world(n=6, size=64, seed=5)),
+            "--output", str(out), *FAST_RUN]
+
+
+def _kill_group_after(cmd: list[str], seconds: float) -> None:
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        proc.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)       # the run and its workers, as kill -9 of the job
+        proc.wait()
+
+
+def _damage_every_bucket(out: Path) -> int:
+    """Cut every flow-cache bucket in half (a disk or a writer that failed mid-write)."""
+    buckets = sorted((out / "cache" / "flow").glob("*/*.h5"))
+    for bucket in buckets:
+        data = bucket.read_bytes()
+        bucket.write_bytes(data[: len(data) // 2])
+    return len(buckets)
+
+
+def test_kills_at_random_moments_with_workers_and_a_damaged_cache_still_give_the_reference(tmp_path: Path):
+    import random
+
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    start = time.time()
+    subprocess.run(_fast_command(reference), check=True, capture_output=True)
+    full_run_s = time.time() - start
+    rng = random.Random(14)
+    _kill_group_after(_fast_command(resumed), rng.uniform(0.4, 0.9) * full_run_s)
+    assert len(list(resumed.glob("shard-*.tar"))) < 6, "the kill must leave the run part-way"
+    _damage_every_bucket(resumed)          # the next runs meet it while tasks remain
+    for _ in range(2):
+        _kill_group_after(_fast_command(resumed), rng.uniform(0.2, 0.9) * full_run_s)
+    done = subprocess.run(_fast_command(resumed), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert shard_bytes(resumed) == shard_bytes(reference)
+    assert not list(resumed.glob(".*.tmp"))
+    assert (resumed / "failures.jsonl").read_text() == (reference / "failures.jsonl").read_text()

@@ -90,3 +90,63 @@ def test_audio_time_shift_crops_inside_the_stored_spectrogram():
 def test_short_spectrogram_is_tiled_to_the_wanted_length():
     spec = np.arange(6, dtype=np.float32).reshape(1, 6)
     np.testing.assert_array_equal(fit_time(spec, 10)[0], [1, 2, 3, 4, 5, 0, 1, 2, 3, 4])
+
+
+def _uniform(level: int) -> ClipSample:
+    frame = np.full((40, 40, 3), level, np.uint8)
+    return ClipSample("u", frame, np.zeros((2, 40, 40), np.float32), np.zeros((16, 30), np.float32),
+                      {"pipeline": {"flow": {"encoding": "signed"}}})
+
+
+def test_brightness_jitter_draws_gain_and_shift_within_the_configured_range():
+    # Same seed, two flat frames: out = level * gain + shift, so two levels give both.
+    aug = AugmentConfig(crop_fraction=[1.0, 1.0], hflip=0.0, brightness=0.2)
+    gains, shifts = [], []
+    for seed in range(40):
+        dark, bright = (float(train_arrays(_uniform(v), CFG, aug, np.random.default_rng(seed))[0].mean()) * 255
+                        for v in (50, 150))
+        gains.append((bright - dark) / 100)
+        shifts.append(dark - 50 * gains[-1])
+    assert 0.79 <= min(gains) < 0.9 and 1.1 < max(gains) <= 1.21
+    assert -25.6 <= min(shifts) < -10 and 10 < max(shifts) <= 25.6
+
+
+def test_audio_noise_has_zero_mean_and_the_configured_spread():
+    aug = AugmentConfig(crop_fraction=[1.0, 1.0], hflip=0.0, audio_noise=0.5, audio_time_shift=False)
+    _, _, spec = train_arrays(_uniform(0), CFG, aug, np.random.default_rng(0))
+    noise = spec.numpy().ravel()
+    assert abs(noise.mean()) < 0.1 and 0.4 < noise.std() < 0.6
+
+
+def test_audio_gain_shifts_the_whole_feature_by_one_value_in_range():
+    aug = AugmentConfig(crop_fraction=[1.0, 1.0], hflip=0.0, audio_gain=0.3, audio_time_shift=False)
+    offsets = set()
+    for seed in range(10):
+        _, _, spec = train_arrays(_uniform(0), CFG, aug, np.random.default_rng(seed))
+        values = np.unique(spec.numpy())
+        assert len(values) == 1 and abs(values[0]) <= 0.3
+        offsets.add(round(float(values[0]), 4))
+    assert len(offsets) == 10
+
+
+def test_crop_side_is_the_configured_fraction_of_the_short_side():
+    # A 40-px short side cropped to 0.5 is 20 px; resized to 56, flow y (2 px) becomes 5.6.
+    aug = AugmentConfig(crop_fraction=[0.5, 0.5], hflip=0.0)
+    for seed in range(5):
+        _, flow, _ = train_arrays(_sample(), CFG, aug, np.random.default_rng(seed))
+        assert float(flow[1].mean()) == pytest.approx(2.0 * 56 / 20, rel=1e-5)
+
+
+def test_time_and_frequency_masks_fill_a_band_with_the_mean():
+    cfg = ModelConfig(width=8, image_size=56)
+    for axis, aug in ((1, AugmentConfig(time_masks=1, audio_time_shift=False)),
+                      (0, AugmentConfig(freq_masks=1, audio_time_shift=False))):
+        masked = 0
+        for seed in range(10):
+            spec = train_arrays(_sample(), cfg, aug, np.random.default_rng(seed))[2][0].numpy()
+            original = _sample().spec
+            filled = np.all(spec == np.float32(original.mean()), axis=1 - axis)
+            changed = np.any(spec != original, axis=1 - axis)
+            np.testing.assert_array_equal(filled, changed)         # only whole bands change
+            masked += int(filled.sum())
+        assert masked > 0

@@ -13,13 +13,30 @@ OFFICIAL_RECIPE = "htf-official"      # what runs without --config
 EXAMPLES = """\
   # one process (CPU or one GPU), the small preset
   %(prog)s --config tiny --train-shards 'OUT/train-*.tar' --val-shards 'OUT/val-*.tar' --output RUN
-  # 2 processes on this machine (DDP); a killed run continues with --resume
+  # 2 processes on this machine (DDP); a killed run continues with --resume (or --resume auto)
   torchrun --nproc-per-node 2 -m train --config vggsound \\
       --train-shards 'OUT/train-{000000..000009}.tar' --val-shards 'OUT/val-*.tar' --output RUN \\
       --set optim.lr=3e-4
   # what the run will use, and every key you can --set
   %(prog)s --config tiny --set train.epochs=5 --print-config
 """
+
+
+def _resume_mode(text: str) -> str:
+    if text != "auto":
+        raise argparse.ArgumentTypeError(f"'{text}': the only value --resume takes is 'auto'")
+    return text
+
+
+def _how_to_go_on(output: str) -> str:
+    from train.checkpoint import latest_path
+
+    latest = latest_path(output)
+    if latest.is_file():
+        return (f"continue with the same command plus --resume (from {latest}, saved every "
+                f"train.save_every_steps steps and at each epoch end)")
+    return ("no checkpoint was saved yet (the first comes after train.save_every_steps steps or one "
+            "epoch); run the same command again to start over")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,8 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "Without them best.pt is the last checkpoint (default: none)")
     data.add_argument("--output", required=True, metavar="RUN",
                       help="run folder: checkpoints/, config.yaml, train.log, metrics.jsonl, tb/")
-    data.add_argument("--resume", action="store_true",
-                      help="continue from RUN/checkpoints/latest.pt (a torchrun restart does this itself)")
+    data.add_argument("--resume", nargs="?", const=True, type=_resume_mode, metavar="auto",
+                      help="continue from RUN/checkpoints/latest.pt, which must exist; '--resume auto': "
+                           "continue if it exists, else start (a torchrun restart resumes by itself)")
     add_config_options(p, "train", "optim.lr=3e-4")
     config = next(a for a in p._actions if a.dest == "config")
     config.help = (f"preset name or a YAML file. Without --config: the official recipe, "
@@ -53,12 +71,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no --config: the official recipe, configs/train/{OFFICIAL_RECIPE}.yaml", file=sys.stderr)
     cfg = resolve_config(args, TrainConfig, "train")
     from htf.model import UntrustedCheckpointError, WeightsUnavailableError
+    from train.data import ShardSettingsError
     from train.engine import NonFiniteLossError, ResumeError, fit
     try:
         fit(cfg, args.train_shards, args.val_shards, args.output, resume=args.resume)
     except (NonFiniteLossError, ResumeError, FileNotFoundError, ConfigError, UntrustedCheckpointError,
+            ShardSettingsError,
             WeightsUnavailableError) as err:
         raise fail(err, code=1) from None
+    except OSError as err:         # disk full, an unwritable --output...
+        raise fail(f"{err.filename + ': ' if err.filename else ''}{err.strerror or err}", code=1) from None
+    except KeyboardInterrupt:
+        raise fail(f"interrupted; {_how_to_go_on(args.output)}", code=130) from None
     return 0
 
 

@@ -36,8 +36,10 @@ def load(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
     path = Path(path)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:
-        raise RuntimeError(f"cannot read checkpoint {path}: {err}") from err
+    except Exception as err:     # torch's own message is pages of advice on unpickling
+        raise RuntimeError(f"cannot read checkpoint {path} ({type(err).__name__}): it is damaged or not "
+                           f"a checkpoint; move it away and resume from an earlier copy, or start a "
+                           f"new --output") from None
 
 
 def rng_state() -> dict[str, Any]:

@@ -8,7 +8,7 @@ Hear The Flow recipe; ``configs/train/*.yaml`` presets override them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from htf.model_config import ModelConfig
 
@@ -41,6 +41,10 @@ class DataConfig:
     epoch_samples: int | None = None  # samples per epoch (all ranks); None: count the shards
     val_batch_size: int = 64
     prefetch_factor: int = 2
+    # Pipeline settings the model's inputs assume, as in a shard's meta["pipeline"] (e.g.
+    # {audio: {feature: logmel}}): shards made otherwise are refused. Empty: any settings,
+    # as long as all shards agree.
+    expect_settings: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         if self.batch_size < 1 or self.val_batch_size < 1 or self.workers < 0:

@@ -52,12 +52,21 @@ def expand_urls(spec: str) -> list[str]:
     return urls
 
 
+class ShardSettingsError(ValueError):
+    """A shard is unreadable, or shards were made with different pipeline settings or not
+    with the ones the preset expects."""
+
+
 def _count_tar(url: str) -> int:
     keys = set()
-    with tarfile.open(url) as tar:
-        for member in tar:
-            if member.isfile():
-                keys.add(os.path.basename(member.name).split(".", 1)[0])
+    try:
+        with tarfile.open(url) as tar:
+            for member in tar:
+                if member.isfile():
+                    keys.add(os.path.basename(member.name).split(".", 1)[0])
+    except (tarfile.TarError, OSError, EOFError) as err:
+        raise ShardSettingsError(f"shard {url} is unreadable ({type(err).__name__}: {err}); make it "
+                                 f"again or leave it out") from None
     return len(keys)
 
 
@@ -84,6 +93,64 @@ def first_sample(urls: list[str]) -> ClipSample:
     for raw in wds.tarfile_to_samples()([{"url": urls[0]}]):
         return decode_sample(raw)
     raise ValueError(f"shard {urls[0]} holds no samples")
+
+
+def recorded_settings(url: str) -> dict[str, Any] | None:
+    """``meta["pipeline"]`` of the first sample of a shard, reading only up to its json."""
+    try:
+        with tarfile.open(url) as tar:
+            for member in tar:
+                if member.isfile() and member.name.endswith(".json"):
+                    data = tar.extractfile(member)
+                    meta = json.loads(data.read()) if data is not None else {}
+                    return meta.get("pipeline") if isinstance(meta, dict) else None
+    except (tarfile.TarError, OSError, ValueError) as err:
+        raise ShardSettingsError(f"shard {url} is unreadable ({type(err).__name__}: {err}); "
+                                 f"make it again or leave it out") from None
+    raise ShardSettingsError(f"shard {url} holds no sample")
+
+
+def _leaves(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> {'a.b': value} (the dotted names ``--set`` uses)."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        out.update(_leaves(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def _differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    la, lb = _leaves(a), _leaves(b)
+    return [f"{k} ({la.get(k, 'unset')!r} vs {lb.get(k, 'unset')!r})"
+            for k in sorted(set(la) | set(lb)) if la.get(k) != lb.get(k)]
+
+
+def check_shard_settings(urls: list[str], expect: dict[str, Any]) -> dict[str, Any] | None:
+    """The pipeline settings all ``urls`` were made with. Refuses shards that differ from
+    each other (naming two and the keys), or from ``expect`` (``data.expect_settings``):
+    a batch must not mix kinds of input, nor feed a model inputs it was not built for."""
+    local = [u for u in urls if "://" not in u]
+    if not local:
+        return None
+    first = recorded_settings(local[0])
+    for url in local[1:]:
+        other = recorded_settings(url)
+        if other != first:
+            keys = _differences(first or {}, other or {})
+            raise ShardSettingsError(
+                f"shards {local[0]} and {url} were made with different pipeline settings: "
+                f"{'; '.join(keys[:6])}{' ...' if len(keys) > 6 else ''}. Train on shards of one "
+                f"pipeline preset at a time")
+    recorded = _leaves(first or {})
+    wrong = [f"{k}={recorded.get(k, 'unset')!r} (expected {v!r})"
+             for k, v in _leaves(expect).items() if recorded.get(k) != v]
+    if wrong:
+        raise ShardSettingsError(
+            f"shard {local[0]} was made with {', '.join(wrong)}, not what this preset's model "
+            f"takes (data.expect_settings). Make shards with the matching pipeline preset, or "
+            f"choose the training preset made for these shards")
+    return first
 
 
 def _slot() -> tuple[int, int]:
@@ -181,8 +248,12 @@ class ValStream(IterableDataset):
         shards = [{"url": u} for u in self.urls[worker::workers]]
         items: list[tuple[torch.Tensor, ...]] = []
         metas: list[dict[str, Any]] = []
-        for raw in wds.tarfile_to_samples()(iter(shards)):
-            sample = decode_sample(raw)
+        for raw in wds.tarfile_to_samples(handler=_log_and_continue)(iter(shards)):
+            try:
+                sample = decode_sample(raw)
+            except ValueError as err:         # a damaged sample: named, skipped, not scored
+                _log_and_continue(err)
+                continue
             items.append(eval_arrays(sample, self.model_cfg))
             metas.append({"id": sample.id, "boxes": sample.boxes,
                           "box_format": sample.meta.get("box_format", "vggss")})

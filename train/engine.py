@@ -7,6 +7,7 @@ shards carry boxes, cIoU/AUC with the evaluator's metric functions.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -26,7 +27,7 @@ from htf.config import dump_config, save_config, to_dict
 from train import checkpoint as ckpt
 from train import distributed as du
 from train.config import TrainConfig
-from train.data import TrainStream, count_samples, expand_urls, first_sample, train_loader, val_loader
+from train.data import TrainStream, check_shard_settings, count_samples, expand_urls, train_loader, val_loader
 from htf.model import HTFModel, checkpoint_payload, load_model
 
 
@@ -85,16 +86,26 @@ def autocast(cfg: TrainConfig, device: torch.device) -> contextlib.AbstractConte
     return torch.autocast("cuda", dtype=dtype)
 
 
-def wants_resume(resume_flag: bool, output: Path) -> bool:
-    """--resume, or a torchrun restart (``--max-restarts``) of a run that saved a checkpoint.
+def wants_resume(resume: bool | str | None, output: Path) -> bool:
+    """Whether to continue from ``latest.pt``.
 
-    A fresh start on a folder that already holds a checkpoint is refused, so a typo in
-    --output never overwrites a run."""
-    has_latest = ckpt.latest_path(output).is_file()
-    if resume_flag or du.restart_count() > 0:
+    ``resume`` True (``--resume``): there must be a checkpoint; ``"auto"`` (``--resume
+    auto``): continue if there is one, else start; falsy: start fresh. A torchrun restart
+    (``--max-restarts``) of a run that saved a checkpoint continues by itself. A fresh
+    start on a folder that already holds a checkpoint is refused, so a typo in --output
+    never overwrites a run."""
+    latest = ckpt.latest_path(output)
+    has_latest = latest.is_file()
+    if resume == "auto" or du.restart_count() > 0:
         return has_latest
+    if resume:
+        if not has_latest:
+            raise ResumeError(f"--resume: nothing to resume, {latest} does not exist; check --output, "
+                              f"start without --resume, or pass --resume auto to start when there "
+                              f"is no checkpoint")
+        return True
     if has_latest:
-        raise ResumeError(f"{ckpt.latest_path(output)} exists: pass --resume to continue that run, "
+        raise ResumeError(f"{latest} exists: pass --resume to continue that run, "
                           f"or choose another --output")
     return False
 
@@ -247,7 +258,10 @@ def validate(model: HTFModel, urls: list[str], cfg: TrainConfig, info: du.DistIn
         maps = out["map"].float().cpu().numpy()
         for i, (map7, meta) in enumerate(zip(maps, metas)):
             if meta["boxes"]:
-                cious.append(metrics_fns[0](map7, meta["boxes"], meta["box_format"]))
+                try:
+                    cious.append(metrics_fns[0](map7, meta["boxes"], meta["box_format"]))
+                except ValueError:     # a box lost when clipped: scored 0, as the evaluator does
+                    cious.append(0.0)
                 if pictures is not None and info.is_main and len(pictures) < VAL_PICTURES:
                     pictures.append(_val_picture(batch["image"][i], map7, meta, cious[-1], cfg))
     model.train(was_training)
@@ -297,12 +311,45 @@ def save_checkpoint(path: Path, model: HTFModel, optimizer: torch.optim.Optimize
     ckpt.save_atomic(payload, path)
 
 
+def _check_same_model(saved: dict[str, Any], model: HTFModel, path: Path) -> None:
+    """The checkpoint's model settings must be this run's: name the keys that changed
+    instead of torch's list of every mismatched tensor."""
+    before = (saved.get("config") or {}).get("model") or {}
+    now = dataclasses.asdict(model.cfg)
+    changed = [f"model.{k} ({before[k]!r} -> {now[k]!r})" for k in sorted(now)
+               if k in before and before[k] != now[k] and k not in _MODEL_KEYS_SAFE_TO_CHANGE]
+    if changed:
+        raise ResumeError(f"{path} was trained with other model settings: {', '.join(changed)}; "
+                          f"resume with the run's own settings (its config.yaml) or start a new "
+                          f"--output")
+    own = model.state_dict()
+    wrong = [k for k, v in saved["model"].items() if k in own and own[k].shape != v.shape]
+    missing = [k for k in own if k not in saved["model"]]
+    if wrong or missing:
+        raise ResumeError(f"{path} does not fit this model ({len(wrong)} tensor(s) of another shape, "
+                          f"e.g. {(wrong or missing)[0]}); resume with the run's own settings or start "
+                          f"a new --output")
+
+
+# Settings that change no tensor shape and no learned value (weights files only matter at
+# the start of a run; the loss settings may be changed on purpose when resuming).
+_MODEL_KEYS_SAFE_TO_CHANGE = {"vision_weights", "flow_weights", "loss", "frozen_bn"}
+
+
 def restore(path: Path, model: HTFModel, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
             scheduler: Any, info: du.DistInfo) -> RunState:
-    saved = ckpt.load(path, map_location=info.device)
+    try:
+        saved = ckpt.load(path, map_location=info.device)
+    except RuntimeError as err:
+        raise ResumeError(str(err)) from None
+    _check_same_model(saved, model, path)
     model.load_state_dict(saved["model"])
     model.data_settings = saved.get("data_settings")
-    optimizer.load_state_dict(saved["optimizer"])
+    try:
+        optimizer.load_state_dict(saved["optimizer"])
+    except (ValueError, KeyError) as err:     # e.g. other parameter groups (optim.* changed)
+        raise ResumeError(f"{path}: the optimizer state does not fit this run ({err}); resume with "
+                          f"the run's own optim settings or start a new --output") from None
     scaler.load_state_dict(saved["scaler"])
     scheduler.load_state_dict(saved["scheduler"])
     rngs = saved.get("rng") or []
@@ -314,14 +361,10 @@ def restore(path: Path, model: HTFModel, optimizer: torch.optim.Optimizer, scale
 
 # ----------------------------------------------------------------------------------- fit
 
-def _data_settings(urls: list[str], val_urls: list[str], log: Logger) -> dict[str, Any] | None:
-    settings = first_sample(urls).meta.get("pipeline")
-    if val_urls:
-        val_settings = first_sample(val_urls).meta.get("pipeline")
-        if val_settings != settings:
-            log.print("warning: validation shards were made with other pipeline settings than the "
-                      "training shards")
-    return settings
+def _data_settings(urls: list[str], val_urls: list[str], cfg: TrainConfig) -> dict[str, Any] | None:
+    """The pipeline settings of the shards; refuses mixed shards (validation included) and
+    shards the preset's model does not take (``data.expect_settings``)."""
+    return check_shard_settings(urls + val_urls, cfg.data.expect_settings)
 
 
 def fit(cfg: TrainConfig, train_shards: str, val_shards: str | None, output: str | Path,
@@ -342,6 +385,7 @@ def _fit(cfg: TrainConfig, train_shards: str, val_shards: str | None, output: Pa
     # Shards are checked before the run folder exists: a typo leaves no half-made folder.
     urls = expand_urls(train_shards)
     val_urls = expand_urls(val_shards) if val_shards else []
+    settings = _data_settings(urls, val_urls, cfg)      # mixed or mismatched shards are refused
     do_resume = wants_resume(resume, output)
     du.barrier(info)
     if info.is_main:
@@ -365,7 +409,7 @@ def _fit(cfg: TrainConfig, train_shards: str, val_shards: str | None, output: Pa
     if cfg.train.init_from:
         start = load_model(cfg.train.init_from, trust=cfg.train.trust_init_from)
         model.load_state_dict(start.state_dict())
-    model.data_settings = _data_settings(urls, val_urls, log)
+    model.data_settings = settings
     model.to(info.device)
     optimizer = build_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
