@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 
 from htf.sample import MAX_KEY_LENGTH, ClipSample, key_to_id, sample_key
-from pipeline.pack import ShardWriter
+import tarfile
+
+from pipeline.pack import PartWriter, assemble_shard, sample_members
 
 AWKWARD = ["k.1", "k_1", "k%2E1", "vid.part1", "a/b", "with space", "née", "x" * 300,
            "x" * 299 + "y", "dots...", "-lead", "%", "~tilde", "caf\udce9"]   # last: a non-UTF-8 byte
@@ -47,12 +49,17 @@ def _sample(clip_id: str) -> ClipSample:
                       np.zeros((4, 4), np.float32), {})
 
 
-def test_shard_writer_refuses_a_second_sample_with_the_same_key(tmp_path):
-    writer = ShardWriter(tmp_path / "s-000000.tar")
-    writer.write(_sample("a.b"))
-    with pytest.raises(ValueError, match="duplicate sample key"):
-        writer.write(_sample("a.b"))
-    writer.abort()
+def test_a_shard_keeps_one_sample_per_key_and_names_the_one_left_out(tmp_path):
+    part = PartWriter(tmp_path / "part-0")
+    for _ in range(2):
+        key, members = sample_members(_sample("a.b"))
+        part.append("a.b", key, members)
+    part.commit()
+    written, dropped = assemble_shard(tmp_path / "s-000000.tar", [(part.path, part.samples)])
+    assert written == 1 and dropped == [("a.b", sample_key("a.b"))]
+    with tarfile.open(tmp_path / "s-000000.tar") as tar:
+        names = tar.getnames()
+    assert len(names) == len(set(names)) == 4       # jpg, flow.npy, spec.npy, json of one sample
 
 
 def test_an_id_of_exactly_the_maximum_length_is_its_own_key():
