@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 COMMANDS = {
     "pipeline": ("pipeline.__main__", ["run"], "default 1", "pipeline"),
     "apps.synth": ("apps.synth", [], "(default: 500)", None),
-    "train": ("train.__main__", [], "(default: the built-in defaults)", "train"),
+    "train": ("train.__main__", [], "(default: htf-official, the official recipe", "train"),
     "eval": ("eval.__main__", [], "default 0", "eval"),
     "apps.localize": ("apps.localize", [], "(default: cpu)", None),
     "apps.demo": ("apps.demo", [], "(default: 1000)", None),

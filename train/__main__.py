@@ -56,8 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "continue if it exists, else start (a torchrun restart resumes by itself)")
     add_config_options(p, "train", "optim.lr=3e-4")
     config = next(a for a in p._actions if a.dest == "config")
-    config.help = (f"preset name or a YAML file. Without --config: the official recipe, "
-                   f"configs/train/{OFFICIAL_RECIPE}.yaml (ImageNet-initialised ResNet-18s; offline, "
+    config.help = (f"preset name or a YAML file (default: {OFFICIAL_RECIPE}, the official recipe in "
+                   f"configs/train/{OFFICIAL_RECIPE}.yaml: ImageNet-initialised ResNet-18s; offline, "
                    "their weights file must already be in the torch hub cache, or the run stops at "
                    "once naming the file to provide)")
     return p
