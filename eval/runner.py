@@ -389,13 +389,11 @@ class _Run:
             if len(batch) >= self.cfg.run.batch_size:
                 self.score(batch)
                 batch = []
-        if self.first_boxless and self.with_boxes == 0:
-            raise _no_boxes_error(*self.first_boxless, len(self.seen))
         if batch:
             self.score(batch)
-        self.warnings.extend(self.empty_gt)
-        for line in self.empty_gt:
-            print(f"warning: {line}", file=sys.stderr)
+        for clip_id in self.empty_gt:
+            print(f"warning: clip {clip_id}: empty ground truth (no box left): scored 0, as the "
+                  "protocol does; listed under empty_ground_truth", file=sys.stderr)
 
     def extended_pass(self, paths: list[str]) -> dict:
         scored = {r.id: r for r in self.results}

@@ -101,4 +101,4 @@ def test_ctrl_c_says_how_to_resume_without_traceback(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
-    assert "run the same command again to resume" in err
+    assert "rerun the same command to resume" in err
