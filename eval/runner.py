@@ -32,6 +32,7 @@ from eval.baselines import BASELINES, Baseline
 from eval.config import EvalConfig
 from eval.shards import Failure, expand_shards, iter_samples
 from htf.config import save_config
+from htf.io import atomic_write_json
 from htf.sample import ClipSample
 
 METADATA_DIR = Path(__file__).resolve().parent.parent / "metadata"
@@ -465,12 +466,8 @@ def evaluate(model_or_baseline: Any, shards: str | Sequence[str], output_dir: st
     write_per_clip(run.results, out / "per_clip.csv")
     metrics["pictures"] = _write_pictures(run, out) if cfg.pictures.heatmaps else []
     save_config(cfg, out / "eval_config.yaml")
-    _write_json(metrics, out / "metrics.json")
+    atomic_write_json(out / "metrics.json", metrics, indent=2, default=str)
     write_report(metrics, out)
     return metrics
 
 
-def _write_json(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)

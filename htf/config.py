@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from htf.io import atomic_write_text
+
 T = TypeVar("T")
 
 
@@ -172,7 +174,4 @@ def save_config(cfg: Any, path: str | os.PathLike) -> Path:
     """Write the resolved config as YAML (atomically) so the output can be reproduced."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

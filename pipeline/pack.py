@@ -13,6 +13,7 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
+from htf.io import atomic_write_json, replace_into_place, temp_path
 from htf.sample import ClipSample, encode_sample
 from pipeline.audio import feature_shape
 from pipeline.config import PipelineConfig
@@ -29,7 +30,7 @@ class ShardWriter:
 
     def __init__(self, final_path: str | os.PathLike) -> None:
         self.final_path = Path(final_path)
-        self.tmp_path = self.final_path.with_name(f".{self.final_path.name}.tmp")
+        self.tmp_path = temp_path(self.final_path)
         self._file = open(self.tmp_path, "wb")
         self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
         self.count = 0
@@ -62,7 +63,7 @@ class ShardWriter:
         if self.count == 0:
             self.tmp_path.unlink(missing_ok=True)
             return False
-        os.replace(self.tmp_path, self.final_path)
+        replace_into_place(self.tmp_path, self.final_path)
         return True
 
     def abort(self) -> None:
@@ -96,7 +97,5 @@ def merge_sizes(out_dir: Path, prefix: str, sizes: dict[str, int]) -> dict[str, 
     merged = {k: v for k, v in current.items() if not k.startswith(f"{prefix}-")}
     merged.update(sizes)
     merged = dict(sorted(merged.items()))
-    tmp = path.with_name(".sizes.json.tmp")
-    tmp.write_text(json.dumps(merged, indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic_write_json(path, merged, indent=1)
     return merged

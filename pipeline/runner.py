@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from htf.config import save_config
+from htf.io import atomic_write_text
 from pipeline.annotations import Annotations, load_annotations, load_keyframes
 from pipeline.config import PipelineConfig
 from pipeline.flow import check_flow_method
@@ -191,9 +192,7 @@ def _merge_jsonl(path: Path, prefix: str, records: list[dict]) -> None:
         for line in path.read_text().splitlines():
             if line.strip() and json.loads(line).get("prefix") != prefix:
                 kept.append(line)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(line + "\n" for line in kept + [json.dumps(r) for r in records]))
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(line + "\n" for line in kept + [json.dumps(r) for r in records]))
 
 
 def _remove_partial_shards(out: Path, prefix: str) -> None:
