@@ -159,8 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a pipeline setting, e.g. --set flow.device=cuda")
     args = p.parse_args(argv)
-    from eval.__main__ import load_checkpoint
-    from eval.runner import EvalError
+    from eval.runner import EvalError, load_checkpoint
     from pipeline.errors import ClipError
 
     try:

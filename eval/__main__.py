@@ -14,11 +14,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 from eval.baselines import BASELINES
 from eval.config import EvalConfig
-from eval.runner import EvalError, evaluate
+from eval.runner import EvalError, evaluate, load_checkpoint
 from htf.config import ConfigError, load_config
 
 SUMMARY = ("ciou_at_0.5", "auc", "mean_ciou", "n")
@@ -50,18 +49,6 @@ def make_config(args: argparse.Namespace) -> EvalConfig:
     if args.heatmaps is not None:
         overrides.append(f"pictures.heatmaps={args.heatmaps}")
     return load_config(EvalConfig, args.config, overrides)
-
-
-def load_checkpoint(path: str, device: str) -> Any:
-    """The model of ``path`` through the trainer's loader (our, official .pth and .ckpt)."""
-    if not Path(path).is_file():
-        raise EvalError(f"checkpoint not found: {path}")
-    from htf.model import load_model
-
-    try:
-        return load_model(path, map_location=device)
-    except (KeyError, ValueError, RuntimeError) as err:
-        raise EvalError(f"checkpoint {path}: {err}") from err
 
 
 def _line(name: str, m: dict) -> str:

@@ -26,13 +26,16 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import numpy as np
+import torch
 
 from htf import metrics as M
 from eval.baselines import BASELINES, Baseline
 from eval.config import EvalConfig
 from eval.shards import Failure, expand_shards, iter_samples
 from htf.config import save_config
+from htf.inputs import eval_inputs
 from htf.io import atomic_write_json
+from htf.model import load_model
 from htf.sample import ClipSample
 
 METADATA_DIR = Path(__file__).resolve().parent.parent / "metadata"
@@ -63,26 +66,30 @@ class Predictor(Protocol):
 
 
 # --------------------------------------------------------------------------- predictors
+def load_checkpoint(path: str, device: str) -> Any:
+    """The model of ``path`` (our .pt, official .pth and Lightning .ckpt); problems as EvalError."""
+    if not Path(path).is_file():
+        raise EvalError(f"checkpoint not found: {path}")
+    try:
+        return load_model(path, map_location=device)
+    except (KeyError, ValueError, RuntimeError) as err:
+        raise EvalError(f"checkpoint {path}: {err}") from err
+
+
 class ModelPredictor:
     """Wraps a trained model: inputs prepared as validation does, maps returned as numpy."""
 
     def __init__(self, model: Any, device: str = "cpu",
                  prepare: Callable[[ClipSample, Any], tuple] | None = None, name: str = "model"):
-        import torch
-
-        if prepare is None:
-            from htf.inputs import eval_inputs as prepare  # the trainer's own preparation
-        self.torch = torch
         self.model = model.to(device) if hasattr(model, "to") else model
         if hasattr(self.model, "eval"):
             self.model.eval()
         self.device = device
-        self.prepare = prepare
+        self.prepare = prepare or eval_inputs   # validation's own preparation by default
         self.name = name
         self.data_settings = getattr(model, "data_settings", None)
 
     def _forward(self, tensors: list[tuple]) -> np.ndarray:
-        torch = self.torch
         stacked = [torch.stack([t[i] for t in tensors]).to(self.device) for i in range(3)]
         with torch.inference_mode():
             out = self.model(*stacked)

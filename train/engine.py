@@ -25,6 +25,7 @@ from train import checkpoint as ckpt
 from train import distributed as du
 from train.config import TrainConfig
 from train.data import TrainStream, count_samples, expand_urls, first_sample, train_loader, val_loader
+from htf.metrics import clip_ciou, summarize
 from htf.model import HTFModel, checkpoint_payload, load_model
 
 
@@ -164,21 +165,11 @@ def train_step(model: torch.nn.Module, batch: dict[str, torch.Tensor], optimizer
 
 # ---------------------------------------------------------------------------- validation
 
-def _ciou_functions() -> tuple[Any, Any] | None:
-    try:
-        from htf.metrics import clip_ciou, summarize
-    except ImportError as err:
-        print(f"warning: htf.metrics unavailable ({err}); validation reports the loss only", file=sys.stderr)
-        return None
-    return clip_ciou, summarize
-
-
 @torch.no_grad()
 def validate(model: HTFModel, urls: list[str], cfg: TrainConfig, info: du.DistInfo) -> dict[str, Any]:
     """Validation loss (batches of >= 2) and, for clips with boxes, cIoU@0.5 / mean cIoU / AUC."""
     was_training = model.training
     model.eval()
-    metrics_fns = _ciou_functions()
     loss_sum, loss_n, cious = 0.0, 0, []
     for batch, metas in val_loader(urls, cfg.model, cfg.data, info.rank, info.world):
         image, flow, spec = (batch[k].to(info.device) for k in ("image", "flow", "spec"))
@@ -187,19 +178,17 @@ def validate(model: HTFModel, urls: list[str], cfg: TrainConfig, info: du.DistIn
         if "loss" in out:
             loss_sum += float(out["loss"]) * image.shape[0]
             loss_n += image.shape[0]
-        if metrics_fns is None:
-            continue
         for map7, meta in zip(out["map"].float().cpu().numpy(), metas):
             if meta["boxes"]:
-                cious.append(metrics_fns[0](map7, meta["boxes"], meta["box_format"]))
+                cious.append(clip_ciou(map7, meta["boxes"], meta["box_format"]))
     model.train(was_training)
     gathered = du.gather_objects((loss_sum, loss_n, cious), info)
     loss_sum = sum(g[0] for g in gathered)
     loss_n = sum(g[1] for g in gathered)
     all_cious = [c for g in gathered for c in g[2]]
     metrics: dict[str, Any] = {"loss": loss_sum / loss_n if loss_n else float("nan")}
-    if all_cious and metrics_fns is not None:
-        metrics.update(metrics_fns[1](all_cious))
+    if all_cious:
+        metrics.update(summarize(all_cious))
     return metrics
 
 
