@@ -34,13 +34,14 @@ import numpy as np
 from eval.pictures import enlarge, overlay, put_label, save_png
 from eval.runner import ModelPredictor
 from htf.config import ConfigError, load_config
+from htf.settings import upgrade_settings
 
 
 def pipeline_config(data_settings: dict | None, overrides: list[str] | None = None):
     """The PipelineConfig that reproduces the checkpoint's data (its ``data_settings``)."""
     from pipeline.config import PipelineConfig
 
-    base = {k: v for k, v in (data_settings or {}).items() if k in ("frames", "flow", "audio")}
+    base = {k: v for k, v in (upgrade_settings(data_settings) or {}).items() if k in ("frames", "flow", "audio")}
     try:
         return load_config(PipelineConfig, base=base, overrides=overrides)
     except ConfigError as err:

@@ -37,12 +37,10 @@ from htf.inputs import eval_inputs
 from htf.io import atomic_write_json
 from htf.model import load_model
 from htf.sample import ClipSample
+from htf.settings import LOCAL_PATH_SETTINGS, RUNTIME_SETTINGS, flatten, upgrade_settings, without
 
 METADATA_DIR = Path(__file__).resolve().parent.parent / "metadata"
 SLAVC_LISTS = {"flickr": "slavc_flickr_test_plus_silent.csv", "vggss": "slavc_vggss_test_plus_silent.csv"}
-# Settings that change how a sample is computed, not what it contains.
-RUNTIME_SETTING_KEYS = {"flow.device", "flow.fp16", "flow.batch_size", "flow.allow_random_init",
-                        "flow.ckpt"}
 
 
 class EvalError(RuntimeError):
@@ -124,19 +122,15 @@ def as_predictor(model_or_baseline: Any, cfg: EvalConfig) -> Predictor:
 
 
 # --------------------------------------------------------------------------- settings
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix.rstrip("."): d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flatten(v, f"{prefix}{k}."))
-    return out
+def _compared(settings: dict) -> dict[str, Any]:
+    """Flat settings the check compares: today's shape (older flat flow keys upgraded),
+    without runtime settings and machine-local paths."""
+    return flatten(without(upgrade_settings(settings), RUNTIME_SETTINGS | LOCAL_PATH_SETTINGS))
 
 
 def settings_differences(expected: dict, actual: dict) -> list[str]:
     """'key: shards X, checkpoint expects Y' for every shared setting that differs."""
-    exp = {k: v for k, v in _flatten(expected).items() if k not in RUNTIME_SETTING_KEYS}
-    act = {k: v for k, v in _flatten(actual).items() if k not in RUNTIME_SETTING_KEYS}
+    exp, act = _compared(expected), _compared(actual)
     common = sorted(set(exp) & set(act))
     if not common:
         return ["no setting in common between the shards and the checkpoint: cannot check them"]

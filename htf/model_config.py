@@ -74,9 +74,9 @@ OFFICIAL_FLOW_ENCODING = "uint8_clip"
 OFFICIAL_DATA_SETTINGS: dict = {
     "frames": {"short_side": 0},
     "flow": {"method": "farneback", "resolution": "native", "rescale_vectors": False,
-             "encoding": OFFICIAL_FLOW_ENCODING, "farneback_pyr_scale": 0.5,
-             "farneback_levels": 3, "farneback_winsize": 15, "farneback_iterations": 3,
-             "farneback_poly_n": 5, "farneback_poly_sigma": 1.2},
+             "encoding": OFFICIAL_FLOW_ENCODING,
+             "farneback": {"pyr_scale": 0.5, "levels": 3, "winsize": 15, "iterations": 3,
+                           "poly_n": 5, "poly_sigma": 1.2}},
     "audio": {"feature": "linear", "sample_rate": 22050, "seconds": 3.0,
               "center": "clip_middle", "nperseg": 512, "noverlap": 274},
 }

@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
-    flags = {"flow.method": args.flow, "flow.ckpt": args.flow_ckpt, "flow.device": args.device,
+    flags = {"flow.method": args.flow, "flow.learned.ckpt": args.flow_ckpt, "flow.device": args.device,
              "run.workers": args.workers, "run.executor": args.executor, "pack.prefix": args.shard_prefix,
              "run.cache_dir": args.cache}
     out = [f"{k}={v}" for k, v in flags.items() if v is not None]

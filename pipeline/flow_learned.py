@@ -44,7 +44,7 @@ def resolve_checkpoint(method: str, ckpt: Optional[str], allow_random_init: bool
         raise FlowSetupError(
             f"flow method '{method}' is a learned model and needs weights: pass --flow-ckpt "
             f"PATH (a local checkpoint file) or a ptlflow checkpoint name already in the torch "
-            f"hub cache; set flow.allow_random_init=true only for benchmarks (the flow is "
+            f"hub cache; set flow.learned.allow_random_init=true only for benchmarks (the flow is "
             f"meaningless without trained weights)")
     if Path(ckpt).is_file():
         return str(ckpt)

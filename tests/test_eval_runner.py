@@ -194,3 +194,9 @@ def test_heatmaps_writes_best_and_worst_pictures_and_a_report(shards, tmp_path):
     for p in pics:
         assert (tmp_path / "out" / p["path"]).is_file() and p["path"] in html
     assert "cIoU@0.5" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_settings_check_compares_an_older_flat_checkpoint_with_per_method_shards():
+    old_checkpoint = {"flow": {"method": "farneback", "farneback_levels": 3, "ckpt": "/elsewhere/raft.pth"}}
+    shards = {"flow": {"method": "farneback", "farneback": {"levels": 5}}}
+    assert settings_differences(old_checkpoint, shards) == ["flow.farneback.levels: shards 5, checkpoint expects 3"]
