@@ -156,5 +156,3 @@ class ArrayCache:
                         total += len(f.keys())
         return total
 
-
-FlowCache = ArrayCache

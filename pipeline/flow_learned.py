@@ -32,10 +32,6 @@ def _ptlflow():
     return ptlflow
 
 
-def ptlflow_model_names() -> list[str]:
-    return list(_ptlflow().get_model_names())
-
-
 def resolve_checkpoint(method: str, ckpt: Optional[str], allow_random_init: bool) -> Optional[str]:
     """Local checkpoint file for (method, ckpt), or None for random weights when allowed."""
     if ckpt is None or ckpt == "":

@@ -194,7 +194,7 @@ def probe_container(container, path: str, audio_path: str | None = None,
                      fps=0.0, vfr=False, has_audio=bool(container.streams.audio), timestamps=timestamps)
     if audio_path is not None:
         info.has_audio = _has_audio_stream(audio_path)
-    _fill_rates(info, stream_rate=None)
+    _fill_rates(info)
     return info
 
 
@@ -224,7 +224,8 @@ def _packet_times(container, stream, path: str) -> list[float]:
     return times
 
 
-def _fill_rates(info: ProbeInfo, stream_rate: float | None) -> None:
+def _fill_rates(info: ProbeInfo) -> None:
+    """fps, duration and vfr from the packet times (none for fewer than two distinct times)."""
     t = info.timestamps
     if len(t) >= 2 and t[-1] > t[0]:
         intervals = [b - a for a, b in zip(t, t[1:])]
@@ -233,9 +234,6 @@ def _fill_rates(info: ProbeInfo, stream_rate: float | None) -> None:
         info.duration = t[-1] - t[0] + mean
         positive = [x for x in intervals if x > 0]
         info.vfr = bool(positive) and (max(positive) - min(positive)) > 0.1 * mean
-    else:
-        info.fps = float(stream_rate or 0.0)
-        info.duration = len(t) / info.fps if info.fps else 0.0
 
 
 def _has_audio_stream(path: str) -> bool:
