@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from pipeline.config import InputConfig
-from pipeline.errors import ClipError, failure_record
+from pipeline.errors import ClipError, Failure
 
 _HEADER_NAMES = {"id", "file", "filename", "video", "video_id", "ytid", "youtube_id", "name"}
 _VGGSOUND_ID = re.compile(r"^(?P<ytid>[A-Za-z0-9_-]{11})_(?P<sec>\d+)$")
@@ -34,7 +34,7 @@ class ClipInput:
 @dataclass
 class Discovery:
     clips: list[ClipInput]
-    failures: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
     ignored_files: list[str] = field(default_factory=list)
 
 
@@ -96,14 +96,14 @@ def discover(input_dir: str | Path, input_cfg: InputConfig,
             continue
         by_id.setdefault(normalise_id(p.stem, input_cfg.id_style), []).append(p)
     audio_by_id = _audio_files(root / "audio", input_cfg)
-    failures: list[dict[str, Any]] = []
+    failures: list[Failure] = []
     clips: dict[str, ClipInput] = {}
     rank = {e: i for i, e in enumerate(video_exts)}
     for clip_id, paths in by_id.items():
         paths.sort(key=lambda p: (rank.get(p.suffix.lower(), len(rank)), p.name))
         for dup in paths[1:]:
-            failures.append(failure_record(clip_id, "index", "duplicate_id",
-                                           f"{dup} has the same id as {paths[0]} (kept)", str(dup)))
+            failures.append(Failure(clip_id, "index", "duplicate_id",
+                                    f"{dup} has the same id as {paths[0]} (kept)", str(dup)))
         audio = audio_by_id.get(clip_id)
         clips[clip_id] = ClipInput(clip_id, str(paths[0]), str(audio) if audio else None)
     if split_ids is None:
@@ -114,8 +114,8 @@ def discover(input_dir: str | Path, input_cfg: InputConfig,
             if clip_id in clips:
                 ordered.append(clips[clip_id])
             else:
-                failures.append(failure_record(clip_id, "index", "missing_file",
-                                               f"id in the split list has no file in {folder}"))
+                failures.append(Failure(clip_id, "index", "missing_file",
+                                        f"id in the split list has no file in {folder}"))
     return Discovery(ordered, failures, ignored)
 
 

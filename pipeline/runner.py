@@ -13,12 +13,13 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Iterator, Optional
 
 from htf.config import save_config
 from htf.io import atomic_write_text
 from pipeline.annotations import Annotations, load_annotations, load_keyframes
 from pipeline.config import PipelineConfig
+from pipeline.errors import Failure
 from pipeline.flow import check_flow_method
 from pipeline.index import discover, read_split_list
 from pipeline.pack import merge_sizes, samples_per_shard
@@ -61,14 +62,13 @@ class RunSummary:
         return "\n".join(lines)
 
 
-def plan_tasks(cfg: PipelineConfig, inputs: RunInputs, stage: str) -> tuple[list[Task], list[dict], list[dict], Annotations | None]:
+def plan_tasks(cfg: PipelineConfig, inputs: RunInputs, stage: str) -> tuple[list[Task], list[Failure], list[Failure], Annotations | None]:
     """Find clips, attach boxes and keyframes, cut into tasks. Returns (tasks, failures
     found while planning, warnings, annotations)."""
     split_ids = read_split_list(inputs.split_list, cfg.input.id_style) if inputs.split_list else None
     found = discover(inputs.input_dir, cfg.input, split_ids)
-    warnings: list[dict[str, Any]] = [{"id": Path(p).stem, "stage": "index", "reason": "not_a_video_extension",
-                                       "detail": f"{p} ignored (not one of input.video_extensions)", "path": p}
-                                      for p in found.ignored_files]
+    warnings = [Failure(Path(p).stem, "index", "not_a_video_extension",
+                        f"{p} ignored (not one of input.video_extensions)", p) for p in found.ignored_files]
     annotations = load_annotations(inputs.annotations, cfg.input.id_style) if inputs.annotations else None
     if annotations is not None:
         warnings.extend(annotations.warnings)
@@ -89,18 +89,17 @@ def plan_tasks(cfg: PipelineConfig, inputs: RunInputs, stage: str) -> tuple[list
 
 
 def _uncovered_clip_warnings(clips: list, inputs: RunInputs, keyframes: dict,
-                             annotations: Annotations | None) -> list[dict[str, Any]]:
+                             annotations: Annotations | None) -> list[Failure]:
     """Clips that a given keyframe map or box file does not cover: they are still processed
     (middle frame; no boxes), and each is named in warnings.jsonl rather than passed over."""
     out = []
     for c in clips:
         if inputs.keyframes and c.id not in keyframes:
-            out.append({"id": c.id, "stage": "index", "reason": "no_keyframe_entry",
-                        "detail": f"{c.id} is not in {inputs.keyframes}: the middle frame is used", "path": c.video})
+            out.append(Failure(c.id, "index", "no_keyframe_entry",
+                               f"{c.id} is not in {inputs.keyframes}: the middle frame is used", c.video))
         if annotations is not None and c.id not in annotations.boxes:
-            out.append({"id": c.id, "stage": "index", "reason": "no_boxes",
-                        "detail": f"{c.id} has no boxes in {inputs.annotations}: its sample carries none",
-                        "path": c.video})
+            out.append(Failure(c.id, "index", "no_boxes",
+                               f"{c.id} has no boxes in {inputs.annotations}: its sample carries none", c.video))
     return out
 
 
@@ -152,7 +151,7 @@ def run_pipeline(cfg: PipelineConfig, inputs: RunInputs, stage: str = "pack") ->
             bar.update(result.n_clips)
     ordered = [results[t.name] for t in tasks]
     summary = _finish(out, cfg, stage, tasks, ordered, plan_failures, warnings)
-    summary.clips_in = n_clips + sum(1 for f in plan_failures if f["reason"] == "missing_file")
+    summary.clips_in = n_clips + sum(1 for f in plan_failures if f.reason == "missing_file")
     summary.seconds = time.time() - start
     (out / f"summary_{cfg.pack.prefix}_{stage}.json").write_text(json.dumps(
         {**{k: v for k, v in summary.__dict__.items() if k not in ("failures", "warnings")},
@@ -161,19 +160,19 @@ def run_pipeline(cfg: PipelineConfig, inputs: RunInputs, stage: str = "pack") ->
 
 
 def _finish(out: Path, cfg: PipelineConfig, stage: str, tasks: list[Task], results: list[TaskResult],
-            plan_failures: list[dict], warnings: list[dict]) -> RunSummary:
+            plan_failures: list[Failure], warnings: list[Failure]) -> RunSummary:
     prefix = cfg.pack.prefix
-    failures = [dict(f, prefix=prefix) for f in plan_failures]
-    for r in results:
-        failures.extend(dict(f, prefix=prefix) for f in r.failures)
+    # Task results carry their failures as JSON lines already (they cross process boundaries).
+    lines = [f.record() for f in plan_failures] + [f for r in results for f in r.failures]
+    failures = [dict(f, prefix=prefix) for f in lines]
     _merge_jsonl(out / "failures.jsonl", prefix, failures)
-    _merge_jsonl(out / "warnings.jsonl", prefix, [dict(w, prefix=prefix) for w in warnings])
+    _merge_jsonl(out / "warnings.jsonl", prefix, [w.record(prefix=prefix) for w in warnings])
     if stage == "index" or any(r.index_records for r in results):
         _merge_jsonl(out / "index.jsonl", prefix,
                      [dict(rec, prefix=prefix) for r in results for rec in r.index_records])
     summary = RunSummary(stage=stage, clips_in=0, written=sum(r.written for r in results),
                          failures=Counter(f["reason"] for f in failures),
-                         warnings=Counter(w["reason"] for w in warnings),
+                         warnings=Counter(w.reason for w in warnings),
                          flow_computed=sum(r.flow_computed for r in results),
                          flow_cached=sum(r.flow_cached for r in results),
                          tasks_skipped=sum(r.skipped for r in results))
