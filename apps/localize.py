@@ -52,8 +52,8 @@ def _maps(predictor: ModelPredictor, samples: list) -> list[np.ndarray]:
     maps = predictor.predict(samples)
     for s, m in zip(samples, maps):
         if not np.isfinite(m).all():
-            raise ValueError(f"{s.meta.get('video', s.id)}: the model produced a non-finite map at "
-                             f"frame {s.meta.get('keyframe_index')}")
+            raise ValueError(f"{s.meta.video or s.id}: the model produced a non-finite map at "
+                             f"frame {s.meta.keyframe_index}")
     return maps
 
 
@@ -126,23 +126,23 @@ def localize(model: Any, video: str, output_dir: str | Path, every: int | None =
     sample = process_clip(video, cfg, keyframe_index=keyframe)
     raw = np.asarray(_maps(predictor, [sample])[0], np.float32)
     confidence = float(raw.max())
-    png = save_png(overlay(sample.frame, raw, label=f"frame {sample.meta['keyframe_index']}  "
+    png = save_png(overlay(sample.frame, raw, label=f"frame {sample.meta.keyframe_index}  "
                                                     f"max {confidence:.3f}", alpha=alpha),
                    out / f"{stem}_keyframe.png")
     result: dict[str, Any] = {
-        "video": str(video), "keyframe_index": sample.meta["keyframe_index"],
-        "keyframe_time": sample.meta["keyframe_time"], "map": raw.tolist(), "confidence": confidence,
-        "keyframe_png": png.name, "pipeline": sample.meta.get("pipeline"),
+        "video": str(video), "keyframe_index": sample.meta.keyframe_index,
+        "keyframe_time": sample.meta.keyframe_time, "map": raw.tolist(), "confidence": confidence,
+        "keyframe_png": png.name, "pipeline": sample.meta.pipeline,
         "data_settings_known": getattr(model, "data_settings", None) is not None,
     }
     if every:
-        n = int(sample.meta["frame_count"])
+        n = int(sample.meta.frame_count)
         indices = list(range(0, n - 1, every))
         maps = analyse_frames(video, cfg, predictor, indices)
-        w, h = enlarge(np.zeros((int(sample.meta["frame_size"][1]), int(sample.meta["frame_size"][0]), 3),
+        w, h = enlarge(np.zeros((int(sample.meta.frame_size[1]), int(sample.meta.frame_size[0]), 3),
                                 np.uint8), 256).shape[1::-1]
         w, h = w + w % 2, h + h % 2  # H.264 wants even sides
-        fps = float(sample.meta.get("fps") or 25.0)
+        fps = float(sample.meta.fps or 25.0)
         path = write_overlay_video(video, maps, fps, (int(w), int(h)), out / f"{stem}_overlay.mp4", alpha)
         result.update({"overlay_video": path.name, "every": every, "analysed_frames": indices})
     (out / f"{stem}_localize.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -250,7 +250,7 @@ def _rev(text: str) -> tuple[int, ...]:
 
 # --------------------------------------------------------------------------- evaluation
 def _box_format(sample: ClipSample, shard: str, cfg: EvalConfig, warnings: list[str]) -> str:
-    recorded = sample.meta.get("box_format")
+    recorded = sample.meta.box_format
     wanted = cfg.protocol.protocol
     if wanted == "auto":
         if recorded not in M.BOX_FORMATS:
@@ -290,7 +290,7 @@ class _Run:
         expected = self.p.data_settings
         if expected is None or self.cfg.run.check_settings == "off":
             return
-        actual = sample.meta.get("pipeline")
+        actual = sample.meta.pipeline
         digest = hashlib.sha1(json.dumps(actual, sort_keys=True, default=str).encode()).hexdigest()
         if digest in self.checked:
             return

@@ -8,11 +8,11 @@ are decoded identically.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 
-from htf.sample import ClipSample
+from htf.sample import ClipSample, SampleMeta
 from pipeline.audio import audio_feature
 from pipeline.config import PipelineConfig, sample_settings
 from pipeline.decode import DecodedClip, decode_clip
@@ -50,27 +50,17 @@ def clip_flows(decoded: list[DecodedClip], cfg: PipelineConfig) -> list[np.ndarr
 
 def build_meta(clip_id: str, decoded: DecodedClip, cfg: PipelineConfig,
                boxes: Optional[list] = None, box_format: Optional[str] = None,
-               video_path: Optional[str] = None) -> dict[str, Any]:
+               video_path: Optional[str] = None) -> SampleMeta:
     probe = decoded.probe
-    meta: dict[str, Any] = {
-        "id": clip_id,
-        "source": cfg.source,
-        "video": Path(video_path or probe.path).name,
-        "keyframe_index": decoded.keyframe_index,
-        "keyframe_time": decoded.keyframe_time,
-        "fps": round(probe.fps, 4),
-        "vfr": probe.vfr,
-        "frame_count": probe.frame_count,
-        "orig_size": [probe.width, probe.height],
-        "frame_size": [int(decoded.frame0.shape[1]), int(decoded.frame0.shape[0])],
-        "audio_window": decoded.audio_info.get("window"),
-        "audio_tiled": decoded.audio_info.get("tiled", False),
-        "pipeline": sample_settings(cfg),
-    }
-    if boxes is not None:
-        meta["boxes"] = boxes
-        meta["box_format"] = box_format
-    return meta
+    return SampleMeta(
+        id=clip_id, source=cfg.source, video=Path(video_path or probe.path).name,
+        keyframe_index=decoded.keyframe_index, keyframe_time=decoded.keyframe_time,
+        fps=round(probe.fps, 4), vfr=probe.vfr, frame_count=probe.frame_count,
+        orig_size=[probe.width, probe.height],
+        frame_size=[int(decoded.frame0.shape[1]), int(decoded.frame0.shape[0])],
+        audio_window=decoded.audio_info.get("window"), audio_tiled=decoded.audio_info.get("tiled", False),
+        pipeline=sample_settings(cfg), boxes=boxes, box_format=box_format if boxes is not None else None,
+        audio_rms_dbfs=decoded.audio_info.get("rms_dbfs"))
 
 
 def assemble_sample(clip_id: str, decoded: DecodedClip, flow: np.ndarray, cfg: PipelineConfig,

@@ -235,9 +235,9 @@ def restore(path: Path, model: HTFModel, optimizer: torch.optim.Optimizer, scale
 # ----------------------------------------------------------------------------------- fit
 
 def _data_settings(urls: list[str], val_urls: list[str], log: Logger) -> dict[str, Any] | None:
-    settings = first_sample(urls).meta.get("pipeline")
+    settings = first_sample(urls).meta.pipeline
     if val_urls:
-        val_settings = first_sample(val_urls).meta.get("pipeline")
+        val_settings = first_sample(val_urls).meta.pipeline
         if val_settings != settings:
             log.print("warning: validation shards were made with other pipeline settings than the "
                       "training shards")
