@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from apps.synth import WorldConfig, generate_world
+from eval.baselines import BASELINES
 
 REPO = Path(__file__).resolve().parent.parent
 SPLITS = ("train", "val", "test")
-BASELINES = ("center", "flow", "random")
 
 
 @dataclass

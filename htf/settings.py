@@ -26,37 +26,29 @@ _LEGACY_FLOW_KEYS = {"dis_preset": ("dis", "preset"), "ckpt": ("learned", "ckpt"
                      "allow_random_init": ("learned", "allow_random_init")}
 
 
-def method_block(method: str) -> str:
-    """Name of the block holding ``method``'s own settings."""
-    return method if method in CLASSICAL_FLOW_METHODS else "learned"
-
-
 def chosen_method_only(flow: dict[str, Any]) -> dict[str, Any]:
     """The flow settings without the blocks of the methods not chosen (order kept)."""
-    keep = method_block(str(flow.get("method", "")))
+    method = flow.get("method")
+    keep = method if method in CLASSICAL_FLOW_METHODS else "learned"
     return {k: v for k, v in flow.items() if k not in _METHOD_BLOCKS or k == keep}
 
 
-def upgrade_flow_settings(flow: dict[str, Any]) -> dict[str, Any]:
-    """Flow settings in the per-method shape; flat ones of older shards and checkpoints
-    (``farneback_levels``, ``dis_preset``, ``ckpt``...) are moved into their blocks."""
-    out: dict[str, Any] = {}
-    for key, value in flow.items():
-        if key.startswith("farneback_"):
-            out.setdefault("farneback", {})[key[len("farneback_"):]] = value
-        elif key in _LEGACY_FLOW_KEYS:
-            block, name = _LEGACY_FLOW_KEYS[key]
-            out.setdefault(block, {})[name] = value
-        else:
-            out[key] = value
-    return chosen_method_only(out)
-
-
 def upgrade_settings(settings: dict[str, Any] | None) -> dict[str, Any] | None:
-    """A ``meta["pipeline"]`` block (or a checkpoint's data settings) in today's shape."""
+    """A ``meta["pipeline"]`` block (or a checkpoint's data settings) in today's shape:
+    flat flow keys of older samples (``farneback_levels``, ``dis_preset``, ``ckpt``...)
+    moved into their method's block."""
     if not isinstance(settings, dict) or not isinstance(settings.get("flow"), dict):
         return settings
-    return {**settings, "flow": upgrade_flow_settings(settings["flow"])}
+    flow: dict[str, Any] = {}
+    for key, value in settings["flow"].items():
+        if key.startswith("farneback_"):
+            flow.setdefault("farneback", {})[key[len("farneback_"):]] = value
+        elif key in _LEGACY_FLOW_KEYS:
+            block, name = _LEGACY_FLOW_KEYS[key]
+            flow.setdefault(block, {})[name] = value
+        else:
+            flow[key] = value
+    return {**settings, "flow": chosen_method_only(flow)}
 
 
 def flatten(settings: Any, prefix: str = "") -> dict[str, Any]:
