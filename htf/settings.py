@@ -2,8 +2,8 @@
 
 A sample's ``pipeline`` block holds the ``frames``, ``flow`` and ``audio`` sections of the
 pipeline config that made it. Inside ``flow``, the shared settings (method, resolution,
-rescale_vectors, encoding) sit beside one block of the chosen method's own settings:
-``farneback`` or ``dis`` for those methods, ``learned`` for every ptlflow model.
+rescale_vectors, encoding) sit beside one block of the chosen method's own settings: the
+block named after the method (``farneback``, ``dis``), else ``learned`` (every ptlflow model).
 
 Runtime settings change how a sample is computed, not what it contains: they stay out of
 the flow cache key, the shard fingerprint and the evaluator's comparison. This list is
@@ -19,18 +19,17 @@ RUNTIME_SETTINGS = frozenset({"flow.device", "flow.fp16", "flow.batch_size",
 # recorded, but not compared by the evaluator.
 LOCAL_PATH_SETTINGS = frozenset({"flow.learned.ckpt"})
 
-CLASSICAL_FLOW_METHODS = ("farneback", "dis")
-_METHOD_BLOCKS = (*CLASSICAL_FLOW_METHODS, "learned")
 # Flat names of samples and checkpoints made before the per-method blocks.
 _LEGACY_FLOW_KEYS = {"dis_preset": ("dis", "preset"), "ckpt": ("learned", "ckpt"),
                      "allow_random_init": ("learned", "allow_random_init")}
 
 
 def chosen_method_only(flow: dict[str, Any]) -> dict[str, Any]:
-    """The flow settings without the blocks of the methods not chosen (order kept)."""
+    """The flow settings without the blocks of the methods not chosen (order kept). The
+    blocks are the dict values; a method without a block of its own name uses ``learned``."""
     method = flow.get("method")
-    keep = method if method in CLASSICAL_FLOW_METHODS else "learned"
-    return {k: v for k, v in flow.items() if k not in _METHOD_BLOCKS or k == keep}
+    keep = method if isinstance(flow.get(method), dict) else "learned"
+    return {k: v for k, v in flow.items() if not isinstance(v, dict) or k == keep}
 
 
 def upgrade_settings(settings: dict[str, Any] | None) -> dict[str, Any] | None:
