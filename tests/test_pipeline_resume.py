@@ -35,10 +35,13 @@ def test_killed_run_resumes_to_the_same_shards_without_recomputing_cached_flow(t
     done_before = sorted(p.name for p in resumed.glob("shard-*.tar"))
     assert 1 <= len(done_before) < 3, "the run must be killed part-way for this test to mean anything"
     cached_before = _cached_flows(resumed)
+    # Tasks finished before the kill are those with a record: a shard is renamed into place
+    # a moment before its task's record is written, and the kill may fall in between.
+    finished = list((resumed / ".work" / "pack").glob("shard-*.json"))
 
     subprocess.run(_command(resumed), check=True, capture_output=True)
     summary = json.loads((resumed / "summary_shard_pack.json").read_text())
-    assert summary["tasks_skipped"] == len(done_before)
+    assert summary["tasks_skipped"] == len(finished) <= len(done_before)
     assert summary["flow_computed"] == 3 - cached_before
     assert shard_bytes(resumed) == shard_bytes(reference)
     assert not list(resumed.glob(".*.tmp"))
