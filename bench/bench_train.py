@@ -161,7 +161,7 @@ def tiny_training(folder: Path, clips: int, steps: int) -> dict[str, float]:
                 flow = rng.normal(0, 1, (2, 128, 128)).astype(np.float32)
                 spec = rng.normal(-4, 1, (64, 301)).astype(np.float32)
                 sink.write(encode_sample(ClipSample(f"t{s}_{i}", frame, flow, spec,
-                                                    {"pipeline": {"flow": {"encoding": "signed"}}})))
+                                                    SampleMeta(pipeline={"flow": {"encoding": "signed"}}))))
     out = folder / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "train", "--config", str(ROOT / "configs/train/tiny.yaml"),
