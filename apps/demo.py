@@ -29,10 +29,10 @@ from typing import Any
 
 from htf.cli import command, make_parser, parse_args
 from apps.synth import WorldConfig, generate_world
+from eval.baselines import BASELINES
 
 REPO = Path(__file__).resolve().parent.parent
 SPLITS = ("train", "val", "test")
-BASELINES = ("center", "flow", "random")
 
 
 @dataclass

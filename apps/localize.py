@@ -35,6 +35,7 @@ from eval.runner import ModelPredictor
 from htf.cli import add_config_options, command, fail, make_parser, parse_args, resolve_config
 from htf.config import ConfigError, load_config
 from htf.sample import sample_key
+from htf.settings import upgrade_settings
 
 EXAMPLES = """\
   # the keyframe's heat map (middle frame) of one video
@@ -58,16 +59,16 @@ def pipeline_config(data_settings: dict | None, overrides: list[str] | None = No
 
 
 def checkpoint_settings(data_settings: dict | None) -> dict:
-    """The pipeline sections of a checkpoint's ``data_settings``."""
-    return {k: v for k, v in (data_settings or {}).items() if k in ("frames", "flow", "audio")}
+    """The pipeline sections of a checkpoint's ``data_settings`` (older flat flow keys upgraded)."""
+    return {k: v for k, v in (upgrade_settings(data_settings) or {}).items() if k in ("frames", "flow", "audio")}
 
 
 def _maps(predictor: ModelPredictor, samples: list) -> list[np.ndarray]:
     maps = predictor.predict(samples)
     for s, m in zip(samples, maps):
         if not np.isfinite(m).all():
-            raise ValueError(f"{s.meta.get('video', s.id)}: the model produced a non-finite map at "
-                             f"frame {s.meta.get('keyframe_index')}")
+            raise ValueError(f"{s.meta.video or s.id}: the model produced a non-finite map at "
+                             f"frame {s.meta.keyframe_index}")
     return maps
 
 
@@ -159,20 +160,20 @@ def localize(model: Any, video: str, output_dir: str | Path, every: int | None =
     raw = np.asarray(_maps(predictor, [sample])[0], np.float32)
     confidence = float(raw.max())
     out.mkdir(parents=True, exist_ok=True)
-    title = f"{Path(video).name}   keyframe {sample.meta['keyframe_index']}   confidence {confidence:.3f}"
+    title = f"{Path(video).name}   keyframe {sample.meta.keyframe_index}   confidence {confidence:.3f}"
     png = save_png(heatmap_figure(sample.frame, raw, title=title, alpha=alpha), out / f"{stem}_keyframe.png")
     result: dict[str, Any] = {
-        "video": str(video), "keyframe_index": sample.meta["keyframe_index"],
-        "keyframe_time": sample.meta["keyframe_time"], "map": raw.tolist(), "confidence": confidence,
-        "keyframe_png": png.name, "pipeline": sample.meta.get("pipeline"),
+        "video": str(video), "keyframe_index": sample.meta.keyframe_index,
+        "keyframe_time": sample.meta.keyframe_time, "map": raw.tolist(), "confidence": confidence,
+        "keyframe_png": png.name, "pipeline": sample.meta.pipeline,
         "data_settings_known": getattr(model, "data_settings", None) is not None,
     }
     if every:
-        n = int(sample.meta["frame_count"])
+        n = int(sample.meta.frame_count)
         indices = list(range(0, n - 1, every))
         maps = analyse_frames(video, cfg, predictor, indices)
         h, w = display_size(*sample.frame.shape[:2])
-        fps = float(sample.meta.get("fps") or 25.0)
+        fps = float(sample.meta.fps or 25.0)
         path = write_overlay_video(video, maps, fps, (w, h), out / f"{stem}_overlay.mp4", alpha)
         result.update({"overlay_video": path.name, "every": every, "analysed_frames": indices})
     (out / f"{stem}_localize.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -207,8 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
 @command
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(build_parser(), argv)
-    from eval.__main__ import load_checkpoint
-    from eval.runner import EvalError
+    from eval.runner import EvalError, load_checkpoint
     from pipeline.config import PipelineConfig
     from pipeline.errors import ClipError
 

@@ -41,6 +41,7 @@ import numpy as np
 
 from htf.cli import command, fail, make_parser, parse_args
 from htf.config import dump_config, save_config
+from htf.io import atomic_path
 
 
 @dataclass(frozen=True)
@@ -332,13 +333,11 @@ def write_clip(plan: dict[str, Any], cfg: WorldConfig, out_dir: Path) -> Path:
     """
     video_dir = out_dir / "video"
     final = video_dir / f"{plan['id']}.mp4"
-    tmp = video_dir / f".{plan['id']}.tmp.mp4"
     try:
-        _encode(plan, cfg, tmp)
+        with atomic_path(final) as tmp:
+            _encode(plan, cfg, tmp)
     except Exception as err:
-        tmp.unlink(missing_ok=True)
         raise RuntimeError(f"encoding clip {plan['id']} failed: {err}") from err
-    os.replace(tmp, final)
     return final
 
 

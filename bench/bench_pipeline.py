@@ -146,7 +146,7 @@ def _flow_label(flow: str) -> str:
 def _flow_args(flow: str) -> tuple[str, list[str]]:
     """'dis-fast' is DIS with the fast preset; other names are --flow methods."""
     if flow == "dis-fast":
-        return "dis", ["--set", "flow.dis_preset=fast"]
+        return "dis", ["--set", "flow.dis.preset=fast"]
     return flow, []
 
 

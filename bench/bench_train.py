@@ -36,7 +36,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from htf.sample import ClipSample, encode_sample  # noqa: E402
+from htf.sample import ClipSample, SampleMeta, encode_sample  # noqa: E402
 from htf.model_config import ModelConfig  # noqa: E402
 from train.config import AugmentConfig, DataConfig  # noqa: E402
 from train.data import TrainStream, expand_urls  # noqa: E402
@@ -93,7 +93,7 @@ def write_dataset(folder: Path, clips: int, native: tuple[int, int], seed: int =
                     cv2.imwrite(str(root / "flow" / f"{cid}_{name}.jpg"),
                                 np.clip(np.round(fl[:, :, axis]), 0, 255).astype(np.uint8))
                 scipy.io.wavfile.write(root / "audio" / f"{cid}.wav", SR, (wave * 32767).astype(np.int16))
-            meta = {"pipeline": {"flow": {"encoding": "signed"}, "audio": {"feature": "linear"}}}
+            meta = SampleMeta(pipeline={"flow": {"encoding": "signed"}, "audio": {"feature": "linear"}})
             stored = ClipSample(cid, short_side(frame), short_side(flow).transpose(2, 0, 1).copy(),
                                 official_spectrogram(wave), meta)
             sink.write(encode_sample(stored))
@@ -161,7 +161,7 @@ def tiny_training(folder: Path, clips: int, steps: int) -> dict[str, float]:
                 flow = rng.normal(0, 1, (2, 128, 128)).astype(np.float32)
                 spec = rng.normal(-4, 1, (64, 301)).astype(np.float32)
                 sink.write(encode_sample(ClipSample(f"t{s}_{i}", frame, flow, spec,
-                                                    {"pipeline": {"flow": {"encoding": "signed"}}})))
+                                                    SampleMeta(pipeline={"flow": {"encoding": "signed"}}))))
     out = folder / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "train", "--config", str(ROOT / "configs/train/tiny.yaml"),

@@ -137,7 +137,7 @@ def loader_rate_per_core(n: int = 64) -> float | None:
         frame = cv2.GaussianBlur(frame, (0, 0), 3)
         flow = rng.normal(0, 2, (2, 256, 256)).astype(np.float32)
         spec = rng.normal(-4, 1, (257, 276)).astype(np.float32)
-        raws.append(encode_sample(ClipSample(f"c{i}", frame, flow, spec, {})))
+        raws.append(encode_sample(ClipSample(f"c{i}", frame, flow, spec)))
     cfg, aug = ModelConfig(image_size=224), AugmentConfig(audio_time_shift=False)
     start = time.perf_counter()
     for raw in raws:

@@ -10,12 +10,11 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 from eval.baselines import BASELINES
 from eval.config import EvalConfig
 from eval.report import write_report
-from eval.runner import EvalError, evaluate
+from eval.runner import EvalError, evaluate, load_checkpoint
 from htf.cli import (add_config_flag, add_config_options, command, fail, flag_overrides, make_parser,
                      parse_args, resolve_config)
 from htf.config import ConfigError
@@ -73,24 +72,6 @@ def make_config(args: argparse.Namespace) -> EvalConfig:
     if args.extended:
         flags.append(("extended.enabled=true", "--extended"))
     return resolve_config(args, EvalConfig, "eval", flags)
-
-
-def load_checkpoint(path: str, device: str, trust: bool = False) -> Any:
-    """The model of ``path`` through the trainer's loader (our, official .pth and .ckpt);
-    a file holding classes outside the allow-list is refused unless ``trust``."""
-    if not Path(path).is_file():
-        raise EvalError(f"checkpoint not found: {path}")
-    import torch
-
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise EvalError(f"device '{device}': CUDA is not available on this machine (no GPU, or a "
-                        f"CPU-only torch); use --device cpu (or --set run.device=cpu)")
-    from htf.model import load_model
-
-    try:
-        return load_model(path, map_location=device, trust=trust)
-    except (KeyError, ValueError, RuntimeError) as err:
-        raise EvalError(f"checkpoint {path}: {err}") from err
 
 
 def _line(name: str, m: dict) -> str:

@@ -28,20 +28,22 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import numpy as np
+import torch
 
 from htf import metrics as M
 from eval.baselines import BASELINES, Baseline
 from eval.config import EvalConfig
 from eval.shards import Failure, expand_shards, iter_samples
 from htf.config import save_config
+from htf.inputs import eval_inputs
+from htf.io import atomic_write_json
 from htf.lists import normalise_id, read_split_list
+from htf.model import load_model
 from htf.sample import ClipSample, sample_key
+from htf.settings import LOCAL_PATH_SETTINGS, RUNTIME_SETTINGS, flatten, upgrade_settings, without
 
 METADATA_DIR = Path(__file__).resolve().parent.parent / "metadata"
 SLAVC_LISTS = {"flickr": "slavc_flickr_test_plus_silent.csv", "vggss": "slavc_vggss_test_plus_silent.csv"}
-# Settings that change how a sample is computed, not what it contains.
-RUNTIME_SETTING_KEYS = {"flow.device", "flow.fp16", "flow.batch_size", "flow.allow_random_init",
-                        "flow.ckpt"}
 
 
 class EvalError(RuntimeError):
@@ -65,26 +67,34 @@ class Predictor(Protocol):
 
 
 # --------------------------------------------------------------------------- predictors
+def load_checkpoint(path: str, device: str, trust: bool = False) -> Any:
+    """The model of ``path`` (our .pt, official .pth and Lightning .ckpt); problems as
+    EvalError. A file holding classes outside the allow-list is refused unless ``trust``."""
+    if not Path(path).is_file():
+        raise EvalError(f"checkpoint not found: {path}")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise EvalError(f"device '{device}': CUDA is not available on this machine (no GPU, or a "
+                        f"CPU-only torch); use --device cpu (or --set run.device=cpu)")
+    try:
+        return load_model(path, map_location=device, trust=trust)
+    except (KeyError, ValueError, RuntimeError) as err:
+        raise EvalError(f"checkpoint {path}: {err}") from err
+
+
 class ModelPredictor:
     """Wraps a trained model: inputs prepared as validation does, maps returned as numpy."""
 
     def __init__(self, model: Any, device: str = "cpu",
                  prepare: Callable[[ClipSample, Any], tuple] | None = None, name: str = "model"):
-        import torch
-
-        if prepare is None:
-            from htf.inputs import eval_inputs as prepare  # the trainer's own preparation
-        self.torch = torch
         self.model = model.to(device) if hasattr(model, "to") else model
         if hasattr(self.model, "eval"):
             self.model.eval()
         self.device = device
-        self.prepare = prepare
+        self.prepare = prepare or eval_inputs   # validation's own preparation by default
         self.name = name
         self.data_settings = getattr(model, "data_settings", None)
 
     def _forward(self, tensors: list[tuple]) -> np.ndarray:
-        torch = self.torch
         stacked = [torch.stack([t[i] for t in tensors]).to(self.device) for i in range(3)]
         with torch.inference_mode():
             out = self.model(*stacked)
@@ -119,19 +129,15 @@ def as_predictor(model_or_baseline: Any, cfg: EvalConfig) -> Predictor:
 
 
 # --------------------------------------------------------------------------- settings
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix.rstrip("."): d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flatten(v, f"{prefix}{k}."))
-    return out
+def _compared(settings: dict) -> dict[str, Any]:
+    """Flat settings the check compares: today's shape (older flat flow keys upgraded),
+    without runtime settings and machine-local paths."""
+    return flatten(without(upgrade_settings(settings), RUNTIME_SETTINGS | LOCAL_PATH_SETTINGS))
 
 
 def settings_differences(expected: dict, actual: dict) -> list[str]:
     """'key: shards X, checkpoint expects Y' for every shared setting that differs."""
-    exp = {k: v for k, v in _flatten(expected).items() if k not in RUNTIME_SETTING_KEYS}
-    act = {k: v for k, v in _flatten(actual).items() if k not in RUNTIME_SETTING_KEYS}
+    exp, act = _compared(expected), _compared(actual)
     common = sorted(set(exp) & set(act))
     if not common:
         return ["no setting in common between the shards and the checkpoint: cannot check them"]
@@ -252,7 +258,7 @@ def _rev(text: str) -> tuple[int, ...]:
 
 # --------------------------------------------------------------------------- evaluation
 def _box_format(sample: ClipSample, shard: str, cfg: EvalConfig, warnings: list[str]) -> str:
-    recorded = sample.meta.get("box_format")
+    recorded = sample.meta.box_format
     wanted = cfg.protocol.protocol
     if wanted == "auto":
         if recorded not in M.BOX_FORMATS:
@@ -303,7 +309,7 @@ class _Run:
         expected = self.p.data_settings
         if expected is None or self.cfg.run.check_settings == "off":
             return
-        actual = sample.meta.get("pipeline")
+        actual = sample.meta.pipeline
         digest = hashlib.sha1(json.dumps(actual, sort_keys=True, default=str).encode()).hexdigest()
         if digest in self.checked:
             return
@@ -570,12 +576,8 @@ def evaluate(model_or_baseline: Any, shards: str | Sequence[str], output_dir: st
     write_per_clip(run.results, out / "per_clip.csv")
     metrics["pictures"] = _write_pictures(run, out) if cfg.pictures.heatmaps else []
     save_config(cfg, out / "eval_config.yaml")
-    _write_json(metrics, out / "metrics.json")
+    atomic_write_json(out / "metrics.json", metrics, indent=2, default=str)
     write_report(metrics, out)
     return metrics
 
 
-def _write_json(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)

@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from htf.io import atomic_write_text
+
 T = TypeVar("T")
 _EXPONENT_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
 
@@ -304,7 +306,4 @@ def save_config(cfg: Any, path: str | os.PathLike) -> Path:
     """Write the resolved config as YAML (atomically) so the output can be reproduced."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(dump_config(cfg))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, dump_config(cfg))

@@ -19,12 +19,12 @@ import numpy as np
 import torch
 
 from htf.model_config import OFFICIAL_FLOW_ENCODING, ModelConfig
-from htf.sample import ClipSample
+from htf.sample import ClipSample, SampleMeta
 
 
-def official_flow(meta: dict[str, Any]) -> bool:
+def official_flow(meta: SampleMeta) -> bool:
     """True when the sample's flow is the official clipped-uint8 encoding."""
-    flow_settings = (meta.get("pipeline") or {}).get("flow") or {}
+    flow_settings = (meta.pipeline or {}).get("flow") or {}
     return flow_settings.get("encoding") == OFFICIAL_FLOW_ENCODING
 
 

@@ -94,25 +94,19 @@ class FlowAttention(nn.Module):
 
     In the official block a location's output depends on its own position only through
     its *visual* query: two identical-looking objects, one moving, get identical outputs,
-    so flow cannot say which of them sounds. ``flow_query=True`` (our option, off for the
-    official weights) adds a 1x1 projection of the flow map to the query, so each
-    location also asks with its own motion.
+    so flow cannot say which of them sounds (``model.flow_local`` adds that cue).
     """
 
-    def __init__(self, dim: int, key_in_dim: int, flow_query: bool = False) -> None:
+    def __init__(self, dim: int, key_in_dim: int) -> None:
         super().__init__()
         self.query_conv = nn.Conv2d(dim, dim // 8, 1)
         self.key_conv = nn.Conv2d(key_in_dim, dim // 8, 1)
         self.value_conv = nn.Conv2d(dim, dim, 1)
-        self.query_flow_conv = nn.Conv2d(key_in_dim, dim // 8, 1) if flow_query else None
         self.scale = 1.0 / math.sqrt(dim // 8)
 
     def forward(self, visual: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
         b, c, h, w = visual.shape
-        q = self.query_conv(visual)
-        if self.query_flow_conv is not None:
-            q = q + self.query_flow_conv(flow)
-        q = q.flatten(2).transpose(1, 2)                           # [B, N, C/8]
+        q = self.query_conv(visual).flatten(2).transpose(1, 2)     # [B, N, C/8]
         k = self.key_conv(flow).flatten(2)                         # [B, C/8, N]
         attn = torch.softmax(torch.bmm(q, k) * self.scale, dim=-1)  # [B, N, N]
         v = self.value_conv(visual).flatten(2)                     # [B, C, N]
@@ -192,10 +186,10 @@ class HTFModel(nn.Module):
         if cfg.flow == "cnn":
             self.flownet: nn.Module = ResNetTrunk(2, cfg.width, stride)
             self.flownet.conv1.reset_parameters()   # a fresh 2-channel stem, as the official code
-            self.flowatt = FlowAttention(dim, dim, cfg.attention == "flow_query")
+            self.flowatt = FlowAttention(dim, dim)
         elif cfg.flow == "maxpool":
             self.flownet = nn.AdaptiveMaxPool2d(MAP_SIZE)
-            self.flowatt = FlowAttention(dim, 2, cfg.attention == "flow_query")
+            self.flowatt = FlowAttention(dim, 2)
         if cfg.flow != "none" and cfg.flow_local:
             # Our option: a 1x1 projection of each location's own flow features is added at
             # that location (after the attended map is normalised, so its size is measured
@@ -372,7 +366,11 @@ def load_model(path: str | os.PathLike, map_location: Any = "cpu", trust: bool =
         raise ValueError(f"{path}: expected a dict checkpoint, got {type(ckpt).__name__}")
     if ckpt.get("format") == CHECKPOINT_FORMAT:
         from htf.config import load_config
-        cfg = load_config(ModelConfig, base=ckpt["config"]["model"])
+        saved = dict(ckpt["config"]["model"])
+        # 'attention' (official | flow_query) was an option until flow_query was removed.
+        if saved.pop("attention", "official") != "official":
+            raise ValueError(f"{path}: made with model.attention=flow_query, which no longer exists")
+        cfg = load_config(ModelConfig, base=saved)
         model = model_from_state(ckpt["model"], cfg, str(path))
         model.data_settings = ckpt.get("data_settings")
     else:

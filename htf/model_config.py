@@ -38,7 +38,6 @@ class LossConfig:
 @dataclass
 class ModelConfig:
     flow: Literal["cnn", "maxpool", "none"] = "cnn"   # none = audio-visual baseline (ablation)
-    attention: Literal["official", "flow_query"] = "official"  # flow_query: see FlowAttention
     attention_value_init: Literal["default", "zero"] = "default"  # zero: flow branch starts silent
     flow_local: bool = False        # also add each location's own flow features (see HTFModel)
     width: int = 64                 # ResNet-18 base width: 64 is the standard (and official) net

@@ -22,13 +22,74 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Optional
 
 import cv2
 import numpy as np
 
+from htf.metrics import BOX_FORMATS
+
 JPEG_QUALITY = 95
+Boxes = list[list[list[float]]]       # annotators -> boxes -> normalised [x1, y1, x2, y2]
+
+
+@dataclass
+class SampleMeta:
+    """What a sample's ``json`` says about its clip. A field that is None is absent from
+    the json; the json lists the fields in this order, then ``extra`` (keys this class
+    does not name, kept as they came). Boxes always come with their ``box_format``."""
+    id: str = ""
+    source: Optional[str] = None              # the pipeline preset's ``source``
+    video: Optional[str] = None               # file name of the video
+    keyframe_index: Optional[int] = None
+    keyframe_time: Optional[float] = None     # seconds from the first frame
+    fps: Optional[float] = None
+    vfr: Optional[bool] = None                # variable frame rate
+    frame_count: Optional[int] = None
+    orig_size: Optional[list[int]] = None     # [w, h] of the source video
+    frame_size: Optional[list[int]] = None    # [w, h] of the stored frame
+    audio_window: Optional[list[float]] = None  # [start, end] seconds of the audio used
+    audio_tiled: Optional[bool] = None        # a short track repeated to fill the window
+    pipeline: Optional[dict[str, Any]] = None  # {"frames", "flow", "audio"} settings used
+    boxes: Optional[Boxes] = None             # None: unknown
+    box_format: Optional[str] = None          # 'flickr' | 'vggss': how the boxes are scored
+    audio_rms_dbfs: Optional[float] = None    # loudness of the audio window
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.boxes is not None and self.box_format not in BOX_FORMATS:
+            raise ValueError(f"clip '{self.id}': boxes need a box_format in {list(BOX_FORMATS)}, "
+                             f"got {self.box_format!r} (the pipeline writes both from --annotations)")
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        """Set a field or an extra key by its json name (``meta["audio_rms_dbfs"] = x``)."""
+        if key in _FIELD_NAMES:
+            setattr(self, key, value)
+        else:
+            self.extra[key] = value
+
+    def to_json(self) -> bytes:
+        data = {f: getattr(self, f) for f in _FIELD_NAMES if getattr(self, f) is not None}
+        return json.dumps({**data, **self.extra}).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | str, key: str = "?") -> "SampleMeta":
+        """Parse a sample's json; errors name the sample ``key``."""
+        try:
+            raw = json.loads(data)
+        except (ValueError, TypeError) as err:      # UnicodeDecodeError is a ValueError too
+            raise ValueError(f"sample '{key}': unreadable json: {err}") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"sample '{key}': json is a {type(raw).__name__}, not an object")
+        known = {k: v for k, v in raw.items() if k in _FIELD_NAMES}
+        try:
+            return cls(**known, extra={k: v for k, v in raw.items() if k not in _FIELD_NAMES})
+        except ValueError as err:
+            raise ValueError(f"sample '{key}': {err}") from None
+
+
+_FIELD_NAMES = tuple(f.name for f in fields(SampleMeta) if f.name != "extra")
 
 
 @dataclass
@@ -37,12 +98,12 @@ class ClipSample:
     frame: np.ndarray                 # uint8 [H, W, 3] RGB keyframe
     flow: np.ndarray                  # float32 [2, H, W] signed flow (dx, dy) in stored-frame pixels
     spec: np.ndarray                  # float32 [F, T] audio feature
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: SampleMeta = field(default_factory=SampleMeta)
 
     @property
-    def boxes(self) -> list[list[list[float]]] | None:
+    def boxes(self) -> Optional[Boxes]:
         """Per-annotator lists of normalised [x1, y1, x2, y2] boxes, or None when unknown."""
-        return self.meta.get("boxes")
+        return self.meta.boxes
 
 
 # Characters a key keeps as they are; everything else (dots, slashes, spaces, non-ASCII
@@ -123,13 +184,13 @@ def encode_sample(sample: ClipSample) -> dict[str, Any]:
     h, w = sample.frame.shape[:2]
     if sample.flow.shape != (2, h, w):
         raise ValueError(f"clip '{sample.id}': flow shape {sample.flow.shape} != (2, {h}, {w})")
-    meta = dict(sample.meta, id=sample.id, frame_size=[w, h])
+    meta = replace(sample.meta, id=sample.id, frame_size=[w, h])
     return {
         "__key__": sample_key(sample.id),
         "jpg": encode_jpeg(sample.frame),
         "flow.npy": _npy_bytes(sample.flow.astype(np.float16)),
         "spec.npy": _npy_bytes(sample.spec.astype(np.float16)),
-        "json": json.dumps(meta).encode(),
+        "json": meta.to_json(),
     }
 
 
@@ -139,12 +200,7 @@ def decode_sample(raw: dict[str, Any]) -> ClipSample:
     missing = [k for k in ("jpg", "flow.npy", "spec.npy", "json") if k not in raw]
     if missing:
         raise ValueError(f"sample '{key}' in {raw.get('__url__', '?')}: missing fields {missing}")
-    try:
-        meta = json.loads(raw["json"])
-    except (ValueError, TypeError) as err:      # UnicodeDecodeError is a ValueError too
-        raise ValueError(f"sample '{key}': unreadable json: {err}") from None
-    if not isinstance(meta, dict):
-        raise ValueError(f"sample '{key}': json is a {type(meta).__name__}, not an object")
+    meta = SampleMeta.from_json(raw["json"], key)
     try:
         frame = decode_jpeg(raw["jpg"])
     except ValueError as err:
@@ -158,5 +214,5 @@ def decode_sample(raw: dict[str, Any]) -> ClipSample:
         raise ValueError(f"sample '{key}': spec.npy has shape {spec.shape}, expected [F, T]")
     if not (np.isfinite(flow).all() and np.isfinite(spec).all()):
         raise ValueError(f"sample '{key}': flow.npy or spec.npy holds NaN/inf (a damaged shard?)")
-    clip_id = meta.get("id") if isinstance(meta.get("id"), str) else key_to_id(str(key))
+    clip_id = meta.id if isinstance(meta.id, str) and meta.id else key_to_id(str(key))
     return ClipSample(id=clip_id or str(key), frame=frame, flow=flow, spec=spec, meta=meta)

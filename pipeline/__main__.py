@@ -44,7 +44,7 @@ EXAMPLES = """\
   %(prog)s run --list-keys
 """
 # dest -> (config key, flag) of the shortcut options
-FLAGS = {"flow": ("flow.method", "--flow"), "flow_ckpt": ("flow.ckpt", "--flow-ckpt"),
+FLAGS = {"flow": ("flow.method", "--flow"), "flow_ckpt": ("flow.learned.ckpt", "--flow-ckpt"),
          "device": ("flow.device", "--device"), "workers": ("run.workers", "--workers"),
          "executor": ("run.executor", "--executor"), "shard_prefix": ("pack.prefix", "--shard-prefix"),
          "cache": ("run.cache_dir", "--cache")}
@@ -65,7 +65,7 @@ def _add_stage_options(p: argparse.ArgumentParser) -> None:
     run = p.add_argument_group("flow and execution (shortcuts for config keys)")
     add_config_flag(run, "--flow", "flow.method", PipelineConfig,
                     "flow method: farneback, dis, raft, raft_small or any ptlflow name", metavar="METHOD")
-    add_config_flag(run, "--flow-ckpt", "flow.ckpt", PipelineConfig,
+    add_config_flag(run, "--flow-ckpt", "flow.learned.ckpt", PipelineConfig,
                     "checkpoint of a learned flow method: a local file or a name already cached", metavar="CKPT")
     add_config_flag(run, "--device", "flow.device", PipelineConfig, "cpu or cuda[:N] (learned flow only)")
     add_config_flag(run, "--workers", "run.workers", PipelineConfig, "parallel worker processes (or Ray CPUs)",

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import Failure
 from pipeline.index import normalise_id
 
 FLICKR_FRAME = 256.0
@@ -32,7 +33,7 @@ Boxes = list[list[list[float]]]     # annotators -> boxes -> [x1, y1, x2, y2]
 class Annotations:
     boxes: dict[str, Boxes]
     box_format: str                                     # 'vggss' | 'flickr'
-    warnings: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[Failure] = field(default_factory=list)
 
 
 def load_annotations(path: str | Path, id_style: str = "generic") -> Annotations:
@@ -176,8 +177,7 @@ def load_flickr_xml_folder(folder: str | Path, id_style: str = "generic") -> Ann
         try:
             raw = parse_flickr_xml(path)
         except (ET.ParseError, ValueError) as err:
-            out.warnings.append({"id": clip_id, "stage": "annotations", "reason": "unreadable_annotation",
-                                 "detail": str(err), "path": str(path)})
+            out.warnings.append(_warn(clip_id, "unreadable_annotation", str(err), str(path)))
             continue
         annotators = [b for b in (_clean(clip_id, [box], FLICKR_FRAME, out.warnings, str(path)) for box in raw) if b]
         if annotators:
@@ -185,7 +185,7 @@ def load_flickr_xml_folder(folder: str | Path, id_style: str = "generic") -> Ann
     return out
 
 
-def _clean(clip_id: str, boxes: list[list[float]], scale: float, warnings: list[dict[str, Any]],
+def _clean(clip_id: str, boxes: list[list[float]], scale: float, warnings: list[Failure],
            origin: str) -> list[list[float]]:
     """Normalise by ``scale``, clip into 0..1, drop boxes without area; report each change."""
     kept = []
@@ -206,8 +206,8 @@ def _clean(clip_id: str, boxes: list[list[float]], scale: float, warnings: list[
     return kept
 
 
-def _warn(clip_id: str, reason: str, detail: str, origin: str) -> dict[str, Any]:
-    return {"id": clip_id, "stage": "annotations", "reason": reason, "detail": detail, "path": origin}
+def _warn(clip_id: str, reason: str, detail: str, origin: str) -> Failure:
+    return Failure(clip_id, "annotations", reason, detail, origin)
 
 
 def load_keyframes(path: str | Path) -> dict[str, dict[str, int]]:

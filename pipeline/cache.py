@@ -158,5 +158,3 @@ class ArrayCache:
                         total += len(f.keys())
         return total
 
-
-FlowCache = ArrayCache

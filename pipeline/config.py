@@ -1,7 +1,8 @@
 """Typed settings of the preprocessing pipeline (loaded with ``htf.config.load_config``).
 
 Sections ``frames``, ``flow`` and ``audio`` decide what a sample contains and are copied
-verbatim into every sample's ``meta["pipeline"]``, so a model always knows the data it was
+into every sample's ``meta["pipeline"]`` (of the flow methods' own settings, only the
+chosen method's block; see ``htf.settings``), so a model always knows the data it was
 trained on. ``pack`` and ``run`` only decide how the work is organised.
 """
 from __future__ import annotations
@@ -10,6 +11,8 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Optional
+
+from htf.settings import RUNTIME_SETTINGS, chosen_method_only, without
 
 
 @dataclass
@@ -34,6 +37,33 @@ class FramesConfig:
 
 
 @dataclass
+class FarnebackConfig:
+    """OpenCV Farneback parameters; the defaults are the official ones."""
+    pyr_scale: float = 0.5
+    levels: int = 3
+    winsize: int = 15
+    iterations: int = 3
+    poly_n: int = 5
+    poly_sigma: float = 1.2
+
+
+@dataclass
+class DisConfig:
+    preset: Literal["ultrafast", "fast", "medium"] = "medium"    # OpenCV DIS preset
+
+
+@dataclass
+class LearnedFlowConfig:
+    """Settings of every ptlflow model (``flow.method`` names the model)."""
+    # A checkpoint path, or a ptlflow checkpoint name (e.g. 'things') that must already be
+    # in the torch hub cache: nothing is ever downloaded.
+    ckpt: Optional[str] = None
+    # Without a checkpoint a learned model has random weights (meaningless flow); only
+    # benchmarks and tests should ask for that.
+    allow_random_init: bool = False
+
+
+@dataclass
 class FlowConfig:
     # farneback | dis | any ptlflow model name (raft, raft_small, ...)
     method: str = "dis"
@@ -46,22 +76,12 @@ class FlowConfig:
     # 'signed': float flow in stored-frame pixels. 'uint8_clip': the official JPEG round
     # trip (rounded, clipped to 0..255, divided by 255: negative motion is lost).
     encoding: Literal["signed", "uint8_clip"] = "signed"
-    # OpenCV Farneback parameters; the defaults are the official ones.
-    farneback_pyr_scale: float = 0.5
-    farneback_levels: int = 3
-    farneback_winsize: int = 15
-    farneback_iterations: int = 3
-    farneback_poly_n: int = 5
-    farneback_poly_sigma: float = 1.2
-    # OpenCV DIS preset: ultrafast | fast | medium
-    dis_preset: Literal["ultrafast", "fast", "medium"] = "medium"
-    # Learned models: a checkpoint path, or a ptlflow checkpoint name (e.g. 'things') that
-    # must already be in the torch hub cache: nothing is ever downloaded.
-    ckpt: Optional[str] = None
-    # Without a checkpoint a learned model has random weights (meaningless flow); only
-    # benchmarks and tests should ask for that.
-    allow_random_init: bool = False
-    # Execution details (not part of the cache key: they do not change what is computed).
+    # Each method's own settings; only the chosen method's block is recorded in samples
+    # and hashed into the flow cache key.
+    farneback: FarnebackConfig = field(default_factory=FarnebackConfig)
+    dis: DisConfig = field(default_factory=DisConfig)
+    learned: LearnedFlowConfig = field(default_factory=LearnedFlowConfig)
+    # Execution details (htf.settings.RUNTIME_SETTINGS: they do not change what is computed).
     device: str = "cpu"
     fp16: bool = True
     batch_size: int = 8
@@ -185,10 +205,6 @@ class PipelineConfig:
     source: str = "generic"
 
 
-# Flow settings that do not change the computed values, so they stay out of cache keys.
-_FLOW_RUNTIME_FIELDS = ("device", "fp16", "batch_size", "allow_random_init")
-
-
 def applies_drop_rules(cfg: PipelineConfig) -> bool:
     """True for training shards: the audio drop rules may remove clips; evaluation splits
     (``drop.eval_prefixes``) keep every clip."""
@@ -196,8 +212,10 @@ def applies_drop_rules(cfg: PipelineConfig) -> bool:
 
 
 def sample_settings(cfg: PipelineConfig) -> dict[str, Any]:
-    """What goes into ``meta['pipeline']``: the settings that decide a sample's content."""
-    return {"frames": asdict(cfg.frames), "flow": asdict(cfg.flow), "audio": asdict(cfg.audio)}
+    """What goes into ``meta['pipeline']``: the settings that decide a sample's content
+    (of the flow methods, only the chosen one's)."""
+    return {"frames": asdict(cfg.frames), "flow": chosen_method_only(asdict(cfg.flow)),
+            "audio": asdict(cfg.audio)}
 
 
 # Bumped when decoding changes what a clip's frames are (2: display rotation applied,
@@ -206,22 +224,20 @@ DECODE_VERSION = 2
 
 
 def flow_cache_key(cfg: PipelineConfig) -> str:
-    """Short hash of everything the cached flow depends on (frames + flow settings)."""
-    flow = {k: v for k, v in asdict(cfg.flow).items() if k not in _FLOW_RUNTIME_FIELDS}
+    """Short hash of everything the cached flow depends on (frames + the chosen method's
+    flow settings, runtime settings left out)."""
+    settings = sample_settings(cfg)
     # flow_version 2: native-resolution flow sees grayscale made from RGB (BT.601), and the
     # uint8_clip encoding includes the official JPEG round trip; older cached flow is not reused.
-    return _digest({"frames": asdict(cfg.frames), "flow": flow, "flow_version": 2,
-                    "decode": DECODE_VERSION})
+    return _digest({**without({"frames": settings["frames"], "flow": settings["flow"]}, RUNTIME_SETTINGS),
+                    "flow_version": 2, "decode": DECODE_VERSION})
 
 
 def content_fingerprint(cfg: PipelineConfig) -> str:
     """Hash of every setting that changes shard content (a finished shard with another
     fingerprint is rebuilt on the next run)."""
-    settings = sample_settings(cfg)
-    settings["flow"] = {k: v for k, v in settings["flow"].items()
-                        if k not in ("device", "fp16", "batch_size")}
-    return _digest({"settings": settings, "source": cfg.source, "drops": applies_drop_rules(cfg),
-                    "decode": DECODE_VERSION})
+    return _digest({"settings": without(sample_settings(cfg), RUNTIME_SETTINGS), "source": cfg.source,
+                    "drops": applies_drop_rules(cfg), "decode": DECODE_VERSION})
 
 
 def _digest(obj: Any) -> str:

@@ -1,7 +1,8 @@
 """Per-clip failures: a reason code (stable, countable) plus a human detail naming the file."""
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Optional
 
 
 class ClipError(Exception):
@@ -30,10 +31,25 @@ class ClipTimeout(BaseException):
         super().__init__(self.detail)
 
 
+@dataclass(frozen=True)
+class Failure:
+    """A clip that failed (failures.jsonl) or was warned about (warnings.jsonl): which clip,
+    at which stage, a stable reason code, what exactly happened, and the file (if known)."""
+    id: str
+    stage: str
+    reason: str
+    detail: str = ""
+    path: Optional[str] = None
+
+    def record(self, **extra: Any) -> dict[str, Any]:
+        """The JSON line: id, stage, reason, detail, then path when known, then ``extra``."""
+        out: dict[str, Any] = {"id": self.id, "stage": self.stage, "reason": self.reason, "detail": self.detail}
+        if self.path is not None:
+            out["path"] = self.path
+        return {**out, **extra}
+
+
 def failure_record(clip_id: str, stage: str, reason: str, detail: str = "",
                    path: str | None = None) -> dict[str, Any]:
-    """One line of failures.jsonl."""
-    record: dict[str, Any] = {"id": clip_id, "stage": stage, "reason": reason, "detail": detail}
-    if path is not None:
-        record["path"] = path
-    return record
+    """A ``Failure`` as its JSON line, the form a task's result carries across processes."""
+    return Failure(clip_id, stage, reason, detail, path).record()

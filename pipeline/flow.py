@@ -38,8 +38,8 @@ def _farneback(gray0: np.ndarray, gray1: np.ndarray, cfg: FlowConfig) -> np.ndar
     import cv2
 
     return cv2.calcOpticalFlowFarneback(
-        gray0, gray1, None, cfg.farneback_pyr_scale, cfg.farneback_levels, cfg.farneback_winsize,
-        cfg.farneback_iterations, cfg.farneback_poly_n, cfg.farneback_poly_sigma, 0)
+        gray0, gray1, None, cfg.farneback.pyr_scale, cfg.farneback.levels, cfg.farneback.winsize,
+        cfg.farneback.iterations, cfg.farneback.poly_n, cfg.farneback.poly_sigma, 0)
 
 
 @functools.lru_cache(maxsize=4)
@@ -53,7 +53,7 @@ def _dis_instance(preset: str):
 
 @register_flow_method("dis")
 def _dis(gray0: np.ndarray, gray1: np.ndarray, cfg: FlowConfig) -> np.ndarray:
-    return _dis_instance(cfg.dis_preset).calc(gray0, gray1, None)
+    return _dis_instance(cfg.dis.preset).calc(gray0, gray1, None)
 
 
 def is_learned(method: str) -> bool:
@@ -70,7 +70,7 @@ def _learned_runner(method: str, ckpt: str | None, allow_random_init: bool, devi
 def check_flow_method(flow_cfg: FlowConfig) -> None:
     """Fail fast (before any clip is touched) when the method cannot run here."""
     if is_learned(flow_cfg.method):
-        _learned_runner(flow_cfg.method, flow_cfg.ckpt, flow_cfg.allow_random_init,
+        _learned_runner(flow_cfg.method, flow_cfg.learned.ckpt, flow_cfg.learned.allow_random_init,
                         flow_cfg.device, flow_cfg.fp16)
 
 
@@ -85,7 +85,7 @@ def compute_flow_batch(pairs: list[tuple[np.ndarray, np.ndarray]], flow_cfg: Flo
         fn = FLOW_METHODS[flow_cfg.method]
         return [np.ascontiguousarray(fn(_gray(a), _gray(b), flow_cfg).transpose(2, 0, 1), dtype=np.float32)
                 for a, b in pairs]
-    runner = _learned_runner(flow_cfg.method, flow_cfg.ckpt, flow_cfg.allow_random_init,
+    runner = _learned_runner(flow_cfg.method, flow_cfg.learned.ckpt, flow_cfg.learned.allow_random_init,
                              flow_cfg.device, flow_cfg.fp16)
     out: list[np.ndarray | None] = [None] * len(pairs)
     groups: dict[tuple[int, ...], list[int]] = {}

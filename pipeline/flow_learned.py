@@ -32,10 +32,6 @@ def _ptlflow():
     return ptlflow
 
 
-def ptlflow_model_names() -> list[str]:
-    return list(_ptlflow().get_model_names())
-
-
 def resolve_checkpoint(method: str, ckpt: Optional[str], allow_random_init: bool) -> Optional[str]:
     """Local checkpoint file for (method, ckpt), or None for random weights when allowed."""
     if ckpt is None or ckpt == "":
@@ -44,7 +40,7 @@ def resolve_checkpoint(method: str, ckpt: Optional[str], allow_random_init: bool
         raise FlowSetupError(
             f"flow method '{method}' is a learned model and needs weights: pass --flow-ckpt "
             f"PATH (a local checkpoint file) or a ptlflow checkpoint name already in the torch "
-            f"hub cache; set flow.allow_random_init=true only for benchmarks (the flow is "
+            f"hub cache; set flow.learned.allow_random_init=true only for benchmarks (the flow is "
             f"meaningless without trained weights)")
     if Path(ckpt).is_file():
         return str(ckpt)

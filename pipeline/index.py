@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 from htf.lists import normalise_id, read_split_list  # noqa: F401  (the one list reader)
 from pipeline.config import InputConfig
-from pipeline.errors import ClipError, failure_record
+from pipeline.errors import ClipError, Failure
 
 
 @dataclass
@@ -31,9 +31,9 @@ class ClipInput:
 @dataclass
 class Discovery:
     clips: list[ClipInput]
-    failures: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
     ignored_files: list[str] = field(default_factory=list)      # files without a video extension
-    warnings: list[dict[str, Any]] = field(default_factory=list)  # other entries passed over, with why
+    warnings: list[Failure] = field(default_factory=list)       # other entries passed over, with why
 
 
 def _media_files(folder: Path) -> tuple[list[Path], list[tuple[Path, str, str]]]:
@@ -83,20 +83,20 @@ def discover(input_dir: str | Path, input_cfg: InputConfig,
     video_exts = [e.lower() for e in input_cfg.video_extensions]
     by_id: dict[str, list[Path]] = {}
     ignored: list[str] = []
-    failures: list[dict[str, Any]] = []
+    failures: list[Failure] = []
     bad_ids: set[str] = set()
     files, others = _media_files(folder)
-    passed_over: list[dict[str, Any]] = []
+    passed_over: list[Failure] = []
     for p, reason, detail in others:
         # In video/ every visible entry is meant to be a clip; in a flat folder only
         # entries named like videos are (it may also hold lists, boxes, an audio/ folder).
         if reason == "hidden_file" or (not structured and p.suffix.lower() not in video_exts):
-            passed_over.append(failure_record(normalise_id(p.stem, input_cfg.id_style) or p.name, "index",
-                                              reason, f"{detail}; not a clip", str(p)))
+            passed_over.append(Failure(normalise_id(p.stem, input_cfg.id_style) or p.name, "index",
+                                       reason, f"{detail}; not a clip", str(p)))
             continue
         clip_id = normalise_id(p.stem, input_cfg.id_style)
         bad_ids.add(clip_id)
-        failures.append(failure_record(clip_id, "index", reason, detail, str(p)))
+        failures.append(Failure(clip_id, "index", reason, detail, str(p)))
     for p in files:
         # In video/ every file is meant to be a clip (a non-video there is a failure);
         # a flat folder may also hold lists and boxes, which are not clips.
@@ -110,22 +110,22 @@ def discover(input_dir: str | Path, input_cfg: InputConfig,
     for clip_id, paths in by_id.items():
         paths.sort(key=lambda p: (rank.get(p.suffix.lower(), len(rank)), p.name))
         for dup in paths[1:]:
-            failures.append(failure_record(clip_id, "index", "duplicate_id",
-                                           f"{dup} has the same id as {paths[0]} (kept)", str(dup)))
+            failures.append(Failure(clip_id, "index", "duplicate_id",
+                                    f"{dup} has the same id as {paths[0]} (kept)", str(dup)))
         audio = audio_by_id.get(clip_id)
         clips[clip_id] = ClipInput(clip_id, str(paths[0]), str(audio) if audio else None)
     if split_ids is None:
         ordered = [clips[k] for k in sorted(clips)]
     else:
         wanted = set(split_ids)
-        failures = [f for f in failures if f["reason"] == "duplicate_id" or f["id"] in wanted]
+        failures = [f for f in failures if f.reason == "duplicate_id" or f.id in wanted]
         ordered = []
         for clip_id in split_ids:
             if clip_id in clips:
                 ordered.append(clips[clip_id])
             elif clip_id not in bad_ids:     # a bad entry already has its failure line
-                failures.append(failure_record(clip_id, "index", "missing_file",
-                                               f"id in the split list has no file in {folder}"))
+                failures.append(Failure(clip_id, "index", "missing_file",
+                                        f"id in the split list has no file in {folder}"))
     return Discovery(ordered, failures, ignored, passed_over)
 
 
@@ -211,7 +211,7 @@ def probe_container(container, path: str, audio_path: str | None = None,
                      header_frame_count=checked_count if checked_count != len(timestamps) else None)
     if audio_path is not None:
         info.has_audio = _has_audio_stream(audio_path)
-    _fill_rates(info, stream_rate=None)
+    _fill_rates(info)
     return info
 
 
@@ -289,7 +289,8 @@ def _packet_times_of(container, streams: list, path: str) -> dict[int, list[floa
     return times
 
 
-def _fill_rates(info: ProbeInfo, stream_rate: float | None) -> None:
+def _fill_rates(info: ProbeInfo) -> None:
+    """fps, duration and vfr from the packet times (none for fewer than two distinct times)."""
     t = info.timestamps
     if len(t) >= 2 and t[-1] > t[0]:
         intervals = [b - a for a, b in zip(t, t[1:])]
@@ -298,9 +299,6 @@ def _fill_rates(info: ProbeInfo, stream_rate: float | None) -> None:
         info.duration = t[-1] - t[0] + mean
         positive = [x for x in intervals if x > 0]
         info.vfr = bool(positive) and (max(positive) - min(positive)) > 0.1 * mean
-    else:
-        info.fps = float(stream_rate or 0.0)
-        info.duration = len(t) / info.fps if info.fps else 0.0
 
 
 def _has_audio_stream(path: str) -> bool:

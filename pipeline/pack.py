@@ -20,6 +20,7 @@ import tarfile
 from pathlib import Path
 from typing import Any, Iterable
 
+from htf.io import atomic_write_json, replace_into_place, temp_path
 from htf.sample import ClipSample, encode_sample
 from pipeline.audio import feature_shape
 from pipeline.config import PipelineConfig
@@ -54,7 +55,7 @@ class PartWriter:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        self.tmp_path = self.path.with_name(f".{self.path.name}.tmp")
+        self.tmp_path = temp_path(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.tmp_path, "wb")
         self.samples: list[list[Any]] = []          # [key, clip id, bytes] in write order
@@ -98,7 +99,7 @@ def assemble_shard(final_path: str | os.PathLike, parts: Iterable[tuple[str | os
     via a temp name. Returns (samples written, [(clip id, key)] left out because an earlier
     sample already had their key: two samples with one key would read back as one)."""
     final_path = Path(final_path)
-    tmp = final_path.with_name(f".{final_path.name}.tmp")
+    tmp = temp_path(final_path)
     seen: set[str] = set()
     dropped: list[tuple[str, str]] = []
     size = 0
@@ -125,7 +126,7 @@ def assemble_shard(final_path: str | os.PathLike, parts: Iterable[tuple[str | os
         if not seen:
             tmp.unlink()
             return 0, dropped
-        os.replace(tmp, final_path)
+        replace_into_place(tmp, final_path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -155,7 +156,5 @@ def merge_sizes(out_dir: Path, prefix: str, sizes: dict[str, int]) -> dict[str, 
     merged = {k: v for k, v in current.items() if not k.startswith(f"{prefix}-")}
     merged.update(sizes)
     merged = dict(sorted(merged.items()))
-    tmp = path.with_name(".sizes.json.tmp")
-    tmp.write_text(json.dumps(merged, indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic_write_json(path, merged, indent=1)
     return merged

@@ -13,11 +13,11 @@ from typing import Any, Optional
 import cv2
 import numpy as np
 
-from htf.sample import ClipSample
+from htf.sample import ClipSample, SampleMeta
 from pipeline.audio import audio_feature
 from pipeline.config import PipelineConfig, sample_settings
 from pipeline.decode import DecodedClip, decode_clip
-from pipeline.errors import ClipError
+from pipeline.errors import ClipError, failure_record
 from pipeline.flow import compute_flow_batch, encode_flow_values, resize_flow
 from pipeline.index import ProbeInfo
 
@@ -46,9 +46,10 @@ def frame_count_warning(clip_id: str, probe: ProbeInfo) -> Optional[dict[str, An
     not match it)."""
     if probe.header_frame_count is None:
         return None
-    return {"id": clip_id, "stage": "index", "reason": "frame_count_mismatch", "path": probe.path,
-            "detail": f"{probe.path}: the header says {probe.header_frame_count} frames, "
-                      f"{probe.frame_count} decode (truncated file?); keyframe chosen among those"}
+    return failure_record(clip_id, "index", "frame_count_mismatch",
+                          f"{probe.path}: the header says {probe.header_frame_count} frames, "
+                          f"{probe.frame_count} decode (truncated file?); keyframe chosen among those",
+                          probe.path)
 
 
 def clip_flows(decoded: list[DecodedClip], cfg: PipelineConfig) -> list[np.ndarray]:
@@ -68,32 +69,22 @@ def clip_flows(decoded: list[DecodedClip], cfg: PipelineConfig) -> list[np.ndarr
 
 def build_meta(clip_id: str, decoded: DecodedClip, cfg: PipelineConfig,
                boxes: Optional[list] = None, box_format: Optional[str] = None,
-               video_path: Optional[str] = None) -> dict[str, Any]:
+               video_path: Optional[str] = None) -> SampleMeta:
     probe = decoded.probe
-    meta: dict[str, Any] = {
-        "id": clip_id,
-        "source": cfg.source,
-        "video": Path(video_path or probe.path).name,
-        "keyframe_index": decoded.keyframe_index,
-        "keyframe_time": decoded.keyframe_time,
-        "fps": round(probe.fps, 4),
-        "vfr": probe.vfr,
-        "frame_count": probe.frame_count,
-        "orig_size": list(decoded.display_size),
-        "frame_size": [int(decoded.frame0.shape[1]), int(decoded.frame0.shape[0])],
-        "audio_window": decoded.audio_info.get("window"),
-        "audio_tiled": decoded.audio_info.get("tiled", False),
-        "audio_silent": decoded.audio_info.get("silent", False),
-        "pipeline": sample_settings(cfg),
-    }
+    extra: dict[str, Any] = {"audio_silent": decoded.audio_info.get("silent", False)}
     if decoded.rotation:
-        meta["rotation"] = decoded.rotation
+        extra["rotation"] = decoded.rotation
     if probe.header_frame_count is not None:
-        meta["header_frame_count"] = probe.header_frame_count
-    if boxes is not None:
-        meta["boxes"] = boxes
-        meta["box_format"] = box_format
-    return meta
+        extra["header_frame_count"] = probe.header_frame_count
+    return SampleMeta(
+        id=clip_id, source=cfg.source, video=Path(video_path or probe.path).name,
+        keyframe_index=decoded.keyframe_index, keyframe_time=decoded.keyframe_time,
+        fps=round(probe.fps, 4), vfr=probe.vfr, frame_count=probe.frame_count,
+        orig_size=list(decoded.display_size),
+        frame_size=[int(decoded.frame0.shape[1]), int(decoded.frame0.shape[0])],
+        audio_window=decoded.audio_info.get("window"), audio_tiled=decoded.audio_info.get("tiled", False),
+        pipeline=sample_settings(cfg), boxes=boxes, box_format=box_format if boxes is not None else None,
+        audio_rms_dbfs=decoded.audio_info.get("rms_dbfs"), extra=extra)
 
 
 def assemble_sample(clip_id: str, decoded: DecodedClip, flow: np.ndarray, cfg: PipelineConfig,

@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 from htf.config import save_config
+from htf.io import atomic_write_text
 from pipeline.annotations import Annotations, load_annotations, load_keyframes
 from pipeline.config import PipelineConfig
-from pipeline.errors import failure_record
+from pipeline.errors import Failure, failure_record
 from pipeline.executors import TaskFn, execute
 from pipeline.flow import check_flow_method
 from pipeline.index import discover, read_split_list
@@ -72,14 +73,14 @@ class RunSummary:
         return "\n".join(lines)
 
 
-def plan_tasks(cfg: PipelineConfig, inputs: RunInputs, stage: str) -> tuple[list[Task], list[dict], list[dict]]:
+def plan_tasks(cfg: PipelineConfig, inputs: RunInputs, stage: str) -> tuple[list[Task], list[Failure], list[Failure]]:
     """Find clips, attach boxes and keyframes, cut into shards and tasks. Returns (tasks
     in shard order, failures found while planning, warnings)."""
     split_ids = read_split_list(inputs.split_list, cfg.input.id_style) if inputs.split_list else None
     found = discover(inputs.input_dir, cfg.input, split_ids)
-    warnings: list[dict[str, Any]] = [{"id": Path(p).stem, "stage": "index", "reason": "not_a_video_extension",
-                                       "detail": f"{p} ignored (not one of input.video_extensions)", "path": p}
-                                      for p in found.ignored_files] + found.warnings
+    warnings = [Failure(Path(p).stem, "index", "not_a_video_extension",
+                        f"{p} ignored (not one of input.video_extensions)", p) for p in found.ignored_files]
+    warnings += found.warnings
     annotations = load_annotations(inputs.annotations, cfg.input.id_style) if inputs.annotations else None
     if annotations is not None:
         warnings.extend(annotations.warnings)
@@ -110,18 +111,17 @@ def task_clips(cfg: PipelineConfig, n_clips: int) -> int:
 
 
 def _uncovered_clip_warnings(clips: list, inputs: RunInputs, keyframes: dict,
-                             annotations: Annotations | None) -> list[dict[str, Any]]:
+                             annotations: Annotations | None) -> list[Failure]:
     """Clips that a given keyframe map or box file does not cover: they are still processed
     (middle frame; no boxes), and each is named in warnings.jsonl rather than passed over."""
     out = []
     for c in clips:
         if inputs.keyframes and c.id not in keyframes:
-            out.append({"id": c.id, "stage": "index", "reason": "no_keyframe_entry",
-                        "detail": f"{c.id} is not in {inputs.keyframes}: the middle frame is used", "path": c.video})
+            out.append(Failure(c.id, "index", "no_keyframe_entry",
+                               f"{c.id} is not in {inputs.keyframes}: the middle frame is used", c.video))
         if annotations is not None and c.id not in annotations.boxes:
-            out.append({"id": c.id, "stage": "index", "reason": "no_boxes",
-                        "detail": f"{c.id} has no boxes in {inputs.annotations}: its sample carries none",
-                        "path": c.video})
+            out.append(Failure(c.id, "index", "no_boxes",
+                               f"{c.id} has no boxes in {inputs.annotations}: its sample carries none", c.video))
     return out
 
 
@@ -177,7 +177,7 @@ def run_pipeline(cfg: PipelineConfig, inputs: RunInputs, stage: str = "pack",
                 progress.add(result.n_clips, len(result.failures))
                 shards.add(result)
     summary = _finish(out, cfg, stage, shards, plan_failures, warnings)
-    summary.clips_in = n_clips + sum(1 for f in plan_failures if f["reason"] != "duplicate_id")
+    summary.clips_in = n_clips + sum(1 for f in plan_failures if f.reason != "duplicate_id")
     summary.seconds = time.time() - start
     (out / f"summary_{cfg.pack.prefix}_{stage}.json").write_text(json.dumps(
         {**{k: v for k, v in summary.__dict__.items() if k not in ("failures", "warnings")},
@@ -294,23 +294,25 @@ def _save_shard_manifest(group: list[Task], results: list[TaskResult], failures:
     os.replace(tmp, path)
 
 
-def _finish(out: Path, cfg: PipelineConfig, stage: str, shards: _Shards, plan_failures: list[dict],
-            warnings: list[dict]) -> RunSummary:
+def _finish(out: Path, cfg: PipelineConfig, stage: str, shards: _Shards, plan_failures: list[Failure],
+            warnings: list[Failure]) -> RunSummary:
     prefix = cfg.pack.prefix
     results = shards.ordered_results()
-    failures = [dict(f, prefix=prefix) for f in plan_failures]
+    # Task results carry their failures as JSON lines already (they cross process boundaries).
+    failures = [f.record(prefix=prefix) for f in plan_failures]
     for r in results:
         failures.extend(dict(f, prefix=prefix) for f in r.failures)
     failures.extend(dict(f, prefix=prefix) for f in shards.failures())
     _merge_jsonl(out / "failures.jsonl", prefix, failures)
-    warnings = warnings + [w for r in results for w in r.warnings]
-    _merge_jsonl(out / "warnings.jsonl", prefix, [dict(w, prefix=prefix) for w in warnings])
+    warning_lines = [w.record(prefix=prefix) for w in warnings]
+    warning_lines += [dict(w, prefix=prefix) for r in results for w in r.warnings]
+    _merge_jsonl(out / "warnings.jsonl", prefix, warning_lines)
     if stage == "index" or any(r.index_records for r in results):
         _merge_jsonl(out / "index.jsonl", prefix,
                      [dict(rec, prefix=prefix) for r in results for rec in r.index_records])
     summary = RunSummary(stage=stage, clips_in=0, written=sum(shards.written.values()),
                          failures=Counter(f["reason"] for f in failures),
-                         warnings=Counter(w["reason"] for w in warnings),
+                         warnings=Counter(w["reason"] for w in warning_lines),
                          flow_computed=sum(r.flow_computed for r in results),
                          flow_cached=sum(r.flow_cached for r in results),
                          tasks_skipped=sum(r.skipped for r in results))
@@ -329,9 +331,7 @@ def _merge_jsonl(path: Path, prefix: str, records: list[dict]) -> None:
         for line in path.read_text().splitlines():
             if line.strip() and json.loads(line).get("prefix") != prefix:
                 kept.append(line)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(line + "\n" for line in kept + [json.dumps(r) for r in records]))
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(line + "\n" for line in kept + [json.dumps(r) for r in records]))
 
 
 def _remove_leftovers(out: Path, prefix: str, stage: str) -> None:

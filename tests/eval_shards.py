@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import webdataset as wds
 
-from htf.sample import ClipSample, encode_sample
+from htf.sample import ClipSample, SampleMeta, encode_sample
 
 SETTINGS = {"frames": {"short_side": 64}, "flow": {"method": "dis", "encoding": "signed"},
             "audio": {"feature": "logmel", "sample_rate": 16000}}
@@ -24,9 +24,8 @@ def make_clip(clip_id: str, box: list[float], seed: int = 0, size: int = 64,
     flow = np.zeros((2, size, size), np.float32)
     flow[0, y1:y2, x1:x2] = 3.0
     spec = rng.normal(size=(16, 20)).astype(np.float32)
-    meta = {"id": clip_id, "source": "test", "box_format": box_format, "pipeline": SETTINGS}
-    if boxes:
-        meta["boxes"] = [[list(box)]]
+    meta = SampleMeta(id=clip_id, source="test", box_format=box_format, pipeline=SETTINGS,
+                      boxes=[[list(box)]] if boxes else None)
     return ClipSample(clip_id, frame, flow, spec, meta)
 
 

@@ -13,7 +13,7 @@ from apps.localize import main, pipeline_config
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs system ffmpeg")
 SETTINGS = {"frames": {"short_side": 64, "max_long_side": 128},
-            "flow": {"method": "dis", "dis_preset": "ultrafast"},
+            "flow": {"method": "dis", "dis": {"preset": "ultrafast"}},
             "audio": {"feature": "logmel", "n_mels": 32, "seconds": 1.0}}
 
 

@@ -216,3 +216,7 @@ def test_pictures_of_a_clip_with_empty_ground_truth_are_drawn(tmp_path):
     cfg.pictures.heatmaps = 2
     m = evaluate("center", str(tmp_path / "e-*.tar"), tmp_path / "out", cfg)
     assert any(p["id"] == "emptygt" for p in m["pictures"])
+def test_settings_check_compares_an_older_flat_checkpoint_with_per_method_shards():
+    old_checkpoint = {"flow": {"method": "farneback", "farneback_levels": 3, "ckpt": "/elsewhere/raft.pth"}}
+    shards = {"flow": {"method": "farneback", "farneback": {"levels": 5}}}
+    assert settings_differences(old_checkpoint, shards) == ["flow.farneback.levels: shards 5, checkpoint expects 3"]

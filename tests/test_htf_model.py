@@ -189,13 +189,6 @@ def test_official_flow_attention_cannot_tell_identical_objects_apart_by_motion()
     assert torch.allclose(out[..., 1, 1], out[..., 5, 5], atol=1e-6)
 
 
-def test_flow_query_attention_lets_each_location_ask_with_its_own_motion():
-    from htf.model import FlowAttention
-    visual, flow = _two_identical_objects_one_moving()
-    out = FlowAttention(64, 64, flow_query=True)(visual, flow)
-    assert not torch.allclose(out[..., 1, 1], out[..., 5, 5], atol=1e-3)
-
-
 def test_imagenet_weights_by_name_fail_fast_offline_naming_the_file_to_provide(tmp_path, monkeypatch):
     from htf.model_config import ModelConfig
     from htf.model import HTFModel
@@ -234,3 +227,18 @@ def test_flow_local_gives_identical_looking_places_different_features_when_one_m
     with torch.no_grad():       # the official block alone cannot tell them apart
         official, _ = _htf("maxpool").features(image, flow, torch.randn(1, 1, 64, 100))
     assert torch.allclose(official[0, :, 1, 1], official[0, :, 5, 5], atol=1e-6)
+
+
+def test_checkpoints_saved_with_the_former_attention_option_load_when_official(tmp_path):
+    from htf.config import to_dict
+    from htf.model import checkpoint_payload, load_model
+    model = _htf("maxpool")
+    model.data_settings = None
+    payload = checkpoint_payload(model, model.cfg)
+    payload["config"] = {"model": {**to_dict(model.cfg), "attention": "official"}}
+    torch.save(payload, tmp_path / "old.pt")
+    assert load_model(tmp_path / "old.pt").cfg.flow == "maxpool"
+    payload["config"]["model"]["attention"] = "flow_query"
+    torch.save(payload, tmp_path / "query.pt")
+    with pytest.raises(ValueError, match="flow_query"):
+        load_model(tmp_path / "query.pt")

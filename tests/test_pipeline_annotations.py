@@ -46,7 +46,7 @@ def test_vggss_boxes_outside_the_frame_are_clipped_and_reported(tmp_path: Path):
     ann = load_annotations(path)
     assert ann.boxes["a"] == [[[0.0, 0.1, 1.0, 0.5]]]
     assert ann.boxes["b"] == [[]]            # annotated, but the ground truth is empty
-    reasons = {(w["id"], w["reason"]) for w in ann.warnings}
+    reasons = {(w.id, w.reason) for w in ann.warnings}
     assert ("a", "box_out_of_range") in reasons and ("b", "empty_box") in reasons
     assert ("b", "empty_ground_truth") in reasons
 

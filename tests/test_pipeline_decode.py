@@ -27,7 +27,7 @@ def test_default_keyframe_is_the_synthetic_worlds_middle_frame_with_the_object_i
     for i, video in enumerate(sorted((root / "video").glob("*.mp4"))):
         plan = plan_clip(wcfg, i)
         sample = process_clip(str(video), cfg)
-        assert sample.meta["keyframe_index"] == k
+        assert sample.meta.keyframe_index == k
         rendered = list(render_frames(plan, wcfg))
         errors = {j: np.abs(sample.frame.astype(float) - rendered[j]).mean() for j in range(k - 4, k + 5)}
         assert min(errors, key=errors.get) == k or errors[k] - min(errors.values()) < 0.05, errors

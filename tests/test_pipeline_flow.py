@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.config import FlowConfig
+from pipeline.config import FlowConfig, LearnedFlowConfig
 from pipeline.errors import FlowSetupError
 from pipeline.flow import FLOW_METHODS, compute_flow, encode_flow_values, resize_flow
 
@@ -66,13 +66,13 @@ def test_pretrained_name_not_in_the_local_cache_is_refused_without_downloading(t
                         lambda *a, **k: pytest.fail("attempted a download"))
     frame0, frame1 = _textured_pair(1, 1, 64)
     with pytest.raises(FlowSetupError, match="not available offline"):
-        compute_flow(frame0, frame1, FlowConfig(method="raft_small", ckpt="things"))
+        compute_flow(frame0, frame1, FlowConfig(method="raft_small", learned=LearnedFlowConfig(ckpt="things")))
 
 
 def test_learned_model_with_random_weights_returns_flow_of_the_frame_size():
     # 128 px: RAFT's 4-level correlation pyramid at 1/8 resolution needs at least that.
     frame0, frame1 = _textured_pair(1, 1, 128)
-    flow = compute_flow(frame0, frame1, FlowConfig(method="raft_small", allow_random_init=True))
+    flow = compute_flow(frame0, frame1, FlowConfig(method="raft_small", learned=LearnedFlowConfig(allow_random_init=True)))
     assert flow.shape == (2, 128, 128) and flow.dtype == np.float32 and np.isfinite(flow).all()
 
 

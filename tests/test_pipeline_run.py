@@ -33,9 +33,9 @@ def test_run_writes_shards_sizes_reports_and_contract_samples(tmp_path: Path):
     samples = read_shards(tmp_path)
     assert [s.id for s in samples] == sorted(p.stem for p in (root / "video").glob("*.mp4"))
     for s in samples:
-        assert CONTRACT_META_KEYS <= set(s.meta)
-        assert s.meta["box_format"] == "vggss" and len(s.meta["boxes"][0][0]) == 4
-        assert s.meta["pipeline"]["flow"]["method"] == "dis"
+        assert CONTRACT_META_KEYS <= set(json.loads(s.meta.to_json()))
+        assert s.meta.box_format == "vggss" and len(s.meta.boxes[0][0]) == 4
+        assert s.meta.pipeline["flow"]["method"] == "dis"
         assert s.frame.shape == (64, 64, 3) and s.flow.shape == (2, 64, 64) and s.spec.shape == (32, 301)
 
 
@@ -103,7 +103,7 @@ def test_cli_runs_with_presets_flags_and_set_overrides(tmp_path: Path, capsys):
     assert code == 0
     assert "6 written" in capsys.readouterr().out
     assert json.loads((tmp_path / "sizes.json").read_text()) == {"val-000000.tar": 4, "val-000001.tar": 2}
-    assert read_shards(tmp_path, "val")[0].meta["pipeline"]["flow"]["method"] == "farneback"
+    assert read_shards(tmp_path, "val")[0].meta.pipeline["flow"]["method"] == "farneback"
 
 
 def test_cli_rejects_an_unknown_config_key_naming_it(tmp_path: Path, capsys):
@@ -131,8 +131,8 @@ def test_clips_a_keyframe_map_or_box_file_leaves_out_are_named_in_warnings(tmp_p
     assert no_keyframe == set(ids[1:])
     assert {w["id"] for w in warned if w["reason"] == "no_boxes"} == {ids[1]}
     by_id = {s.id: s for s in read_shards(tmp_path / "out")}
-    assert by_id[ids[0]].meta["keyframe_index"] == 10
-    assert not by_id[ids[1]].meta.get("boxes")
+    assert by_id[ids[0]].meta.keyframe_index == 10
+    assert not by_id[ids[1]].meta.boxes
 
 
 def test_workers_take_the_biggest_tasks_first_and_missing_files_count_as_empty(tmp_path: Path):
@@ -173,9 +173,9 @@ def test_huge_portrait_and_odd_rate_files_each_get_their_own_outcome(tmp_path: P
     samples = {s.id: s for s in read_shards(out)}
     assert samples["portrait"].frame.shape[:2] == (114, 64)    # short side 64, aspect kept
     ntsc = samples["ntsc"].meta
-    assert ntsc["fps"] == pytest.approx(29.97, abs=0.01)
-    assert ntsc["keyframe_index"] == ntsc["frame_count"] // 2
-    assert ntsc["keyframe_time"] == pytest.approx(ntsc["keyframe_index"] * 1001 / 30000, abs=1e-3)
+    assert ntsc.fps == pytest.approx(29.97, abs=0.01)
+    assert ntsc.keyframe_index == ntsc.frame_count // 2
+    assert ntsc.keyframe_time == pytest.approx(ntsc.keyframe_index * 1001 / 30000, abs=1e-3)
 
 
 def test_a_worker_stuck_in_native_code_is_killed_and_only_its_clip_is_lost(tmp_path: Path):

@@ -82,4 +82,4 @@ def test_validation_streams_cover_every_sample_once_across_ranks(shards):
 
 def test_first_sample_gives_the_recorded_pipeline_settings(shards):
     _, pattern = shards
-    assert first_sample(expand_urls(pattern)).meta["pipeline"]["flow"]["encoding"] == "signed"
+    assert first_sample(expand_urls(pattern)).meta.pipeline["flow"]["encoding"] == "signed"

@@ -7,7 +7,7 @@ import torch
 
 from htf.inputs import eval_arrays, eval_inputs, fit_time
 from htf.model_config import ModelConfig
-from htf.sample import ClipSample
+from htf.sample import ClipSample, SampleMeta
 from train.config import AugmentConfig
 from train.transforms import train_arrays
 
@@ -20,7 +20,7 @@ def _sample(encoding: str = "signed", h: int = 40, w: int = 80) -> ClipSample:
     flow = np.zeros((2, h, w), np.float32)
     flow[0, :, : w // 2] = 4.0                     # left half moves right by 4 px
     flow[1] = 2.0                                  # everything moves down by 2 px
-    meta = {"pipeline": {"flow": {"encoding": encoding}}}
+    meta = SampleMeta(pipeline={"flow": {"encoding": encoding}})
     return ClipSample("c", frame, flow, np.arange(16 * 30, dtype=np.float32).reshape(16, 30), meta)
 
 

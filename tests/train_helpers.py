@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import webdataset as wds
 
-from htf.sample import ClipSample, encode_sample
+from htf.sample import ClipSample, SampleMeta, encode_sample
 
 PIPELINE = {"frames": {"short_side": 64}, "flow": {"method": "dis", "encoding": "signed"},
             "audio": {"feature": "logmel", "n_mels": 16}}
@@ -18,10 +18,10 @@ def synthetic_sample(i: int, size: int = 64, spec_shape=(16, 40), seed: int = 0,
     frame = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
     flow = rng.normal(0, 2, (2, size, size)).astype(np.float32)
     spec = rng.normal(0, 1, spec_shape).astype(np.float32)
-    meta = {"source": "test", "pipeline": PIPELINE, "box_format": "vggss"}
+    meta = SampleMeta(source="test", pipeline=PIPELINE, box_format="vggss")
     if boxes:
         x0, y0 = rng.uniform(0, 0.4, 2)
-        meta["boxes"] = [[[float(x0), float(y0), float(x0 + 0.55), float(y0 + 0.55)]]]
+        meta.boxes = [[[float(x0), float(y0), float(x0 + 0.55), float(y0 + 0.55)]]]
     return ClipSample(id=f"clip{seed}_{i:05d}", frame=frame, flow=flow, spec=spec, meta=meta)
 
 

@@ -1,7 +1,7 @@
 """Checkpoints: atomic writes, RNG states, resume discovery.
 
-A checkpoint is written to ``<name>.tmp`` in the same folder, flushed to disk, then renamed
-over the old file: a crash or ``kill -9`` in the middle leaves the previous checkpoint
+A checkpoint is written atomically (``htf.io``: a temporary file in the same folder, flushed
+to disk, then renamed over the old file): a crash or ``kill -9`` in the middle leaves the previous checkpoint
 intact. Everything in it loads with ``torch.load(weights_only=True)`` (no pickled objects).
 """
 from __future__ import annotations
@@ -14,21 +14,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from htf.io import atomic_path
+
 
 def save_atomic(state: dict[str, Any], path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         torch.save(state, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
     return path
 
 

@@ -256,7 +256,7 @@ class ValStream(IterableDataset):
                 continue
             items.append(eval_arrays(sample, self.model_cfg))
             metas.append({"id": sample.id, "boxes": sample.boxes,
-                          "box_format": sample.meta.get("box_format", "vggss")})
+                          "box_format": sample.meta.box_format})
             if len(items) == self.batch_size:
                 yield collate(items), metas
                 items, metas = [], []

@@ -13,7 +13,6 @@ import math
 import os
 import random
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from train import checkpoint as ckpt
 from train import distributed as du
 from train.config import TrainConfig
 from train.data import TrainStream, check_shard_settings, count_samples, expand_urls, train_loader, val_loader
+from htf.metrics import clip_ciou, summarize
 from htf.model import HTFModel, checkpoint_payload, load_model
 
 
@@ -222,15 +222,6 @@ def train_step(model: torch.nn.Module, batch: dict[str, torch.Tensor], optimizer
 
 # ---------------------------------------------------------------------------- validation
 
-def _ciou_functions() -> tuple[Any, Any] | None:
-    try:
-        from htf.metrics import clip_ciou, summarize
-    except ImportError as err:
-        print(f"warning: htf.metrics unavailable ({err}); validation reports the loss only", file=sys.stderr)
-        return None
-    return clip_ciou, summarize
-
-
 # Validation clips drawn as heat-map pictures in TensorBoard (rank 0's first clips with boxes).
 VAL_PICTURES = 4
 
@@ -244,7 +235,6 @@ def validate(model: HTFModel, urls: list[str], cfg: TrainConfig, info: du.DistIn
     clips with boxes (the same picture as the evaluator's report)."""
     was_training = model.training
     model.eval()
-    metrics_fns = _ciou_functions()
     loss_sum, loss_n, cious = 0.0, 0, []
     for batch, metas in val_loader(urls, cfg.model, cfg.data, info.rank, info.world):
         image, flow, spec = (batch[k].to(info.device) for k in ("image", "flow", "spec"))
@@ -253,13 +243,11 @@ def validate(model: HTFModel, urls: list[str], cfg: TrainConfig, info: du.DistIn
         if "loss" in out:
             loss_sum += float(out["loss"]) * image.shape[0]
             loss_n += image.shape[0]
-        if metrics_fns is None:
-            continue
         maps = out["map"].float().cpu().numpy()
         for i, (map7, meta) in enumerate(zip(maps, metas)):
             if meta["boxes"]:
                 try:
-                    cious.append(metrics_fns[0](map7, meta["boxes"], meta["box_format"]))
+                    cious.append(clip_ciou(map7, meta["boxes"], meta["box_format"]))
                 except ValueError:     # a box lost when clipped: scored 0, as the evaluator does
                     cious.append(0.0)
                 if pictures is not None and info.is_main and len(pictures) < VAL_PICTURES:
@@ -270,8 +258,8 @@ def validate(model: HTFModel, urls: list[str], cfg: TrainConfig, info: du.DistIn
     loss_n = sum(g[1] for g in gathered)
     all_cious = [c for g in gathered for c in g[2]]
     metrics: dict[str, Any] = {"loss": loss_sum / loss_n if loss_n else float("nan")}
-    if all_cious and metrics_fns is not None:
-        metrics.update(metrics_fns[1](all_cious))
+    if all_cious:
+        metrics.update(summarize(all_cious))
     return metrics
 
 

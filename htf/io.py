@@ -1,0 +1,57 @@
+"""Atomic file writes: a reader (or a resumed run) sees the old file or the new one, never half.
+
+The content goes to a hidden ``.<name>.tmp`` in the same folder (same file system: the
+rename is atomic), is synced to disk and renamed over the target; the folder is synced so
+the rename survives a power cut. On any error the temporary file goes, the target stays.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+
+def temp_path(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp")
+
+
+def replace_into_place(tmp: Path, path: str | os.PathLike) -> None:
+    """Rename a complete, synced ``tmp`` onto ``path`` and make the rename durable."""
+    os.replace(tmp, path)
+    dir_fd = os.open(Path(path).parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield the temporary path to write; when the block succeeds it replaces ``path``."""
+    tmp = temp_path(path)
+    try:
+        yield tmp
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    replace_into_place(tmp, path)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, **dumps_args: Any) -> Path:
+    """``json.dumps(obj, **dumps_args)`` and a final newline."""
+    return atomic_write_text(path, json.dumps(obj, **dumps_args) + "\n")

@@ -1,0 +1,25 @@
+"""htf.io: the one atomic write every part uses."""
+import json
+
+import pytest
+
+from htf.io import atomic_path, atomic_write_json, temp_path
+
+
+def test_atomic_write_json_replaces_the_file_and_leaves_no_temporary(tmp_path):
+    target = tmp_path / "out.json"
+    target.write_text("old")
+    atomic_write_json(target, {"a": 1.5}, indent=1)
+    assert target.read_text() == json.dumps({"a": 1.5}, indent=1) + "\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_an_error_while_writing_keeps_the_old_file_and_removes_the_temporary(tmp_path):
+    target = tmp_path / "model.pt"
+    target.write_bytes(b"previous")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("killed mid-write")
+    assert target.read_bytes() == b"previous"
+    assert not temp_path(target).exists()
