@@ -1,6 +1,6 @@
 """Localisation losses on L2-normalised features.
 
-``lvs_loss`` is the official Hear The Flow / LVS trimap loss (DESIGN.md §2), formula for
+``lvs_loss`` is the official Hear The Flow / LVS trimap loss, formula for
 formula. The soft-trimap averages Σ w·A / Σ w are computed from log-weights
 (``logsigmoid``) normalised by their maximum: mathematically the same ratio, but it never
 becomes 0/0 when every weight underflows (e.g. 1 - σ(20) is exactly 0 in float32, which

@@ -1,4 +1,4 @@
-"""The Hear The Flow model (DESIGN.md §2) and loading of ours and the official weights.
+"""The Hear The Flow model and loading of ours and the official weights.
 
 Module names follow torchvision's ResNet-18 and the official code (``imgnet``, ``audnet``,
 ``flownet``, ``flowatt.{query,key,value}_conv``) so released state dicts load by a pure key

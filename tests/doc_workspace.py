@@ -48,6 +48,47 @@ def save_official_weights(path: Path, seed: int) -> Path:
     return path
 
 
+def _ids(list_name: str, head: int = 0, tail: int = 0) -> list[str]:
+    """The first ``head`` and last ``tail`` ids of a shipped list (csv: column 0)."""
+    import csv
+
+    with open(ROOT / "metadata" / list_name, newline="") as fh:
+        ids = [row[0].strip() for row in csv.reader(fh) if row and row[0].strip()
+               and row[0].strip().lower() not in ("id", "file", "video")]
+    return ids[:head] + (ids[-tail:] if tail else [])
+
+
+def make_flickr_download(root: Path) -> Path:
+    """RAW_FLICKR: video/<id>.mp4 without sound, audio/<id>.wav, annotations/<id>.xml for
+    the test clips; training, validation (the 144k list's tail) and test ids."""
+    from tests.real_layouts import ClipSpec, default_flickr_boxes, write_flickr_xml, write_video, write_wav
+
+    train = _ids("htf_flickr_train_10k.txt", head=2)
+    val = _ids("htf_flickr_train_144k.txt", tail=1)
+    test = _ids("htf_flickr_test_trimmed.csv", head=2)          # in the 178 and the 249 lists
+    for i, clip_id in enumerate(train + val + test):
+        spec = ClipSpec(clip_id, frames=40)
+        write_video(root / "video" / f"{clip_id}.mp4", spec, with_audio=False)
+        write_wav(root / "audio" / f"{clip_id}.wav", spec)
+        if clip_id in test:
+            write_flickr_xml(root / "annotations" / f"{clip_id}.xml", default_flickr_boxes(i))
+    return root
+
+
+def make_vggsound_download(root: Path) -> Path:
+    """RAW_VGGSOUND: a flat folder of <YTID>_<start:06d>.mp4 with sound; training, validation
+    and VGG-SS test ids (in both the 4,670 and the 5,158 lists)."""
+    from tests.real_layouts import ClipSpec, write_video
+
+    train = _ids("htf_vgg_train_10k.txt", head=2)
+    val = _ids("htf_vgg_train_144k.txt", tail=1)
+    trimmed = set(_ids("htf_vggss_test_trimmed.csv", head=100000))
+    test = [i for i in _ids("lvs_vggss_test5158.csv", head=200) if i in trimmed][:2]
+    for clip_id in train + val + test:
+        write_video(root / f"{clip_id}.mp4", ClipSpec(clip_id, frames=40), with_audio=True)
+    return root
+
+
 def prepare_workspace(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for name in ("configs", "metadata"):
@@ -55,7 +96,6 @@ def prepare_workspace(folder: Path) -> Path:
     plant_imagenet_weights(folder / "torch-home")
     save_official_weights(folder / "flickr.pth", seed=1)
     save_official_weights(folder / "vgg.pth", seed=2)
-    from tests.real_layouts import make_flickr_download, make_vggsound_download
     make_flickr_download(folder / "RAW_FLICKR")
     make_vggsound_download(folder / "RAW_VGGSOUND")
     return folder

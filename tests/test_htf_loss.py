@@ -11,7 +11,7 @@ from htf.loss import ezvsl_loss, lvs_loss
 
 
 def reference_lvs(img: np.ndarray, aud: np.ndarray, eps=0.65, eps2=0.40, tau=0.03, temp=0.07):
-    """DESIGN.md §2, literally: A, A0, Pos, Neg (trimap), PosAll, sim1, sim, sim2, CE target 0."""
+    """The official loss, literally: A, A0, Pos, Neg (trimap), PosAll, sim1, sim, sim2, CE target 0."""
     sig = lambda x: 1.0 / (1.0 + np.exp(-x))
     b = img.shape[0]
     a = np.einsum("nchw,nc->nhw", img, aud)

@@ -19,7 +19,7 @@ from htf.official import official_data_settings
 
 
 class ReferenceHTF(nn.Module):
-    """Official structure from torchvision parts (DESIGN.md §2), written independently."""
+    """Official structure from torchvision parts, written independently."""
 
     def __init__(self, flow: str = "cnn"):
         super().__init__()
