@@ -77,14 +77,16 @@ def make_flickr_download(root: Path) -> Path:
 
 def make_vggsound_download(root: Path) -> Path:
     """RAW_VGGSOUND: a flat folder of <YTID>_<start:06d>.mp4 with sound; training, validation
-    and VGG-SS test ids (in both the 4,670 and the 5,158 lists)."""
+    and VGG-SS test ids (in both the 4,670 and the 5,158 lists), and a clip of the extended
+    protocol's pair list."""
     from tests.real_layouts import ClipSpec, write_video
 
     train = _ids("htf_vgg_train_10k.txt", head=2)
     val = _ids("htf_vgg_train_144k.txt", tail=1)
     trimmed = set(_ids("htf_vggss_test_trimmed.csv", head=100000))
     test = [i for i in _ids("lvs_vggss_test5158.csv", head=200) if i in trimmed][:2]
-    for clip_id in train + val + test:
+    pairs_only = _ids("slavc_vggss_pairs_extra.txt", head=1)     # a clip only SLAVC's pairs name
+    for clip_id in train + val + test + pairs_only:
         write_video(root / f"{clip_id}.mp4", ClipSpec(clip_id, frames=40), with_audio=True)
     return root
 

@@ -34,7 +34,6 @@ FULL_SIZE_BUDGET = ["--set", "train.max_steps=2", "--set", "data.batch_size=4",
 NOT_RUN_HERE = {
     "make test": "is what CI runs (.ci/run)",
     "make demo": "runs at toy scale in tests/test_apps_demo.py (the miniature demo)",
-    "make demo-real": "runs in tests/test_apps_demo.py on a generated real-looking clip",
     "tensorboard --logdir": "starts a web server that never returns",
 }
 
