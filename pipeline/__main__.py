@@ -14,6 +14,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
+import socket  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -41,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--device", help="cpu or cuda[:N] (learned flow only)")
         p.add_argument("--workers", type=int, help="parallel worker processes (or Ray CPUs)")
         p.add_argument("--executor", choices=["local", "ray"])
+        p.add_argument("--ray-address", metavar="HOST:PORT",
+                       help="run on this Ray cluster (implies --executor ray; 'auto' = the cluster "
+                            "this node belongs to); docs/cluster.md")
         p.add_argument("--shard-prefix", help="shard names <prefix>-000000.tar (e.g. train, val, test)")
         p.add_argument("--cache", help="flow cache folder (default OUT/cache); share it between runs")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -52,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _overrides(args: argparse.Namespace) -> list[str]:
     flags = {"flow.method": args.flow, "flow.ckpt": args.flow_ckpt, "flow.device": args.device,
              "run.workers": args.workers, "run.executor": args.executor, "pack.prefix": args.shard_prefix,
-             "run.cache_dir": args.cache}
+             "run.cache_dir": args.cache, "run.ray_address": args.ray_address}
+    if args.ray_address is not None and args.executor is None:
+        flags["run.executor"] = "ray"
     out = [f"{k}={v}" for k, v in flags.items() if v is not None]
     if args.no_progress:
         out.append("run.progress=false")
@@ -60,8 +66,30 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     return out + list(args.set)
 
 
+def ray_address_problem(address: str, timeout_s: float = 5.0) -> str | None:
+    """Why ``host:port`` cannot be a Ray head, or None. Checked before Ray is asked, which
+    would otherwise retry an unreachable address for minutes."""
+    if address in ("", "auto") or address.startswith("ray://"):
+        return None
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        return f"--ray-address {address}: expected HOST:PORT (e.g. 10.0.0.1:6379), 'auto' or ray://HOST:PORT"
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        return (f"--ray-address {address}: no Ray head answers there ({err}); start one with "
+                f"`ray start --head --port {port}` (docs/cluster.md)")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.ray_address is not None:
+        problem = ("--ray-address needs --executor ray" if args.executor == "local"
+                   else ray_address_problem(args.ray_address))
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
     try:
         cfg = load_config(PipelineConfig, args.config, _overrides(args))
     except ConfigError as err:

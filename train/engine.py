@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -376,6 +377,7 @@ def _validate_and_select(model: HTFModel, val_urls: list[str], cfg: TrainConfig,
 
 
 def _write_rank_summary(output: Path, info: du.DistInfo, state: RunState, steps_run: int) -> None:
-    summary = {"rank": info.rank, "world_size": info.world, "final_step": state.step,
-               "steps_run": steps_run}
+    # node: torchrun's agent (group) rank, so a multi-node run shows every node took part.
+    summary = {"rank": info.rank, "world_size": info.world, "node": int(os.environ.get("GROUP_RANK", 0)),
+               "local_rank": info.local_rank, "final_step": state.step, "steps_run": steps_run}
     (output / "logs" / f"rank{info.rank}.json").write_text(json.dumps(summary) + "\n")
