@@ -2,7 +2,7 @@
 
 Stages, each the project's own command (printed as it runs, so a researcher can rerun any):
 
-1. world     ``python -m pipeline.synth``: videos with sound, boxes, train/val/test lists
+1. world     ``python -m apps.synth``: videos with sound, boxes, train/val/test lists
 2. pipeline  ``python -m pipeline run`` once per split: keyframes, cached DIS flow, log-mel
 3. train     ``torchrun --nproc-per-node 2 -m train``: HTF (flow attention), then ``flow: none``
 4. evaluate  ``python -m eval`` on the held-out test shards: both models and the
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.synth import WorldConfig, generate_world
+from apps.synth import WorldConfig, generate_world
 
 REPO = Path(__file__).resolve().parent.parent
 SPLITS = ("train", "val", "test")
@@ -179,7 +179,7 @@ def clip_kinds(world: Path) -> dict[str, str]:
 
 def results_by_kind(eval_dir: Path, kinds: dict[str, str]) -> dict[str, dict[str, Any]]:
     """The evaluator's per-clip cIoU, summarised per kind of clip (same metric functions)."""
-    from eval.metrics import summarize
+    from htf.metrics import summarize
 
     with open(eval_dir / "per_clip.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -324,7 +324,7 @@ def run_demo(plan: DemoPlan) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m htf.demo", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m apps.demo", description=__doc__.split("\n")[0])
     p.add_argument("--output", default="demo_out", help="folder for every output of the demo")
     p.add_argument("--n", type=int, default=1000, help="clips in the synthetic world")
     p.add_argument("--seed", type=int, default=0)

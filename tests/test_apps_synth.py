@@ -7,7 +7,7 @@ import av
 import numpy as np
 import pytest
 
-from pipeline.synth import CLASSES, WorldConfig, generate_world, keyframe_index, plan_clip, render_audio
+from apps.synth import CLASSES, WorldConfig, generate_world, keyframe_index, plan_clip, render_audio
 
 SMALL = dict(size=128, seconds=2.0, fps=10, workers=1)
 
@@ -142,7 +142,7 @@ def test_rerun_skips_clips_already_written(tmp_path):
 
 
 def test_command_line_prints_where_it_wrote_the_world(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "pipeline.synth", "--output", str(tmp_path / "w"),
+    result = subprocess.run([sys.executable, "-m", "apps.synth", "--output", str(tmp_path / "w"),
                              "--n", "2", "--size", "64", "--seconds", "1", "--fps", "8", "--workers", "1"],
                             capture_output=True, text=True, check=True)
     assert str(tmp_path / "w") in result.stdout
@@ -188,7 +188,7 @@ def _axis_of(direction: float) -> str:
 
 
 def test_playing_motion_moves_a_sounding_object_along_its_class_axis_and_silent_ones_along_another():
-    from pipeline.synth import playing_axis
+    from apps.synth import playing_axis
     cfg = WorldConfig(n=300, seed=5, p_same_class=0.35, playing_motion=True)
     checked_sounding = checked_silent = 0
     for i in range(cfg.n):
