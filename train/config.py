@@ -70,6 +70,8 @@ class LoopConfig:
     max_steps: int | None = None    # stop (with a checkpoint) after this many steps in total
     seed: int = 0
     amp: Literal["none", "bf16", "fp16"] = "bf16"  # GPU only; CPU runs in float32
+    channels_last: bool = False     # NHWC images, flow and conv weights (CUDA only; CPU stays NCHW)
+    compile: bool = False           # torch.compile the model (CUDA only; CPU runs eager)
     save_every_steps: int = 500
     log_every_steps: int = 20
     val_every_epochs: int = 1

@@ -84,6 +84,11 @@ def autocast(cfg: TrainConfig, device: torch.device) -> contextlib.AbstractConte
     return torch.autocast("cuda", dtype=dtype)
 
 
+def use_channels_last(cfg: TrainConfig, device: torch.device) -> bool:
+    # CUDA only: on CPU this torch build crashes in a channels_last backward (double free).
+    return cfg.train.channels_last and device.type == "cuda"
+
+
 def wants_resume(resume_flag: bool, output: Path) -> bool:
     """--resume, or a torchrun restart (``--max-restarts``) of a run that saved a checkpoint.
 
@@ -141,7 +146,9 @@ def train_step(model: torch.nn.Module, batch: dict[str, torch.Tensor], optimizer
                epoch: int) -> float | None:
     """Forward, finiteness check, backward, clip, update. Returns the rank-mean loss when checked."""
     dev = info.device
-    image, flow, spec = (batch[k].to(dev, non_blocking=True) for k in ("image", "flow", "spec"))
+    fmt = torch.channels_last if use_channels_last(cfg, dev) else torch.contiguous_format
+    image, flow = (batch[k].to(dev, non_blocking=True, memory_format=fmt) for k in ("image", "flow"))
+    spec = batch["spec"].to(dev, non_blocking=True)
     with autocast(cfg, dev):
         loss = model(image, flow, spec, return_loss=True)["loss"]
     mean_loss = None
@@ -293,6 +300,8 @@ def _fit(cfg: TrainConfig, train_shards: str, val_shards: str | None, output: Pa
         model.load_state_dict(load_model(cfg.train.init_from).state_dict())
     model.data_settings = _data_settings(urls, val_urls, log)
     model.to(info.device)
+    if use_channels_last(cfg, info.device):
+        model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, steps_per_epoch * cfg.train.epochs, cfg))
@@ -305,6 +314,9 @@ def _fit(cfg: TrainConfig, train_shards: str, val_shards: str | None, output: Pa
     if info.enabled:
         ddp_model = DistributedDataParallel(
             model, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
+    if cfg.train.compile and info.device.type == "cuda":
+        # Compiled for training only; checkpoints and validation use the plain module.
+        ddp_model = torch.compile(ddp_model)
 
     log.print(f"training on {info.world} process(es), {info.device}: {epoch_samples} samples/epoch, "
               f"{steps_per_epoch} steps/epoch of {cfg.data.batch_size}/process, "
