@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", help="our .pt checkpoint, the official {'model': ...} .pth or Lightning .ckpt")
     p.add_argument("--shards", required=True, nargs="+",
-                   help="test shards: glob ('OUT/test-*.tar'), brace pattern, folder or files")
+                   help="test shards: glob ('OUT/test-*.tar'), brace pattern, folder, files, s3://... URLs or pipe: commands")
     p.add_argument("--output", required=True, help="report folder (metrics.json, per_clip.csv, ...)")
     p.add_argument("--protocol", choices=["auto", "flickr", "vggss"], help="ground-truth protocol")
     p.add_argument("--baseline", choices=list(BASELINES), help="a baseline that needs no training")

@@ -25,7 +25,8 @@ from htf.config import save_config
 from train import checkpoint as ckpt
 from train import distributed as du
 from train.config import TrainConfig
-from train.data import TrainStream, count_samples, expand_urls, first_sample, train_loader, val_loader
+from htf.shards import count_samples, expand_shards
+from train.data import TrainStream, first_sample, train_loader, val_loader
 from htf.model import HTFModel, checkpoint_payload, load_model
 
 
@@ -286,8 +287,8 @@ def _fit(cfg: TrainConfig, train_shards: str, val_shards: str | None, output: Pa
     du.barrier(info)
     log = Logger(output, info.is_main)
 
-    urls = expand_urls(train_shards)
-    val_urls = expand_urls(val_shards) if val_shards else []
+    urls = expand_shards(train_shards)
+    val_urls = expand_shards(val_shards) if val_shards else []
     epoch_samples = cfg.data.epoch_samples or du.broadcast_object(
         count_samples(urls) if info.is_main else None, info)
     steps_per_epoch = max(1, epoch_samples // (cfg.data.batch_size * info.world))
