@@ -21,6 +21,7 @@ from pathlib import Path  # noqa: E402
 from htf.config import ConfigError, load_config  # noqa: E402
 from pipeline.config import PipelineConfig  # noqa: E402
 from pipeline.errors import FlowSetupError  # noqa: E402
+from pipeline.publish import default_staging, is_remote, local_output, publish  # noqa: E402
 from pipeline.runner import RunInputs, run_pipeline  # noqa: E402
 
 COMMANDS = {"run": "pack", "index": "index", "decode": "decode", "flow": "flow", "audio": "audio", "pack": "pack"}
@@ -33,7 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=f"run the pipeline up to stage '{COMMANDS[name]}'")
         p.add_argument("--config", help="YAML preset, e.g. configs/pipeline/synthetic.yaml")
         p.add_argument("--input", required=True, help="folder with video/ (and audio/) or a flat folder of videos")
-        p.add_argument("--output", required=True, help="output folder (shards, reports, flow cache)")
+        p.add_argument("--output", required=True,
+                       help="output folder (shards, reports, flow cache), or a bucket URL (s3://, gs://)")
+        p.add_argument("--staging", help="local folder where a bucket --output is made before it is "
+                                         "published (default ~/.cache/htf/pipeline-staging/<hash of the URL>)")
         p.add_argument("--split-list", help="txt (one id a line) or csv (id in column 0) of clips to use")
         p.add_argument("--annotations", help="VGG-SS JSON, Flickr 256-px JSON, or a folder of Flickr XML")
         p.add_argument("--keyframes", help="JSON id -> frame index (or official imagetoframe lists)")
@@ -98,13 +102,28 @@ def main(argv: list[str] | None = None) -> int:
     if args.flow_ckpt is not None and not Path(args.flow_ckpt).exists() and "/" in args.flow_ckpt:
         print(f"error: --flow-ckpt {args.flow_ckpt}: no such file", file=sys.stderr)
         return 2
-    inputs = RunInputs(args.input, args.output, args.split_list, args.annotations, args.keyframes)
+    remote = is_remote(args.output)
+    output = str(Path(args.staging) if args.staging else default_staging(args.output)) if remote \
+        else local_output(args.output)
+    inputs = RunInputs(args.input, output, args.split_list, args.annotations, args.keyframes)
     try:
         summary = run_pipeline(cfg, inputs, COMMANDS[args.command])
     except (FlowSetupError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(summary.text())
+    return publish_to(Path(output), args.output, cfg.pack.prefix) if remote else 0
+
+
+def publish_to(folder: Path, url: str, prefix: str) -> int:
+    try:
+        counts = publish(folder, url, prefix)
+    except Exception as err:  # noqa: BLE001  (credentials, network, permissions: one line, not a traceback)
+        print(f"error: publishing {folder} to {url} failed ({type(err).__name__}: {err}); the outputs "
+              f"are complete in {folder}: rerun the same command to publish them", file=sys.stderr)
+        return 1
+    print(f"published to {url}: {counts['uploaded']} file(s) uploaded, {counts['unchanged']} unchanged, "
+          f"{counts['removed']} stale shard(s) removed (staging folder {folder})")
     return 0
 
 

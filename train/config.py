@@ -79,6 +79,9 @@ class LoopConfig:
     check_finite_every: int = 1     # steps between NaN/Inf loss checks (all ranks agree)
     dist_timeout_s: int = 1800
     init_from: str | None = None    # start from these weights (ours or official)
+    # Copy checkpoints, metrics, config and rank logs here after each checkpoint (s3://, gs://);
+    # the run folder stays the source of truth (resume reads it).
+    sync_url: str | None = None
 
     def validate(self) -> None:
         if self.epochs < 1 or self.save_every_steps < 1 or self.log_every_steps < 1:

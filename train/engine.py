@@ -324,7 +324,12 @@ def _fit(cfg: TrainConfig, train_shards: str, val_shards: str | None, output: Pa
               f"{total_steps} steps in total")
     stream = TrainStream(urls, cfg.model, cfg.augment, cfg.data, info.rank, info.world, cfg.train.seed)
     steps_run = 0
-    save = lambda path: save_checkpoint(path, model, optimizer, scaler, scheduler, state, cfg, info)  # noqa: E731
+    sync = ckpt.RunSync(output, cfg.train.sync_url) if cfg.train.sync_url and info.is_main else None
+
+    def save(path: Path) -> None:
+        save_checkpoint(path, model, optimizer, scaler, scheduler, state, cfg, info)
+        if sync is not None:
+            sync()
     while state.step < total_steps:
         state.epoch = state.step // steps_per_epoch
         stream.set_epoch(state.epoch, state.step)
@@ -355,6 +360,9 @@ def _fit(cfg: TrainConfig, train_shards: str, val_shards: str | None, output: Pa
             _validate_and_select(model, val_urls, cfg, info, state, log, output, save)
         save(ckpt.latest_path(output))
     _write_rank_summary(output, info, state, steps_run)
+    du.barrier(info)
+    if sync is not None:
+        sync()      # every rank's summary, the last metrics
     log.print(f"done: step {state.step}, best {state.best_metrics}")
     log.close()
     return {"step": state.step, "epoch": state.epoch, "best_metrics": state.best_metrics,
