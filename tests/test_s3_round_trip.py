@@ -79,7 +79,7 @@ def test_pipeline_to_bucket_then_torchrun_training_and_evaluation_read_the_bucke
 
     train = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                  "-m", "train", "--train-shards", f"{shards}/train-*.tar", "--output", str(tmp_path / "run"),
-                 *tiny_overrides("data.batch_size=2", "train.epochs=1",
+                 *tiny_overrides("data.batch_size=2", "data.workers=1", "train.epochs=1",
                                  f"train.sync_url=s3://{BUCKET}/runs/first")])
     assert train.returncode == 0, train.stdout[-2000:] + train.stderr[-3000:]
     assert "6 samples/epoch" in train.stdout            # counted from the bucket's sizes.json
