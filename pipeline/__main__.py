@@ -103,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --flow-ckpt {args.flow_ckpt}: no such file", file=sys.stderr)
         return 2
     remote = is_remote(args.output)
+    if args.staging and not remote:
+        print(f"error: --staging is for a bucket --output (s3://, gs://); {args.output} is a local folder",
+              file=sys.stderr)
+        return 2
     output = str(Path(args.staging) if args.staging else default_staging(args.output)) if remote \
         else local_output(args.output)
     inputs = RunInputs(args.input, output, args.split_list, args.annotations, args.keyframes)

@@ -124,3 +124,22 @@ def test_an_unreachable_bucket_stops_the_evaluator_with_one_error_line(s3, tmp_p
     assert report.returncode != 0
     assert report.stderr.strip().splitlines()[-1].startswith("error: ")
     assert f"s3://{BUCKET}/nothing/test-*.tar" in report.stderr
+
+
+@pytest.mark.timeout(300)
+def test_a_failed_publish_is_one_error_line_and_the_staging_folder_keeps_the_shards(s3, tmp_path):
+    made = pipeline_to_bucket("s3://no-such-bucket-for-htf/shards", tmp_path / "staging")
+    assert made.returncode == 1
+    err = made.stderr.strip().splitlines()
+    assert err[-1].startswith("error: publishing ") and "rerun the same command" in err[-1]
+    assert len(list((tmp_path / "staging").glob("train-*.tar"))) == 3
+
+
+def test_staging_with_a_local_output_is_refused(tmp_path, capsys):
+    from pipeline.__main__ import main as pipeline_main
+
+    code = pipeline_main(["run", "--input", str(tmp_path), "--output", str(tmp_path / "out"),
+                          "--staging", str(tmp_path / "stage")])
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: --staging is for a bucket --output (s3://, gs://); {tmp_path / 'out'} is a local folder"]
