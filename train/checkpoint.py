@@ -81,7 +81,7 @@ class RunSync:
     (``train.sync_url``) after each checkpoint: only files changed since the last copy.
     A failed copy is a warning, never the end of training: the local folder is complete."""
 
-    PATTERNS = ("checkpoints/*.pt", "metrics.jsonl", "config.yaml", "logs/*.json")
+    PATTERNS = ("checkpoints/*.pt", "metrics.jsonl", "train.log", "config.yaml", "logs/*.json")
 
     def __init__(self, output: Path, url: str) -> None:
         self.output, self.url = output, url.rstrip("/")
