@@ -81,11 +81,27 @@ def _expand_local(item: str) -> list[str]:
     return [item]
 
 
+class ShardAccessError(FileNotFoundError):
+    """Shards that cannot be listed or read (no credentials, no network, no permission)."""
+
+
+def _remote_call(what: str, fn, *args):
+    """``fn(*args)`` on a remote store; any failure but 'not found' becomes one
+    ShardAccessError naming the location (callers print it as one error line)."""
+    try:
+        return fn(*args)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # noqa: BLE001  (botocore, aiohttp, gcsfs: each its own types)
+        raise ShardAccessError(f"cannot read {what}: {type(err).__name__}: {err} (for s3:// check the "
+                               f"AWS credentials and AWS_ENDPOINT_URL)") from None
+
+
 def _expand_remote(item: str) -> list[str]:
     if scheme(item) not in LISTABLE or not any(c in item for c in GLOB_CHARS):
         return [item]
     fs, path = filesystem(item)
-    return sorted(_with_protocol(item, p) for p in fs.glob(path))
+    return sorted(_with_protocol(item, p) for p in _remote_call(item, fs.glob, path))
 
 
 def _missing(urls: list[str]) -> list[str]:
@@ -101,7 +117,8 @@ def _missing(urls: list[str]) -> list[str]:
             if folder not in listings:
                 fs, path = filesystem(folder)
                 try:
-                    listings[folder] = {p.rstrip("/").rpartition("/")[2] for p in fs.ls(path, detail=False)}
+                    names = _remote_call(folder, fs.ls, path, False)
+                    listings[folder] = {p.rstrip("/").rpartition("/")[2] for p in names}
                 except FileNotFoundError:
                     listings[folder] = set()
             if name not in listings[folder]:

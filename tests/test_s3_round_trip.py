@@ -143,3 +143,18 @@ def test_staging_with_a_local_output_is_refused(tmp_path, capsys):
     assert code == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         f"error: --staging is for a bucket --output (s3://, gs://); {tmp_path / 'out'} is a local folder"]
+
+
+@pytest.mark.slow          # s3fs retries the dead endpoint for about a minute before giving up
+@pytest.mark.timeout(300)
+def test_an_unreachable_endpoint_is_one_error_line_from_the_trainer(s3, tmp_path):
+    s3, bucket = s3
+    env = dict(os.environ, PYTHONPATH=str(ROOT), AWS_ACCESS_KEY_ID="", AWS_SECRET_ACCESS_KEY="",
+               AWS_ENDPOINT_URL="http://127.0.0.1:9")          # nothing listens on port 9
+    train = subprocess.run([sys.executable, "-m", "train", "--train-shards", f"s3://{bucket}/shards/train-*.tar",
+                            "--output", str(tmp_path / "run")], cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=240)
+    assert train.returncode != 0
+    last = train.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: cannot read s3://{bucket}/shards/train-*.tar: ") and "Traceback" not in train.stderr
+    assert not (tmp_path / "run").exists()
