@@ -94,7 +94,7 @@ def test_pipeline_with_ray_address_runs_on_the_cluster_and_writes_the_same_shard
     remote = subprocess.run(pipeline_cmd(tmp_path / "ray", "--ray-address", ray_head),
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert remote.returncode == 0, remote.stderr[-3000:]
-    assert f"Connected to Ray cluster" in remote.stderr + remote.stdout
+    assert "Connected to Ray cluster" in remote.stderr + remote.stdout
     assert shard_bytes(tmp_path / "ray") == shard_bytes(tmp_path / "local")
     assert len(shard_bytes(tmp_path / "ray")) == 3
 
