@@ -15,7 +15,7 @@ setup: $(STAMP) ffmpeg
 
 $(STAMP): requirements/constraints.txt setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -c requirements/constraints.txt -e '.[ray,test]'
+	$(PY) -m pip install -q --disable-pip-version-check -c requirements/constraints.txt -e '.[ray,s3,test]'
 	@touch $(STAMP)
 
 ffmpeg:

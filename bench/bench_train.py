@@ -39,7 +39,8 @@ sys.path.insert(0, str(ROOT))
 from htf.sample import ClipSample, SampleMeta, encode_sample  # noqa: E402
 from htf.model_config import ModelConfig  # noqa: E402
 from train.config import AugmentConfig, DataConfig  # noqa: E402
-from train.data import TrainStream, expand_urls  # noqa: E402
+from htf.shards import expand_shards  # noqa: E402
+from train.data import TrainStream  # noqa: E402
 
 SR = 22050
 
@@ -136,7 +137,7 @@ def time_per_file(files: Path, ids: list[str], batch: int) -> float:
 
 def time_shards(url: str, clips: int, batch: int) -> float:
     cfg = ModelConfig(image_size=224)
-    stream = TrainStream(expand_urls(url), cfg, AugmentConfig(audio_time_shift=False),
+    stream = TrainStream(expand_shards(url), cfg, AugmentConfig(audio_time_shift=False),
                          DataConfig(batch_size=batch, workers=0, shuffle_buffer=0), 0, 1, 0)
     it = iter(stream)
     next(it)                                             # open the tar once (warm-up)

@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="a baseline that needs no training: center prior, flow magnitude or random")
     io = p.add_argument_group("inputs and outputs")
     io.add_argument("--shards", required=True, nargs="+", metavar="SHARDS",
-                    help="test shards: glob ('OUT/test-*.tar'), brace pattern, folder or files")
+                    help="test shards: glob ('OUT/test-*.tar'), brace pattern, folder or files; "
+                         "also s3://... or other fsspec URLs and pipe: commands")
     io.add_argument("--output", required=True, metavar="REPORT",
                     help="report folder (metrics.json, per_clip.csv, report.html, heatmaps/)")
     proto = p.add_argument_group("protocol and pictures (shortcuts for config keys)")

@@ -33,7 +33,8 @@ import torch
 from htf import metrics as M
 from eval.baselines import BASELINES, Baseline
 from eval.config import EvalConfig
-from eval.shards import Failure, expand_shards, iter_samples
+from eval.shards import Failure, iter_samples
+from htf.shards import expand_shards
 from htf.config import save_config
 from htf.inputs import eval_inputs
 from htf.io import atomic_write_json

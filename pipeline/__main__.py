@@ -14,6 +14,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
+import socket  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -21,6 +22,7 @@ from htf.cli import (add_config_flag, add_config_options, command, fail, flag_ov
                      make_parser, parse_args, resolve_config, wrap)
 from pipeline.config import PipelineConfig  # noqa: E402
 from pipeline.errors import FlowSetupError  # noqa: E402
+from pipeline.publish import default_staging, is_remote, local_output, publish  # noqa: E402
 from pipeline.runner import RunInputs, run_pipeline  # noqa: E402
 
 COMMANDS = {"run": "pack", "index": "index", "decode": "decode", "flow": "flow", "audio": "audio", "pack": "pack"}
@@ -47,7 +49,7 @@ EXAMPLES = """\
 FLAGS = {"flow": ("flow.method", "--flow"), "flow_ckpt": ("flow.learned.ckpt", "--flow-ckpt"),
          "device": ("flow.device", "--device"), "workers": ("run.workers", "--workers"),
          "executor": ("run.executor", "--executor"), "shard_prefix": ("pack.prefix", "--shard-prefix"),
-         "cache": ("run.cache_dir", "--cache")}
+         "cache": ("run.cache_dir", "--cache"), "ray_address": ("run.ray_address", "--ray-address")}
 
 
 def _add_stage_options(p: argparse.ArgumentParser) -> None:
@@ -55,7 +57,11 @@ def _add_stage_options(p: argparse.ArgumentParser) -> None:
     io.add_argument("--input", required=True, metavar="DIR",
                     help="folder with video/ (and optional audio/) or a flat folder of videos")
     io.add_argument("--output", required=True, metavar="OUT",
-                    help="output folder: shards, index/failure reports, flow cache, resolved config")
+                    help="output folder: shards, index/failure reports, flow cache, resolved config; "
+                         "or a bucket URL (s3://, gs://): made in --staging, then published")
+    io.add_argument("--staging", metavar="DIR",
+                    help="local folder where a bucket --output is made before it is published "
+                         "(default ~/.cache/htf/pipeline-staging/<hash of the URL>)")
     io.add_argument("--split-list", metavar="FILE",
                     help="txt (one id a line) or csv (id in column 0) of the clips to use (default: all)")
     io.add_argument("--annotations", metavar="FILE",
@@ -72,6 +78,9 @@ def _add_stage_options(p: argparse.ArgumentParser) -> None:
                     type=int, metavar="N")
     add_config_flag(run, "--executor", "run.executor", PipelineConfig,
                     "local: a process pool on this machine; ray: a Ray cluster", choices=["local", "ray"])
+    add_config_flag(run, "--ray-address", "run.ray_address", PipelineConfig,
+                    "run on this Ray cluster (implies --executor ray; 'auto': the cluster of this node; "
+                    "docs/cluster.md)", metavar="HOST:PORT")
     add_config_flag(run, "--shard-prefix", "pack.prefix", PipelineConfig,
                     "shard names PREFIX-000000.tar, so train/val/test can share OUT", metavar="PREFIX")
     add_config_flag(run, "--cache", "run.cache_dir", PipelineConfig,
@@ -97,24 +106,68 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _overrides(args: argparse.Namespace) -> list:
     out = flag_overrides(args, FLAGS)
+    if args.ray_address is not None and args.executor is None:
+        out.append(("run.executor=ray", f"--ray-address {args.ray_address}"))
     if args.no_progress:
         out.append(("run.progress=false", "--no-progress"))
     return out
 
 
+def ray_address_problem(address: str, timeout_s: float = 5.0) -> str | None:
+    """Why ``host:port`` cannot be a Ray head, or None. Checked before Ray is asked, which
+    would otherwise retry an unreachable address for minutes."""
+    if address in ("", "auto") or address.startswith("ray://"):
+        return None
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        return f"--ray-address {address}: expected HOST:PORT (e.g. 10.0.0.1:6379), 'auto' or ray://HOST:PORT"
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        return (f"--ray-address {address}: no Ray head answers there ({err}); start one with "
+                f"`ray start --head --port {port}` (docs/cluster.md)")
+    return None
+
+
+def output_folder(args: argparse.Namespace) -> str:
+    """The local folder the run writes: OUT itself, or the staging folder of a bucket URL."""
+    if not is_remote(args.output):
+        if args.staging:
+            raise fail(f"--staging is for a bucket --output (s3://, gs://); {args.output} is a local folder")
+        return local_output(args.output)
+    return str(Path(args.staging) if args.staging else default_staging(args.output))
+
+
+def publish_to(folder: Path, url: str, prefix: str) -> int:
+    try:
+        counts = publish(folder, url, prefix)
+    except Exception as err:  # noqa: BLE001  (credentials, network, permissions: one line, not a traceback)
+        raise fail(f"publishing {folder} to {url} failed ({type(err).__name__}: {err}); the outputs "
+                   f"are complete in {folder}: rerun the same command to publish them", code=1) from None
+    print(f"published to {url}: {counts['uploaded']} file(s) uploaded, {counts['unchanged']} unchanged, "
+          f"{counts['removed']} stale shard(s) removed (staging folder {folder})")
+    return 0
+
+
 @command
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(build_parser(), argv)
+    if args.ray_address is not None:
+        problem = ("--ray-address needs --executor ray" if args.executor == "local"
+                   else ray_address_problem(args.ray_address))
+        if problem:
+            raise fail(problem)
     cfg = resolve_config(args, PipelineConfig, "pipeline", _overrides(args))
     if args.flow_ckpt is not None and not Path(args.flow_ckpt).exists() and "/" in args.flow_ckpt:
         raise fail(f"--flow-ckpt {args.flow_ckpt}: no such file")
-    inputs = RunInputs(args.input, args.output, args.split_list, args.annotations, args.keyframes)
+    output = output_folder(args)
+    inputs = RunInputs(args.input, output, args.split_list, args.annotations, args.keyframes)
     stage = COMMANDS[args.command]
     if stage == "pack" and cfg.pack.prefix.startswith("test") and not args.annotations:
         print(f"warning: building '{cfg.pack.prefix}' shards without boxes: the evaluator cannot score "
               "them (give --annotations: VGG-SS JSON, Flickr XML folder or 256-px JSON)", file=sys.stderr)
     try:
-        check_output_folder(Path(args.output))
+        check_output_folder(Path(output))
         summary = run_pipeline(cfg, inputs, stage)
     except (FlowSetupError, FileNotFoundError, ValueError) as err:
         raise fail(err) from None
@@ -125,9 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         raise fail(err, 1) from None
     except KeyboardInterrupt:
         raise fail(f"interrupted; rerun the same command to resume (finished tasks and shards in "
-                   f"{args.output} are kept)", 130) from None
+                   f"{output} are kept)", 130) from None
     print(summary.text())
-    return 0
+    return publish_to(Path(output), args.output, cfg.pack.prefix) if is_remote(args.output) else 0
 
 
 def check_output_folder(out: Path) -> None:

@@ -14,7 +14,8 @@ from eval.shards import iter_samples
 from htf.sample import ClipSample
 from pipeline.annotations import load_annotations, load_keyframes
 from tests.train_helpers import write_shards
-from train.data import ShardSettingsError, ValStream, check_shard_settings, count_samples
+from htf.shards import ShardReadError, count_samples
+from train.data import ShardSettingsError, ValStream, check_shard_settings
 from htf.model_config import ModelConfig
 
 N_SHARD_CASES = 24
@@ -78,7 +79,7 @@ def test_trainer_shard_checks_give_a_clear_error_or_an_answer(damaged_shards, go
                       lambda: check_shard_settings([str(good), str(path)], {})):
             try:
                 check()
-            except ShardSettingsError as err:
+            except (ShardSettingsError, ShardReadError) as err:
                 assert str(path) in str(err)
 
 

@@ -11,7 +11,8 @@ import torch
 from tests.train_helpers import write_shards
 from htf.model_config import ModelConfig
 from train.config import AugmentConfig, DataConfig
-from train.data import TrainStream, ValStream, count_samples, expand_urls, first_sample
+from htf.shards import count_samples, expand_shards
+from train.data import TrainStream, ValStream, first_sample
 
 MODEL = ModelConfig(width=8, image_size=56, audio_frames=32)
 
@@ -24,18 +25,18 @@ def shards(tmp_path_factory):
 
 def _stream(pattern, rank=0, world=1, seed=0, batch=4):
     data = DataConfig(batch_size=batch, workers=0, shuffle_buffer=6)
-    return TrainStream(expand_urls(pattern), MODEL, AugmentConfig(), data, rank, world, seed)
+    return TrainStream(expand_shards(pattern), MODEL, AugmentConfig(), data, rank, world, seed)
 
 
-def test_expand_urls_names_a_missing_shard(shards):
+def test_expand_shards_names_a_missing_shard(shards):
     folder, _ = shards
     with pytest.raises(FileNotFoundError, match="train-000004.tar.*6 missing"):
-        expand_urls(str(folder / "train-{000000..000009}.tar"))
+        expand_shards(str(folder / "train-{000000..000009}.tar"))
 
 
 def test_count_samples_reads_tars_or_sizes_json(shards):
     folder, pattern = shards
-    urls = expand_urls(pattern)
+    urls = expand_shards(pattern)
     assert count_samples(urls) == 13
     (folder / "sizes.json").write_text(json.dumps({"train-000000.tar": 50}))
     try:
@@ -63,7 +64,7 @@ def test_train_stream_is_reproducible_and_differs_by_rank_and_epoch(shards):
 
 def test_ranks_draw_from_disjoint_shards_when_there_are_enough(shards):
     _, pattern = shards
-    urls = expand_urls(pattern)
+    urls = expand_shards(pattern)
     s0, s1 = _stream(pattern, 0, 2), _stream(pattern, 1, 2)
     seen0 = {d["url"] for d in itertools.islice(s0._shards(0, 1, random.Random(0)), 50)}
     seen1 = {d["url"] for d in itertools.islice(s1._shards(0, 1, random.Random(0)), 50)}
@@ -72,7 +73,7 @@ def test_ranks_draw_from_disjoint_shards_when_there_are_enough(shards):
 
 def test_validation_streams_cover_every_sample_once_across_ranks(shards):
     _, pattern = shards
-    urls = expand_urls(pattern)
+    urls = expand_shards(pattern)
     ids = []
     for rank in range(3):
         for _, metas in ValStream(urls, MODEL, 4, rank, 3):
@@ -82,4 +83,4 @@ def test_validation_streams_cover_every_sample_once_across_ranks(shards):
 
 def test_first_sample_gives_the_recorded_pipeline_settings(shards):
     _, pattern = shards
-    assert first_sample(expand_urls(pattern)).meta.pipeline["flow"]["encoding"] == "signed"
+    assert first_sample(expand_shards(pattern)).meta.pipeline["flow"]["encoding"] == "signed"

@@ -174,4 +174,4 @@ def test_without_validation_best_is_the_latest_checkpoint_and_the_run_says_so(da
 def test_missing_shards_leave_no_run_folder(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(_args(str(tmp_path / "nope-*.tar"), out)) == 1
-    assert "no shards match" in capsys.readouterr().err and not out.exists()
+    assert "no shard matches" in capsys.readouterr().err and not out.exists()

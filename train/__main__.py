@@ -71,12 +71,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no --config: the official recipe, configs/train/{OFFICIAL_RECIPE}.yaml", file=sys.stderr)
     cfg = resolve_config(args, TrainConfig, "train")
     from htf.model import UntrustedCheckpointError, WeightsUnavailableError
+    from htf.shards import ShardReadError
     from train.data import ShardSettingsError
     from train.engine import NonFiniteLossError, ResumeError, fit
     try:
         fit(cfg, args.train_shards, args.val_shards, args.output, resume=args.resume)
     except (NonFiniteLossError, ResumeError, FileNotFoundError, ConfigError, UntrustedCheckpointError,
-            ShardSettingsError,
+            ShardSettingsError, ShardReadError,
             WeightsUnavailableError) as err:
         raise fail(err, code=1) from None
     except OSError as err:         # disk full, an unwritable --output...

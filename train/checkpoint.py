@@ -69,3 +69,34 @@ def latest_path(output: str | os.PathLike) -> Path:
 
 def best_path(output: str | os.PathLike) -> Path:
     return checkpoint_dir(output) / "best.pt"
+
+
+class RunSync:
+    """Copies a run folder's checkpoints, metrics, config and rank logs to a bucket URL
+    (``train.sync_url``) after each checkpoint: only files changed since the last copy.
+    A failed copy is a warning, never the end of training: the local folder is complete."""
+
+    PATTERNS = ("checkpoints/*.pt", "metrics.jsonl", "train.log", "config.yaml", "logs/*.json")
+
+    def __init__(self, output: Path, url: str) -> None:
+        self.output, self.url = output, url.rstrip("/")
+        self.sent: dict[str, tuple[int, int]] = {}
+
+    def __call__(self) -> int:
+        from htf.shards import filesystem
+
+        try:
+            fs, root = filesystem(self.url)
+            copied = 0
+            for path in sorted(p for pattern in self.PATTERNS for p in self.output.glob(pattern)):
+                rel = path.relative_to(self.output).as_posix()
+                stamp = (path.stat().st_size, path.stat().st_mtime_ns)
+                if self.sent.get(rel) != stamp:
+                    fs.put_file(str(path), f"{root.rstrip('/')}/{rel}")
+                    self.sent[rel] = stamp
+                    copied += 1
+            return copied
+        except Exception as err:  # noqa: BLE001  (network, credentials: warn and train on)
+            print(f"warning: copying {self.output} to {self.url} failed ({type(err).__name__}: {err}); "
+                  f"will retry after the next checkpoint", flush=True)
+            return 0

@@ -74,6 +74,8 @@ class LoopConfig:
     max_steps: int | None = None    # stop (with a checkpoint) after this many steps in total
     seed: int = 0
     amp: Literal["none", "bf16", "fp16"] = "bf16"  # GPU only; CPU runs in float32
+    channels_last: bool = False     # NHWC images, flow and conv weights (CUDA only; CPU stays NCHW)
+    compile: bool = False           # torch.compile the model (CUDA only; CPU runs eager)
     save_every_steps: int = 500
     log_every_steps: int = 20
     val_every_epochs: int = 1
@@ -83,6 +85,9 @@ class LoopConfig:
     init_from: str | None = None    # start from these weights (ours or official)
     # Load init_from even if it holds classes real checkpoints do not (it may run code).
     trust_init_from: bool = False
+    # Copy checkpoints, metrics, config and rank logs here after each checkpoint (s3://, gs://);
+    # the run folder stays the source of truth (resume reads it).
+    sync_url: str | None = None
 
     def validate(self) -> None:
         if self.epochs < 1 or self.save_every_steps < 1 or self.log_every_steps < 1:

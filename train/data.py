@@ -13,84 +13,32 @@ gathered across ranks by the caller.
 """
 from __future__ import annotations
 
-import glob
-import json
-import os
 import random
-import tarfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import braceexpand
 import numpy as np
 import torch
-import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from htf.inputs import eval_arrays
 from htf.model_config import ModelConfig
 from htf.sample import ClipSample, decode_sample
+from htf.shards import iter_raw_samples
 from train.config import AugmentConfig, DataConfig
 from train.transforms import train_arrays
 
 
 # --------------------------------------------------------------------------------- shards
 
-def expand_urls(spec: str) -> list[str]:
-    """``'a-{000..009}.tar'``, globs and ``::``-separated lists -> sorted, checked shard paths."""
-    urls: list[str] = []
-    for part in spec.split("::"):
-        for item in braceexpand.braceexpand(part):
-            found = sorted(glob.glob(item)) if any(c in item for c in "*?[") else [item]
-            urls.extend(found)
-    if not urls:
-        raise FileNotFoundError(f"no shards match '{spec}'")
-    missing = [u for u in urls if "://" not in u and not os.path.isfile(u)]
-    if missing:
-        raise FileNotFoundError(f"shard not found: {missing[0]} (from '{spec}', {len(missing)} missing)")
-    return urls
-
-
 class ShardSettingsError(ValueError):
     """A shard is unreadable, or shards were made with different pipeline settings or not
     with the ones the preset expects."""
 
 
-def _count_tar(url: str) -> int:
-    keys = set()
-    try:
-        with tarfile.open(url) as tar:
-            for member in tar:
-                if member.isfile():
-                    keys.add(os.path.basename(member.name).split(".", 1)[0])
-    except (tarfile.TarError, OSError, EOFError) as err:
-        raise ShardSettingsError(f"shard {url} is unreadable ({type(err).__name__}: {err}); make it "
-                                 f"again or leave it out") from None
-    return len(keys)
-
-
-def count_samples(urls: list[str]) -> int:
-    """Samples in ``urls``: from a ``sizes.json`` ({shard name: count}) beside them, else by
-    reading the tar headers."""
-    total = 0
-    sizes_cache: dict[str, dict[str, int]] = {}
-    for url in urls:
-        folder = os.path.dirname(url)
-        if folder not in sizes_cache:
-            path = Path(folder) / "sizes.json"
-            try:
-                sizes_cache[folder] = json.loads(path.read_text()) if path.is_file() else {}
-            except (OSError, ValueError):
-                sizes_cache[folder] = {}
-        count = sizes_cache[folder].get(os.path.basename(url))
-        total += int(count) if isinstance(count, int) else _count_tar(url)
-    return total
-
-
 def first_sample(urls: list[str]) -> ClipSample:
     """The first sample of the first shard (to record the data settings before training)."""
-    for raw in wds.tarfile_to_samples()([{"url": urls[0]}]):
+    for raw in iter_raw_samples(urls[0]):
         return decode_sample(raw)
     raise ValueError(f"shard {urls[0]} holds no samples")
 
@@ -163,6 +111,16 @@ def _log_and_continue(exn: Exception) -> bool:
     return True
 
 
+def _samples_of(shards: Iterator[dict[str, str]]) -> Iterator[dict[str, Any]]:
+    """Raw samples of each shard in turn; a shard that fails (damaged, unreachable) is
+    reported and the stream goes on with the next one."""
+    for shard in shards:
+        try:
+            yield from iter_raw_samples(shard["url"])
+        except Exception as exn:  # noqa: BLE001  (any I/O or tar error: skip, never stall training)
+            _log_and_continue(exn)
+
+
 def _buffer_shuffle(items: Iterator[Any], size: int, rng: random.Random) -> Iterator[Any]:
     buf: list[Any] = []
     for item in items:
@@ -208,7 +166,7 @@ class TrainStream(IterableDataset):
         key = [self.seed, self.epoch, self.start_step, self.rank, worker]
         rng = random.Random("-".join(map(str, key)))
         np_rng = np.random.default_rng(key)
-        samples = wds.tarfile_to_samples(handler=_log_and_continue)(self._shards(worker, workers, rng))
+        samples = _samples_of(self._shards(worker, workers, rng))
         if self.data.shuffle_buffer > 1:
             samples = _buffer_shuffle(samples, self.data.shuffle_buffer, rng)
         batch: list[tuple[torch.Tensor, ...]] = []
@@ -245,10 +203,9 @@ class ValStream(IterableDataset):
 
     def __iter__(self) -> Iterator[tuple[dict[str, torch.Tensor], list[dict[str, Any]]]]:
         worker, workers = _slot()
-        shards = [{"url": u} for u in self.urls[worker::workers]]
         items: list[tuple[torch.Tensor, ...]] = []
         metas: list[dict[str, Any]] = []
-        for raw in wds.tarfile_to_samples(handler=_log_and_continue)(iter(shards)):
+        for raw in (r for url in self.urls[worker::workers] for r in iter_raw_samples(url)):
             try:
                 sample = decode_sample(raw)
             except ValueError as err:         # a damaged sample: named, skipped, not scored

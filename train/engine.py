@@ -26,8 +26,9 @@ from htf.config import dump_config, save_config, to_dict
 from train import checkpoint as ckpt
 from train import distributed as du
 from train.config import TrainConfig
-from train.data import TrainStream, check_shard_settings, count_samples, expand_urls, train_loader, val_loader
 from htf.metrics import clip_ciou, summarize
+from htf.shards import count_samples, expand_shards
+from train.data import TrainStream, check_shard_settings, first_sample, train_loader, val_loader
 from htf.model import HTFModel, checkpoint_payload, load_model
 
 
@@ -84,6 +85,11 @@ def autocast(cfg: TrainConfig, device: torch.device) -> contextlib.AbstractConte
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if cfg.train.amp == "bf16" else torch.float16
     return torch.autocast("cuda", dtype=dtype)
+
+
+def use_channels_last(cfg: TrainConfig, device: torch.device) -> bool:
+    # CUDA only: on CPU this torch build crashes in a channels_last backward (double free).
+    return cfg.train.channels_last and device.type == "cuda"
 
 
 def wants_resume(resume: bool | str | None, output: Path) -> bool:
@@ -198,7 +204,9 @@ def train_step(model: torch.nn.Module, batch: dict[str, torch.Tensor], optimizer
                epoch: int) -> float | None:
     """Forward, finiteness check, backward, clip, update. Returns the rank-mean loss when checked."""
     dev = info.device
-    image, flow, spec = (batch[k].to(dev, non_blocking=True) for k in ("image", "flow", "spec"))
+    fmt = torch.channels_last if use_channels_last(cfg, dev) else torch.contiguous_format
+    image, flow = (batch[k].to(dev, non_blocking=True, memory_format=fmt) for k in ("image", "flow"))
+    spec = batch["spec"].to(dev, non_blocking=True)
     with autocast(cfg, dev):
         loss = model(image, flow, spec, return_loss=True)["loss"]
     mean_loss = None
@@ -352,7 +360,10 @@ def restore(path: Path, model: HTFModel, optimizer: torch.optim.Optimizer, scale
 def _data_settings(urls: list[str], val_urls: list[str], cfg: TrainConfig) -> dict[str, Any] | None:
     """The pipeline settings of the shards; refuses mixed shards (validation included) and
     shards the preset's model does not take (``data.expect_settings``)."""
-    return check_shard_settings(urls + val_urls, cfg.data.expect_settings)
+    settings = check_shard_settings(urls + val_urls, cfg.data.expect_settings)
+    if settings is None and urls:       # remote shards: read from the stream, not checked
+        settings = first_sample(urls).meta.pipeline
+    return settings
 
 
 def fit(cfg: TrainConfig, train_shards: str, val_shards: str | None, output: str | Path,
@@ -371,8 +382,8 @@ def _fit(cfg: TrainConfig, train_shards: str, val_shards: str | None, output: Pa
     if info.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     # Shards are checked before the run folder exists: a typo leaves no half-made folder.
-    urls = expand_urls(train_shards)
-    val_urls = expand_urls(val_shards) if val_shards else []
+    urls = expand_shards(train_shards)
+    val_urls = expand_shards(val_shards) if val_shards else []
     settings = _data_settings(urls, val_urls, cfg)      # mixed or mismatched shards are refused
     do_resume = wants_resume(resume, output)
     du.barrier(info)
@@ -399,6 +410,8 @@ def _fit(cfg: TrainConfig, train_shards: str, val_shards: str | None, output: Pa
         model.load_state_dict(start.state_dict())
     model.data_settings = settings
     model.to(info.device)
+    if use_channels_last(cfg, info.device):
+        model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, steps_per_epoch * cfg.train.epochs, cfg))
@@ -411,6 +424,9 @@ def _fit(cfg: TrainConfig, train_shards: str, val_shards: str | None, output: Pa
     if info.enabled:
         ddp_model = DistributedDataParallel(
             model, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
+    if cfg.train.compile and info.device.type == "cuda":
+        # Compiled for training only; checkpoints and validation use the plain module.
+        ddp_model = torch.compile(ddp_model)
 
     log.print(f"training on {info.world} process(es), {info.device}: {epoch_samples} samples/epoch, "
               f"{steps_per_epoch} steps/epoch of {cfg.data.batch_size}/process, "
@@ -418,7 +434,12 @@ def _fit(cfg: TrainConfig, train_shards: str, val_shards: str | None, output: Pa
     stream = TrainStream(urls, cfg.model, cfg.augment, cfg.data, info.rank, info.world, cfg.train.seed)
     steps_run = 0
     clock = {"t0": time.perf_counter(), "steps_at_start": state.step}
-    save = lambda path: save_checkpoint(path, model, optimizer, scaler, scheduler, state, cfg, info)  # noqa: E731
+    sync = ckpt.RunSync(output, cfg.train.sync_url) if cfg.train.sync_url and info.is_main else None
+
+    def save(path: Path) -> None:
+        save_checkpoint(path, model, optimizer, scaler, scheduler, state, cfg, info)
+        if sync is not None:
+            sync()
     while state.step < total_steps:
         state.epoch = state.step // steps_per_epoch
         stream.set_epoch(state.epoch, state.step)
@@ -455,6 +476,9 @@ def _fit(cfg: TrainConfig, train_shards: str, val_shards: str | None, output: Pa
             _copy_atomic(ckpt.latest_path(output), ckpt.best_path(output))
         log.print(closing_block(output, state, cfg, time.perf_counter() - clock["t0"], selected_by_validation))
         log.hparams(cfg, state.best_metrics)
+    du.barrier(info)
+    if sync is not None:
+        sync()      # best.pt, every rank's summary, the last metrics
     log.close()
     return {"step": state.step, "epoch": state.epoch, "best_metrics": state.best_metrics,
             "steps_run": steps_run}
@@ -527,6 +551,7 @@ def _validate_and_select(model: HTFModel, val_urls: list[str], cfg: TrainConfig,
 
 
 def _write_rank_summary(output: Path, info: du.DistInfo, state: RunState, steps_run: int) -> None:
-    summary = {"rank": info.rank, "world_size": info.world, "final_step": state.step,
-               "steps_run": steps_run}
+    # node: torchrun's agent (group) rank, so a multi-node run shows every node took part.
+    summary = {"rank": info.rank, "world_size": info.world, "node": int(os.environ.get("GROUP_RANK", 0)),
+               "local_rank": info.local_rank, "final_step": state.step, "steps_run": steps_run}
     (output / "logs" / f"rank{info.rank}.json").write_text(json.dumps(summary) + "\n")
