@@ -106,8 +106,19 @@ def _unquoted_hash(command: str) -> int | None:
     return None
 
 
+def is_script(block: Block) -> bool:
+    """A whole script to save as a file (it starts with ``#!``), not commands to type."""
+    return block.text.lstrip().startswith("#!")
+
+
 def bash_blocks() -> list[Block]:
-    return [b for f in DOC_FILES for b in fenced_blocks(f) if b.lang in ("bash", "sh", "shell")]
+    """Blocks of commands to type (scripts excluded: each has a test of its own)."""
+    return [b for f in DOC_FILES for b in fenced_blocks(f)
+            if b.lang in ("bash", "sh", "shell") and not is_script(b)]
+
+
+def script_blocks() -> list[Block]:
+    return [b for f in DOC_FILES for b in fenced_blocks(f) if b.lang in ("bash", "sh", "shell") and is_script(b)]
 
 
 def untagged_command_blocks() -> list[Block]:

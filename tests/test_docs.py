@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.doc_commands import (DOC_FILES, ROOT, bash_blocks, commands, fenced_blocks,
+from tests.doc_commands import (DOC_FILES, ROOT, bash_blocks, commands, fenced_blocks, script_blocks,
                                 untagged_command_blocks)
 from tests.doc_workspace import prepare_workspace
 
@@ -54,7 +54,7 @@ def skipped_reason(command: str) -> str | None:
 
 
 def pages_with_commands() -> list[Path]:
-    return [f for f in DOC_FILES if any(b.lang in ("bash", "sh", "shell") for b in fenced_blocks(f))]
+    return sorted({b.file for b in bash_blocks()})
 
 
 def _env(workspace: Path) -> dict[str, str]:
@@ -93,6 +93,13 @@ def test_no_command_hides_in_an_untagged_block():
     hidden = [f"{b.where} ({b.lang or 'untagged'})" for b in untagged_command_blocks()]
     assert not hidden, ("blocks with commands must be ```bash (run by the tests) or ```text "
                         f"(a synopsis, checked against --help): {hidden}")
+
+
+def test_every_script_a_page_holds_is_run_by_a_test_that_reads_it_from_the_page():
+    tests_text = "\n".join(p.read_text() for p in (ROOT / "tests").glob("test_*.py"))
+    for block in script_blocks():
+        page = str(block.file.relative_to(ROOT))
+        assert page in tests_text, f"{block.where}: a script block no test takes from {page}"
 
 
 def test_every_exemption_names_a_documented_command():
