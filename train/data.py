@@ -13,7 +13,9 @@ gathered across ranks by the caller.
 """
 from __future__ import annotations
 
+import json
 import random
+import tarfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,7 +26,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from htf.inputs import eval_arrays
 from htf.model_config import ModelConfig
 from htf.sample import ClipSample, decode_sample
-from htf.shards import iter_raw_samples
+from htf.shards import is_pipe, iter_members, iter_raw_samples, scheme
 from train.config import AugmentConfig, DataConfig
 from train.transforms import train_arrays
 
@@ -44,18 +46,21 @@ def first_sample(urls: list[str]) -> ClipSample:
 
 
 def recorded_settings(url: str) -> dict[str, Any] | None:
-    """``meta["pipeline"]`` of the first sample of a shard, reading only up to its json."""
+    """``meta["pipeline"]`` of the first sample of a shard (local, URL or ``pipe:``),
+    reading only up to its json."""
     try:
-        with tarfile.open(url) as tar:
-            for member in tar:
-                if member.isfile() and member.name.endswith(".json"):
-                    data = tar.extractfile(member)
-                    meta = json.loads(data.read()) if data is not None else {}
-                    return meta.get("pipeline") if isinstance(meta, dict) else None
-    except (tarfile.TarError, OSError, ValueError) as err:
+        for _key, ext, data in iter_members(url):
+            if ext == "json":
+                meta = json.loads(data)
+                return meta.get("pipeline") if isinstance(meta, dict) else None
+    except (tarfile.TarError, OSError, ValueError, EOFError) as err:
         raise ShardSettingsError(f"shard {url} is unreadable ({type(err).__name__}: {err}); "
                                  f"make it again or leave it out") from None
     raise ShardSettingsError(f"shard {url} holds no sample")
+
+
+def _is_local(url: str) -> bool:
+    return not is_pipe(url) and scheme(url) in ("", "file")
 
 
 def _leaves(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -78,7 +83,9 @@ def check_shard_settings(urls: list[str], expect: dict[str, Any]) -> dict[str, A
     """The pipeline settings all ``urls`` were made with. Refuses shards that differ from
     each other (naming two and the keys), or from ``expect`` (``data.expect_settings``):
     a batch must not mix kinds of input, nor feed a model inputs it was not built for."""
-    local = [u for u in urls if "://" not in u]
+    # Every local shard is checked; of remote ones (a bucket, a pipe) only the first: each
+    # check is a request.
+    local = [u for u in urls if _is_local(u)] + [u for u in urls if not _is_local(u)][:1]
     if not local:
         return None
     first = recorded_settings(local[0])
