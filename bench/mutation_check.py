@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-module", type=int, default=12, help="mutants checked per module (seeded pick)")
     p.add_argument("--only", help="comma-separated target names")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lines", help="recheck only the picked mutants on these lines, e.g. "
+    p.add_argument("--lines", help="check every mutant on these lines instead, e.g. "
                                    "htf/metrics.py:60,htf/loss.py:72 (after tests were added for survivors)")
     p.add_argument("--out", default=str(REPO / "bench" / "results_mutation.md"))
     args = p.parse_args(argv)
@@ -186,9 +186,9 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             mutants = find_mutants(target, original)
             picked = random.Random(f"{args.seed}-{target.name}").sample(mutants, min(args.per_module, len(mutants)))
-            if args.lines:
+            if args.lines:       # every mutant on the given lines instead of the seeded pick
                 wanted = {tuple(item.rsplit(":", 1)) for item in args.lines.split(",")}
-                picked = [m for m in picked if (target.module, str(m.line)) in wanted]
+                picked = [m for m in mutants if (target.module, str(m.line)) in wanted]
             for mutant in sorted(picked, key=lambda m: m.line):
                 if time.time() - start > args.budget_s:
                     rows.append((target, mutant, "not run (budget)", 0.0))
