@@ -125,3 +125,10 @@ def test_a_one_band_spectrogram_is_a_valid_sample():
 
     sample = decode_sample(_with_arrays(np.zeros((2, 16, 16), np.float32), np.ones((1, 5), np.float32)))
     assert sample.spec.shape == (1, 5)
+
+
+def test_a_spectrogram_that_is_not_two_dimensional_is_refused():
+    from htf.sample import decode_sample
+
+    with pytest.raises(ValueError, match="spec.npy has shape"):
+        decode_sample(_with_arrays(np.zeros((2, 16, 16), np.float32), np.ones((1, 4, 5), np.float32)))
