@@ -70,6 +70,7 @@ def test_video_without_audio_is_rejected_with_the_reason(tmp_path, capsys):
     assert main(["--checkpoint", _checkpoint(tmp_path / "m.pt"), "--video", str(video),
                  "--output", str(tmp_path / "out")]) == 2
     assert "no_audio_stream" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()   # a failed command leaves no output folder
 
 
 def test_rotated_video_is_shown_as_displayed(tmp_path):
@@ -106,7 +107,6 @@ def test_output_names_of_a_very_long_video_name_fit_a_file_name():
     assert output_stem("/x/clip one.mp4") == "clip one"
     long_stem = output_stem("/x/" + "v" * 250 + ".mp4")
     assert len(f"{long_stem}_localize.json".encode()) <= 255
-    assert not (tmp_path / "out").exists()   # a failed command leaves no output folder
 
 
 def test_a_720p_video_gives_a_still_with_its_aspect_ratio_at_a_readable_size(tmp_path):
