@@ -2,7 +2,7 @@
 tests only, and list the bugs no test noticed (the survivors).
 
     nice -n 10 python bench/mutation_check.py [--budget-s 1500] [--per-module 12] \\
-        [--only metrics,keys] [--out bench/results_mutation.md]
+        [--only metrics,keys] [--lines htf/metrics.py:60,...] [--out bench/results_mutation.md]
 
 Mutants are made on the syntax tree (comparison and arithmetic operators swapped, integer
 constants moved by one, ``and``/``or`` swapped, a ``not`` dropped, a call statement
@@ -166,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-module", type=int, default=12, help="mutants checked per module (seeded pick)")
     p.add_argument("--only", help="comma-separated target names")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lines", help="check every mutant on these lines instead, e.g. "
+                                   "htf/metrics.py:60,htf/loss.py:72 (after tests were added for survivors)")
     p.add_argument("--out", default=str(REPO / "bench" / "results_mutation.md"))
     args = p.parse_args(argv)
     targets = [t for t in TARGETS if not args.only or t.name in args.only.split(",")]
@@ -184,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             mutants = find_mutants(target, original)
             picked = random.Random(f"{args.seed}-{target.name}").sample(mutants, min(args.per_module, len(mutants)))
+            if args.lines:       # every mutant on the given lines instead of the seeded pick
+                wanted = {tuple(item.rsplit(":", 1)) for item in args.lines.split(",")}
+                picked = [m for m in mutants if (target.module, str(m.line)) in wanted]
             for mutant in sorted(picked, key=lambda m: m.line):
                 if time.time() - start > args.budget_s:
                     rows.append((target, mutant, "not run (budget)", 0.0))

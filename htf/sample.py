@@ -212,7 +212,5 @@ def decode_sample(raw: dict[str, Any]) -> ClipSample:
         raise ValueError(f"sample '{key}': flow.npy has shape {flow.shape}, the frame needs (2, {h}, {w})")
     if spec.ndim != 2 or min(spec.shape) < 1:
         raise ValueError(f"sample '{key}': spec.npy has shape {spec.shape}, expected [F, T]")
-    if not (np.isfinite(flow).all() and np.isfinite(spec).all()):
-        raise ValueError(f"sample '{key}': flow.npy or spec.npy holds NaN/inf (a damaged shard?)")
     clip_id = meta.id if isinstance(meta.id, str) and meta.id else key_to_id(str(key))
     return ClipSample(id=clip_id or str(key), frame=frame, flow=flow, spec=spec, meta=meta)

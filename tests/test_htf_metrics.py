@@ -107,9 +107,10 @@ def test_malformed_box_is_named():
         M.gt_map([[[0.5, 0.1, 0.2, 0.9]]], "flickr")
 
 
-def test_zero_width_box_is_refused_like_an_inverted_one():
+@pytest.mark.parametrize("box", [[0.5, 0.1, 0.5, 0.9], [0.1, 0.5, 0.9, 0.5]])
+def test_zero_width_or_height_box_is_refused_like_an_inverted_one(box):
     with pytest.raises(ValueError, match=r"x2 <= x1"):
-        M.gt_map([[[0.5, 0.1, 0.5, 0.9]]], "vggss")
+        M.gt_map([[box]], "vggss")
 
 
 def test_annotator_without_a_box_adds_nothing_to_the_consensus():

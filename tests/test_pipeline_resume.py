@@ -89,13 +89,18 @@ def _fast_command(out: Path) -> list[str]:
             "--output", str(out), *FAST_RUN]
 
 
-def _kill_group_after(cmd: list[str], seconds: float) -> None:
+def _kill_group_after(cmd: list[str], seconds: float, out: Path | None = None) -> None:
+    """Run ``cmd``; kill -9 it and its workers ``seconds`` after it started, or (with
+    ``out``) as soon as its first shard appears there."""
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        proc.wait(timeout=seconds)
-    except subprocess.TimeoutExpired:
+    deadline = time.time() + seconds
+    while proc.poll() is None and time.time() < deadline:
+        if out is not None and list(out.glob("shard-*.tar")):
+            break
+        time.sleep(0.01)
+    if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)       # the run and its workers, as kill -9 of the job
-        proc.wait()
+    proc.wait()
 
 
 def _damage_every_bucket(out: Path) -> int:
@@ -115,7 +120,7 @@ def test_kills_at_random_moments_with_workers_and_a_damaged_cache_still_give_the
     subprocess.run(_fast_command(reference), check=True, capture_output=True)
     full_run_s = time.time() - start
     rng = random.Random(14)
-    _kill_group_after(_fast_command(resumed), rng.uniform(0.4, 0.9) * full_run_s)
+    _kill_group_after(_fast_command(resumed), 4 * full_run_s, out=resumed)     # at its first shard
     assert len(list(resumed.glob("shard-*.tar"))) < 6, "the kill must leave the run part-way"
     _damage_every_bucket(resumed)          # the next runs meet it while tasks remain
     for _ in range(2):

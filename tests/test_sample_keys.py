@@ -111,15 +111,6 @@ def _with_arrays(flow: np.ndarray, spec: np.ndarray) -> dict:
     return raw
 
 
-def test_flow_with_nan_is_refused_even_when_the_spectrogram_is_fine():
-    from htf.sample import decode_sample
-
-    flow = np.zeros((2, 16, 16), np.float32)
-    flow[0, 3, 3] = np.nan
-    with pytest.raises(ValueError, match="NaN"):
-        decode_sample(_with_arrays(flow, np.zeros((4, 4), np.float32)))
-
-
 def test_flow_of_another_size_than_the_frame_is_refused():
     from htf.sample import decode_sample
 
@@ -132,3 +123,10 @@ def test_a_one_band_spectrogram_is_a_valid_sample():
 
     sample = decode_sample(_with_arrays(np.zeros((2, 16, 16), np.float32), np.ones((1, 5), np.float32)))
     assert sample.spec.shape == (1, 5)
+
+
+def test_a_spectrogram_that_is_not_two_dimensional_is_refused():
+    from htf.sample import decode_sample
+
+    with pytest.raises(ValueError, match="spec.npy has shape"):
+        decode_sample(_with_arrays(np.zeros((2, 16, 16), np.float32), np.ones((1, 4, 5), np.float32)))
