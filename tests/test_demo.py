@@ -55,7 +55,7 @@ def test_miniature_demo_runs_every_stage_and_writes_the_report(tmp_path):
     from htf.demo import DemoPlan, run_demo
 
     plan = DemoPlan(output=tmp_path / "demo", n=24, seed=1, nproc=2, heatmaps=1,
-                    train_overrides=["train.epochs=1", "data.batch_size=4", "data.val_batch_size=4"])
+                    train_overrides=["train.steps=2", "data.batch_size=4", "data.val_batch_size=4"])
     summary = run_demo(plan)
     assert set(summary["results"]) == {"htf", "noflow", "center", "flow", "random"}
     for m in summary["results"].values():
@@ -72,7 +72,7 @@ def test_two_miniature_demos_with_the_same_seed_give_the_same_metrics(tmp_path):
 
     def once(folder):
         plan = DemoPlan(output=tmp_path / folder, n=24, seed=3, nproc=2, heatmaps=0,
-                        train_overrides=["train.epochs=2", "data.batch_size=4", "data.val_batch_size=4"])
+                        train_overrides=["train.steps=4", "data.batch_size=4", "data.val_batch_size=4"])
         return run_demo(plan)["results"]
 
     first, second = once("a"), once("b")

@@ -38,6 +38,11 @@ class ModelConfig:
     attention: Literal["official", "flow_query"] = "official"  # flow_query: see FlowAttention
     attention_value_init: Literal["default", "zero"] = "default"  # zero: flow branch starts silent
     flow_local: bool = False        # also add each location's own flow features (see HTFModel)
+    # A motion prior on the map: map = cosine map + w * (how fast each place moves, relative to
+    # the clip's fastest). w is not learned by the loss (a contrastive loss cannot learn a
+    # sound-independent "it moves" cue); the trainer picks it on the validation split from
+    # train.motion_prior_grid, 0 included, so it is used only as far as it helps there.
+    motion_prior: bool = False
     width: int = 64                 # ResNet-18 base width: 64 is the standard (and official) net
     image_size: int = 224           # input side S; the backbone stride is S / 7 (32, 16 or 8)
     freeze_vision: bool = True      # official: vision ResNet has requires_grad=False
@@ -121,6 +126,10 @@ class OptimConfig:
 @dataclass
 class LoopConfig:
     epochs: int = 100
+    # The budget in optimisation steps, whatever the data's size (epochs then follow from
+    # it; the last one may be partial and is validated too): 400 clips get the same
+    # optimisation as 1,000. None: ``epochs`` full passes.
+    steps: int | None = None
     max_steps: int | None = None    # stop (with a checkpoint) after this many steps in total
     seed: int = 0
     amp: Literal["none", "bf16", "fp16"] = "bf16"  # GPU only; CPU runs in float32
@@ -131,10 +140,18 @@ class LoopConfig:
     check_finite_every: int = 1     # steps between NaN/Inf loss checks (all ranks agree)
     dist_timeout_s: int = 1800
     init_from: str | None = None    # start from these weights (ours or official)
+    # Candidate weights of model.motion_prior, chosen at each validation by select_metric
+    # (ties: the smaller weight); the chosen one is saved with the checkpoint.
+    motion_prior_grid: list[float] = field(default_factory=lambda: [0.0, 0.05, 0.1, 0.2, 0.3, 0.5])
 
     def validate(self) -> None:
         if self.epochs < 1 or self.save_every_steps < 1 or self.log_every_steps < 1:
             raise ValueError("epochs, save_every_steps and log_every_steps must be >= 1")
+        if not self.motion_prior_grid or min(self.motion_prior_grid) < 0:
+            raise ValueError(f"train.motion_prior_grid must be a non-empty list of weights >= 0, "
+                             f"got {self.motion_prior_grid}")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"train.steps must be >= 1 or null, got {self.steps}")
 
 
 @dataclass
