@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.synth import WorldConfig, generate_world
+from pipeline.synth import WORLDS, generate_world, world_config
 
 REPO = Path(__file__).resolve().parent.parent
 SPLITS = ("train", "val", "test")
@@ -40,10 +40,10 @@ class DemoPlan:
     n: int = 1000
     seed: int = 0
     size: int = 128
-    # The world gives motion a job (README, "What the demo shows"): a third of the clips
-    # show two objects of one class, and sounding objects move the way their class plays.
-    p_same_class: float = 0.35
-    playing_motion: bool = True
+    # A named world of pipeline.synth.WORLDS. "demo" gives motion a job (README, "What the
+    # demo shows"): a third of the clips show two objects of one class, and sounding
+    # objects move the way their class plays.
+    world: str = "demo"
     nproc: int = 2
     pipeline_config: Path = REPO / "configs/pipeline/synthetic.yaml"
     train_config: Path = REPO / "configs/train/tiny.yaml"
@@ -86,10 +86,9 @@ def run_command(cmd: list[str], log: Path) -> None:
 
 def make_world(plan: DemoPlan) -> Path:
     world = plan.output / "world"
-    summary = generate_world(WorldConfig(n=plan.n, seed=plan.seed, size=plan.size,
-                                         p_same_class=plan.p_same_class, playing_motion=plan.playing_motion,
-                                         workers=os.cpu_count() or 1), world, progress=False)
-    print(f"[demo] world: {summary['clips']} clips (train {summary['n_train']}, val "
+    cfg = world_config(plan.world, n=plan.n, seed=plan.seed, size=plan.size, workers=os.cpu_count() or 1)
+    summary = generate_world(cfg, world, progress=False)
+    print(f"[demo] world '{plan.world}': {summary['clips']} clips (train {summary['n_train']}, val "
           f"{summary['n_val']}, test {summary['n_test']}) -> {world}")
     return world
 
@@ -211,6 +210,28 @@ def verdict(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
             "htf_at_least_noflow": htf >= results["noflow"]["ciou_at_0.5"]}
 
 
+MATRIX_RESULTS = REPO / "bench" / "results_worlds.json"
+
+
+def matrix_claims(path: Path) -> tuple[list[list[str]], str]:
+    """On which worlds of the committed matrix (bench/world_matrix.py) the claim holds, read
+    from its results: (table rows, a note); no rows and a note when it has not been run."""
+    if not path.is_file():
+        return [], f"No world matrix at {path} (run `python bench/world_matrix.py`)."
+    data = json.loads(path.read_text())
+    rows = [["world", "clips", "seeds", "HTF − no flow", "HTF − best baseline", "claim holds"]]
+    for r in data.get("rows", []):
+        checks = [r["never_costs"], r["beats_baselines"]] + ([r["motion_tells"]] if "motion_tells" in r else [])
+        holds = ("yes" if all(checks) else "no") + ("" if r["enough_seeds"] else " (fewer than 3 seeds)")
+        rows.append([r["world"], str(r["n"]), str(len(r["seeds"])), f"{r['htf_minus_noflow'][0]:+.3f}",
+                     f"{r['htf_minus_best_baseline'][0]:+.3f}", holds])
+    note = ("The claim: HTF >= no flow - 0.02, HTF >= best training-free baseline + 0.15, and on "
+            "same-class clips HTF - no flow >= 0.10 (means over seeds, test cIoU@0.5).")
+    if data.get("not_run"):
+        note += f" Cells not run yet: {', '.join(data['not_run'])}."
+    return rows, note
+
+
 def plot_training_curves(runs: dict[str, Path], path: Path) -> Path:
     import matplotlib
     matplotlib.use("Agg")
@@ -245,7 +266,8 @@ def write_report(plan: DemoPlan, results: dict[str, dict[str, Any]], seconds: di
     v = verdict(results)
     out = plan.output
     md = ["# Hear The Flow demo on the synthetic world", "",
-          f"{plan.n} clips, seed {plan.seed}; test split never used for training or model selection.", "",
+          f"World `{plan.world}`, {plan.n} clips, seed {plan.seed}; test split never used for training "
+          f"or model selection.", "",
           "| " + " | ".join(table[0]) + " |", "|" + "---|" * len(table[0])]
     md += ["| " + " | ".join(r) + " |" for r in table[1:]]
     md += ["", f"- HTF vs best training-free baseline ({v['best_baseline']}): "
@@ -257,6 +279,12 @@ def write_report(plan: DemoPlan, results: dict[str, dict[str, Any]], seconds: di
         md += ["## cIoU@0.5 by kind of test clip", "",
                "| " + " | ".join(per_kind[0]) + " |", "|" + "---|" * len(per_kind[0])]
         md += ["| " + " | ".join(r) + " |" for r in per_kind[1:]] + [""]
+    claims, claims_note = matrix_claims(MATRIX_RESULTS)
+    md += ["## The claim on other worlds (committed matrix, bench/results_worlds.md)", ""]
+    if claims:
+        md += ["| " + " | ".join(claims[0]) + " |", "|" + "---|" * len(claims[0])]
+        md += ["| " + " | ".join(r) + " |" for r in claims[1:]] + [""]
+    md += [claims_note, ""]
     md += ["## Training", "", f"![training curves]({curves.name})", "",
            "## Heat maps (best and worst test clips)", ""]
     for key, label in ROWS[:2]:
@@ -267,7 +295,7 @@ def write_report(plan: DemoPlan, results: dict[str, dict[str, Any]], seconds: di
     md_path.write_text("\n".join(md) + "\n")
 
     e = html.escape
-    rows, kind_rows = _html_rows(table), _html_rows(per_kind)
+    rows, kind_rows, claim_rows = _html_rows(table), _html_rows(per_kind), _html_rows(claims)
     pics = []
     for key, label in ROWS[:2]:
         for p in results[key].get("pictures", []):
@@ -277,14 +305,15 @@ def write_report(plan: DemoPlan, results: dict[str, dict[str, Any]], seconds: di
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>Hear The Flow demo</title><style>"
             "body{font-family:sans-serif;margin:2em}td{padding:2px 12px;border-bottom:1px solid #ddd}"
             "figure{display:inline-block;margin:4px}img{width:224px}figcaption{font-size:12px}</style></head><body>"
-            f"<h1>Hear The Flow demo on the synthetic world</h1><p>{plan.n} clips, seed {plan.seed}.</p>"
+            f"<h1>Hear The Flow demo on the synthetic world</h1><p>World {e(plan.world)}, {plan.n} clips, seed {plan.seed}.</p>"
             f"<table>{rows}</table><ul>{''.join(f'<li>{e(line[2:])}</li>' for line in md if line.startswith('- HTF'))}</ul>"
             + (f"<h2>cIoU@0.5 by kind of test clip</h2><table>{kind_rows}</table>" if per_kind else "")
+            + f"<h2>The claim on other worlds</h2><table>{claim_rows}</table><p>{e(claims_note)}</p>"
             + f"<h2>Training</h2><img style='width:800px' src='{curves.name}'>"
             f"<h2>Heat maps</h2>{''.join(pics)}<h2>Wall time</h2><table>{times}</table></body></html>")
     html_path = out / "report.html"
     html_path.write_text(page)
-    (out / "results.json").write_text(json.dumps({"results": {k: {m: results[k][m] for m in
+    (out / "results.json").write_text(json.dumps({"world": plan.world, "results": {k: {m: results[k][m] for m in
                                                   ("ciou_at_0.5", "mean_ciou", "auc", "n")} for k in results},
                                                   "by_kind": by_kind or {}, "verdict": v, "seconds": seconds},
                                                  indent=1))
@@ -326,6 +355,8 @@ def run_demo(plan: DemoPlan) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m htf.demo", description=__doc__.split("\n")[0])
     p.add_argument("--output", default="demo_out", help="folder for every output of the demo")
+    p.add_argument("--world", default="demo", choices=list(WORLDS),
+                   help="named synthetic world (pipeline.synth.WORLDS)")
     p.add_argument("--n", type=int, default=1000, help="clips in the synthetic world")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=128, help="frame side of the synthetic videos")
@@ -334,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="override a training config key for both models (repeatable)")
     a = p.parse_args(argv)
     plan = DemoPlan(output=Path(a.output).resolve(), n=a.n, seed=a.seed, size=a.size, nproc=a.nproc,
-                    train_overrides=a.overrides)
+                    world=a.world, train_overrides=a.overrides)
     run_demo(plan)
     return 0
 
