@@ -28,10 +28,10 @@ test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: setup
-	$(PY) -m htf.demo --output $(DEMO_OUT)
+	$(PY) -m apps.demo --output $(DEMO_OUT)
 
 demo-real: setup
-	$(PY) -m htf.demo_real --output $(DEMO_OUT)/real
+	$(PY) -m apps.demo_real --output $(DEMO_OUT)/real
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache

@@ -182,7 +182,7 @@ def flow_error_table(world: Path, outputs: dict[str, Path]) -> list[str]:
     motion between keyframe and keyframe + 1: on moving objects (where each is on top,
     central 60 % of its box), on still objects, and on the background."""
     sys.path.insert(0, str(ROOT))
-    from pipeline.synth import object_center
+    from apps.synth import object_center
     from tests.pipeline_helpers import read_shards
 
     info = json.loads((world / "world.json").read_text())
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     if "synthetic" in a.sets:
         with tempfile.TemporaryDirectory() as td:
             world, kept = Path(td) / "world", Path(td) / "out"
-            subprocess.run([sys.executable, "-m", "pipeline.synth", "--output", str(world), "--n", str(a.n_synth),
+            subprocess.run([sys.executable, "-m", "apps.synth", "--output", str(world), "--n", str(a.n_synth),
                             "--size", str(a.synth_size), "--workers", str(os.cpu_count() or 1)],
                            cwd=ROOT, check=True, capture_output=True)
             videos = sorted((world / "video").glob("*.mp4"))

@@ -37,7 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from htf.sample import ClipSample, encode_sample  # noqa: E402
-from train.config import AugmentConfig, DataConfig, ModelConfig  # noqa: E402
+from htf.model_config import ModelConfig  # noqa: E402
+from train.config import AugmentConfig, DataConfig  # noqa: E402
 from train.data import TrainStream, expand_urls  # noqa: E402
 
 SR = 22050

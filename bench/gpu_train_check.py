@@ -27,8 +27,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from train.config import AugmentConfig, ModelConfig  # noqa: E402
-from train.model import HTFModel  # noqa: E402
+from htf.model_config import ModelConfig  # noqa: E402
+from train.config import AugmentConfig  # noqa: E402
+from htf.model import HTFModel  # noqa: E402
 
 
 class UtilSampler:

@@ -1,6 +1,6 @@
 """World x method matrix: the demo's recipe (one preset, one budget) on every world of the family.
 
-Each cell is one ``htf.demo`` run (world, pipeline, HTF and no-flow under torchrun, the
+Each cell is one ``apps.demo`` run (world, pipeline, HTF and no-flow under torchrun, the
 evaluator on the test split, training-free baselines) for a (world, clips, seed); model
 selection, the motion prior's weight included, is on the val split only. The script is
 resumable: a finished cell is never rerun, an interrupted one continues where it stopped
@@ -30,8 +30,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from htf.demo import BASELINES, DemoPlan, run_demo  # noqa: E402
-from pipeline.synth import WORLDS  # noqa: E402
+from apps.demo import BASELINES, DemoPlan, run_demo  # noqa: E402
+from apps.synth import WORLDS  # noqa: E402
 
 DEFAULT_WORLDS = ("demo", "indep", "indep-same", "distractors")
 METHODS = (("htf", "HTF"), ("noflow", "no flow"), ("flow", "flow magnitude"), ("center", "center"))
@@ -133,7 +133,7 @@ def write_results(work: Path, planned: list[tuple[str, int, int]], json_path: Pa
 
 def render_markdown(rows: list[dict[str, Any]], missing: list[str]) -> str:
     lines = ["# World x method matrix (test cIoU@0.5, mean ± sd over seeds)", "",
-             "Written by `python bench/world_matrix.py`; every cell is one `htf.demo --world NAME` run "
+             "Written by `python bench/world_matrix.py`; every cell is one `apps.demo --world NAME` run "
              "(tiny preset, 120 steps, selection on the val split only).", "",
              "| world | clips | seeds | HTF | no flow | flow magnitude | center | HTF − no flow | "
              "HTF − best baseline | same-class clips: HTF / no flow | never costs (≥ −0.02) | "

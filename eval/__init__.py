@@ -1,8 +1,8 @@
 """Evaluator: the field's localisation metrics on cached test shards, baselines, pictures.
 
-- ``eval.metrics``: pure numpy metric functions (also used by the trainer's validation).
+- The metric functions are in the core, ``htf.metrics`` (the trainer's validation uses them too).
 - ``eval.runner.evaluate(model_or_baseline, shards, output_dir, cfg) -> dict``: in-process.
-- ``python -m eval`` (``htf-eval``): the command line; ``python -m eval.localize``: any video.
+- ``python -m eval`` (``htf-eval``): the command line (``python -m apps.localize``: any video).
 - ``eval.baselines``, ``eval.pictures``, ``eval.report``, ``eval.config`` (``EvalConfig``).
 
 See docs/eval.md.

@@ -56,7 +56,7 @@ def load_checkpoint(path: str, device: str) -> Any:
     """The model of ``path`` through the trainer's loader (our, official .pth and .ckpt)."""
     if not Path(path).is_file():
         raise EvalError(f"checkpoint not found: {path}")
-    from train.model import load_model
+    from htf.model import load_model
 
     try:
         return load_model(path, map_location=device)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from eval.metrics import INTERPOLATIONS
+from htf.metrics import INTERPOLATIONS
 
 
 @dataclass

@@ -13,7 +13,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from eval.metrics import min_max, upsample
+from htf.metrics import min_max, upsample
 
 # One colour per annotator (RGB), then repeated.
 BOX_COLORS: tuple[tuple[int, int, int], ...] = (

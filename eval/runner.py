@@ -4,7 +4,7 @@
 demo compares several predictors with it); ``python -m eval`` wraps it with a checkpoint
 loader. A predictor is anything with ``predict(list[ClipSample]) -> list[2-D map]``; a
 model (``model(image, flow, spec) -> {"map": [B, 7, 7]}``) is wrapped with the trainer's
-own input preparation (``train.transforms.eval_inputs``), and a baseline name (``center``,
+own input preparation (``htf.inputs.eval_inputs``), and a baseline name (``center``,
 ``flow``, ``random``) becomes an :class:`eval.baselines.Baseline`.
 
 Nothing is silently counted as zero: clips without boxes stop the run with the shard and
@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import numpy as np
 
-from eval import metrics as M
+from htf import metrics as M
 from eval.baselines import BASELINES, Baseline
 from eval.config import EvalConfig
 from eval.shards import Failure, expand_shards, iter_samples
@@ -46,7 +46,7 @@ class EvalError(RuntimeError):
 
 
 class MissingBoxesError(EvalError):
-    """Test shards without ground-truth boxes cannot be scored (eval.localize still works)."""
+    """Test shards without ground-truth boxes cannot be scored (apps.localize still works)."""
 
 
 class SettingsMismatchError(EvalError):
@@ -70,7 +70,7 @@ class ModelPredictor:
         import torch
 
         if prepare is None:
-            from train.transforms import eval_inputs as prepare  # the trainer's own preparation
+            from htf.inputs import eval_inputs as prepare  # the trainer's own preparation
         self.torch = torch
         self.model = model.to(device) if hasattr(model, "to") else model
         if hasattr(self.model, "eval"):
@@ -267,7 +267,7 @@ def _require_boxes(sample: ClipSample, shard: str) -> None:
             f"shard {shard}, clip {sample.id}: no ground-truth boxes. Metric evaluation needs test "
             "shards built with boxes (pipeline --boxes: VGG-SS JSON, Flickr XML folder or 256-px "
             "JSON; see metadata/README.md). To look at heat maps without boxes use "
-            "`python -m eval.localize` on the video.")
+            "`python -m apps.localize` on the video.")
 
 
 class _Run:

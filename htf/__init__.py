@@ -1,1 +1,6 @@
-"""Shared pieces of the Hear The Flow project: typed configs and the shard sample contract."""
+"""The core every part shares; it imports nothing of pipeline/, train/, eval/ or apps/.
+
+Typed config loading (``htf.config``), the shard sample contract (``htf.sample``), the
+model, its config and loss (``htf.model``, ``htf.model_config``, ``htf.loss``), the metrics
+(``htf.metrics``) and the evaluation-time input preparation (``htf.inputs``).
+"""

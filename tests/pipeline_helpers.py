@@ -12,7 +12,7 @@ from pathlib import Path
 from htf.config import load_config
 from htf.sample import decode_sample
 from pipeline.config import PipelineConfig
-from pipeline.synth import WorldConfig, generate_world
+from apps.synth import WorldConfig, generate_world
 
 
 @functools.lru_cache(maxsize=None)

@@ -17,8 +17,9 @@ def shards(tmp_path):
 
 
 def _tiny_checkpoint(path, settings=SETTINGS):
-    from train.config import ModelConfig, TrainConfig
-    from train.model import HTFModel, checkpoint_payload
+    from htf.model_config import ModelConfig
+    from train.config import TrainConfig
+    from htf.model import HTFModel, checkpoint_payload
 
     cfg = TrainConfig(model=ModelConfig(width=8, image_size=56))
     torch.manual_seed(0)
@@ -80,8 +81,8 @@ def test_checkpoint_with_missing_keys_is_refused_naming_them(shards, tmp_path, c
 
 
 def _official_state(width=8):
-    from train.config import ModelConfig
-    from train.model import HTFModel
+    from htf.model_config import ModelConfig
+    from htf.model import HTFModel
 
     torch.manual_seed(0)
     return HTFModel(ModelConfig(width=width, image_size=224)).state_dict()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from eval import metrics as M
+from htf import metrics as M
 from eval.baselines import center_prior
 from eval.config import EvalConfig
 from eval.runner import (METADATA_DIR, EvalError, read_pair_list, MissingBoxesError, ModelPredictor, SettingsMismatchError,

@@ -11,7 +11,7 @@ from pipeline.config import FramesConfig
 from pipeline.decode import decode_clip, official_keyframe_from_entry, stored_size
 from pipeline.errors import ClipError
 from pipeline.process import process_clip
-from pipeline.synth import WorldConfig, keyframe_index, plan_clip, render_frames
+from apps.synth import WorldConfig, keyframe_index, plan_clip, render_frames
 from tests.pipeline_helpers import ffmpeg, small_config, world
 
 

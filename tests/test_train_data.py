@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from tests.train_helpers import write_shards
-from train.config import AugmentConfig, DataConfig, ModelConfig
+from htf.model_config import ModelConfig
+from train.config import AugmentConfig, DataConfig
 from train.data import TrainStream, ValStream, count_samples, expand_urls, first_sample
 
 MODEL = ModelConfig(width=8, image_size=56, audio_frames=32)

@@ -13,7 +13,7 @@ from htf.sample import encode_sample
 from tests.train_helpers import PIPELINE, synthetic_sample, write_shards
 from train import checkpoint as ckpt
 from train.__main__ import main
-from train.model import load_model
+from htf.model import load_model
 
 TINY = ["model.width=8", "model.image_size=56", "model.freeze_vision=false", "model.audio_frames=32",
         "data.batch_size=4", "data.workers=0", "data.shuffle_buffer=8", "data.val_batch_size=8",
@@ -64,7 +64,7 @@ def test_checkpoint_loads_as_model_with_its_data_and_input_settings(run):
     assert model.data_settings == PIPELINE
     assert model.cfg.image_size == 56 and model.cfg.width == 8 and not model.training
     sample = synthetic_sample(0)
-    from train.transforms import eval_inputs
+    from htf.inputs import eval_inputs
     image, flow, spec = eval_inputs(sample, model)
     out = model(image[None], flow[None], spec[None])
     assert out["map"].shape == (1, 7, 7)
@@ -120,7 +120,7 @@ def test_flow_local_lr_mult_gives_the_flow_branch_its_own_learning_rate():
     from htf.config import load_config
     from train.config import TrainConfig
     from train.engine import build_optimizer
-    from train.model import HTFModel
+    from htf.model import HTFModel
 
     cfg = load_config(TrainConfig, Path(__file__).parents[1] / "configs/train/tiny.yaml",
                       ["model.flow=maxpool", "model.flow_local=true", "optim.flow_local_lr_mult=10"])
@@ -156,7 +156,7 @@ def test_motion_prior_weight_is_chosen_on_validation_and_zero_when_motion_mislea
     from htf.config import load_config
     from train.config import TrainConfig
     from train.engine import _box_metrics, _ciou_functions
-    from train.model import HTFModel
+    from htf.model import HTFModel
 
     cfg = load_config(TrainConfig, Path(__file__).parents[1] / "configs/train/tiny.yaml",
                       ["model.motion_prior=true"])

@@ -5,9 +5,11 @@ import numpy as np
 import pytest
 import torch
 
+from htf.inputs import eval_arrays, eval_inputs, fit_time
+from htf.model_config import ModelConfig
 from htf.sample import ClipSample
-from train.config import AugmentConfig, ModelConfig
-from train.transforms import eval_arrays, eval_inputs, fit_time, train_arrays
+from train.config import AugmentConfig
+from train.transforms import train_arrays
 
 CFG = ModelConfig(width=8, image_size=56, mean=[0, 0, 0], std=[1, 1, 1])
 

@@ -28,9 +28,11 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from htf.inputs import eval_arrays
+from htf.model_config import ModelConfig
 from htf.sample import ClipSample, decode_sample
-from train.config import AugmentConfig, DataConfig, ModelConfig
-from train.transforms import eval_arrays, train_arrays
+from train.config import AugmentConfig, DataConfig
+from train.transforms import train_arrays
 
 
 # --------------------------------------------------------------------------------- shards

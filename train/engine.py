@@ -25,7 +25,7 @@ from train import checkpoint as ckpt
 from train import distributed as du
 from train.config import TrainConfig
 from train.data import TrainStream, count_samples, expand_urls, first_sample, train_loader, val_loader
-from train.model import HTFModel, checkpoint_payload, load_model
+from htf.model import HTFModel, checkpoint_payload, load_model
 
 
 class NonFiniteLossError(RuntimeError):
@@ -172,9 +172,9 @@ def train_step(model: torch.nn.Module, batch: dict[str, torch.Tensor], optimizer
 
 def _ciou_functions() -> tuple[Any, Any] | None:
     try:
-        from eval.metrics import clip_ciou, summarize
+        from htf.metrics import clip_ciou, summarize
     except ImportError as err:
-        print(f"warning: eval.metrics unavailable ({err}); validation reports the loss only", file=sys.stderr)
+        print(f"warning: htf.metrics unavailable ({err}); validation reports the loss only", file=sys.stderr)
         return None
     return clip_ciou, summarize
 

@@ -12,9 +12,9 @@ from torch import nn
 from torchvision.models import resnet18
 
 from htf.config import ConfigError
-from train.config import OFFICIAL_DATA_SETTINGS, ModelConfig
-from train.loss import lvs_loss
-from train.model import HTFModel, load_model
+from htf.model_config import OFFICIAL_DATA_SETTINGS, ModelConfig
+from htf.loss import lvs_loss
+from htf.model import HTFModel, load_model
 
 
 class ReferenceHTF(nn.Module):
@@ -182,22 +182,22 @@ def _two_identical_objects_one_moving():
 
 
 def test_official_flow_attention_cannot_tell_identical_objects_apart_by_motion():
-    from train.model import FlowAttention
+    from htf.model import FlowAttention
     visual, flow = _two_identical_objects_one_moving()
     out = FlowAttention(64, 64)(visual, flow)
     assert torch.allclose(out[..., 1, 1], out[..., 5, 5], atol=1e-6)
 
 
 def test_flow_query_attention_lets_each_location_ask_with_its_own_motion():
-    from train.model import FlowAttention
+    from htf.model import FlowAttention
     visual, flow = _two_identical_objects_one_moving()
     out = FlowAttention(64, 64, flow_query=True)(visual, flow)
     assert not torch.allclose(out[..., 1, 1], out[..., 5, 5], atol=1e-3)
 
 
 def test_imagenet_weights_by_name_fail_fast_offline_naming_the_file_to_provide(tmp_path, monkeypatch):
-    from train.config import ModelConfig
-    from train.model import HTFModel
+    from htf.model_config import ModelConfig
+    from htf.model import HTFModel
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))      # nothing cached here
     monkeypatch.setenv("HTF_OFFLINE", "1")               # and no download attempt in tests
     with pytest.raises(RuntimeError, match=r"not cached at .*resnet18-.*\.pth"):
@@ -205,8 +205,8 @@ def test_imagenet_weights_by_name_fail_fast_offline_naming_the_file_to_provide(t
 
 
 def _htf(flow: str, **kw):
-    from train.config import ModelConfig
-    from train.model import HTFModel
+    from htf.model_config import ModelConfig
+    from htf.model import HTFModel
     torch.manual_seed(0)
     return HTFModel(ModelConfig(flow=flow, width=16, image_size=112, freeze_vision=False, **kw)).eval()
 

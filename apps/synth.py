@@ -8,12 +8,12 @@ With ``p_same_class`` > 0 some clips show two objects of the same class (two dru
 played): sound then says *what* sounds but not *which one*, and only motion can tell.
 With ``playing_motion`` a sounding object moves the way its class is played (along its
 class's axis) and a silent one that moves drifts along another axis, so motion carries a
-cue tied to the sound. The demo uses both (``htf.demo``); the defaults keep them off.
+cue tied to the sound. The demo uses both (``apps.demo``); the defaults keep them off.
 
 Large objects cover 27-41 % of the frame: under the field's median threshold a predicted
 mask covers half the frame, so a smaller box could never reach cIoU 0.5.
 
-Output (``python -m pipeline.synth --output DIR --n N --seed S``)::
+Output (``python -m apps.synth --output DIR --n N --seed S``)::
 
     DIR/video/<id>.mp4        H.264 + AAC, 25 fps
     DIR/boxes.json            VGG-SS style: [{"file", "class", "bbox": [[x1,y1,x2,y2]]}],
@@ -605,7 +605,7 @@ def generate_world(cfg: WorldConfig, out_dir: str | os.PathLike, progress: bool 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pipeline.synth", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m apps.synth", description=__doc__.split("\n")[0])
     p.add_argument("--output", required=True, help="folder to write the world into")
     p.add_argument("--n", type=int, default=500, help="number of clips")
     p.add_argument("--seed", type=int, default=0)

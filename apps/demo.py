@@ -2,7 +2,7 @@
 
 Stages, each the project's own command (printed as it runs, so a researcher can rerun any):
 
-1. world     ``python -m pipeline.synth``: videos with sound, boxes, train/val/test lists
+1. world     ``python -m apps.synth``: videos with sound, boxes, train/val/test lists
 2. pipeline  ``python -m pipeline run`` once per split: keyframes, cached DIS flow, log-mel
 3. train     ``torchrun --nproc-per-node 2 -m train``: HTF (flow attention), then ``flow: none``
 4. evaluate  ``python -m eval`` on the held-out test shards: both models and the
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.synth import WORLDS, generate_world, world_config
+from apps.synth import WORLDS, generate_world, world_config
 
 REPO = Path(__file__).resolve().parent.parent
 SPLITS = ("train", "val", "test")
@@ -40,7 +40,7 @@ class DemoPlan:
     n: int = 1000
     seed: int = 0
     size: int = 128
-    # A named world of pipeline.synth.WORLDS. "demo" gives motion a job (README, "What the
+    # A named world of apps.synth.WORLDS. "demo" gives motion a job (README, "What the
     # demo shows"): a third of the clips show two objects of one class, and sounding
     # objects move the way their class plays.
     world: str = "demo"
@@ -178,7 +178,7 @@ def clip_kinds(world: Path) -> dict[str, str]:
 
 def results_by_kind(eval_dir: Path, kinds: dict[str, str]) -> dict[str, dict[str, Any]]:
     """The evaluator's per-clip cIoU, summarised per kind of clip (same metric functions)."""
-    from eval.metrics import summarize
+    from htf.metrics import summarize
 
     with open(eval_dir / "per_clip.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -353,10 +353,10 @@ def run_demo(plan: DemoPlan) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m htf.demo", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m apps.demo", description=__doc__.split("\n")[0])
     p.add_argument("--output", default="demo_out", help="folder for every output of the demo")
     p.add_argument("--world", default="demo", choices=list(WORLDS),
-                   help="named synthetic world (pipeline.synth.WORLDS)")
+                   help="named synthetic world (apps.synth.WORLDS)")
     p.add_argument("--n", type=int, default=1000, help="clips in the synthetic world")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=128, help="frame side of the synthetic videos")

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from train.config import LossConfig
-from train.loss import ezvsl_loss, lvs_loss
+from htf.model_config import LossConfig
+from htf.loss import ezvsl_loss, lvs_loss
 
 
 def reference_lvs(img: np.ndarray, aud: np.ndarray, eps=0.65, eps2=0.40, tau=0.03, temp=0.07):

@@ -1,8 +1,8 @@
-"""``make demo-real``: the same pipeline and ``eval.localize`` over real footage.
+"""``make demo-real``: the same pipeline and ``apps.localize`` over real footage.
 
 Runs ``python -m pipeline run`` over a folder of real videos (by default the shared
 ``../shared/data/real_videos`` when it is present; the project never requires it), then
-``python -m eval.localize`` on every clip the pipeline accepted, and writes
+``python -m apps.localize`` on every clip the pipeline accepted, and writes
 ``OUT/summary.md``: clips processed, clips rejected with their reasons, and the pictures.
 
 Plainly: the checkpoint used here was trained from scratch on the synthetic world (no
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from htf.demo import REPO, DemoPlan, make_shards, make_shards_from_folder, make_world, train_model
+from apps.demo import REPO, DemoPlan, make_shards, make_shards_from_folder, make_world, train_model
 
 DEFAULT_VIDEOS = REPO.parent / "shared" / "data" / "real_videos"
 DEFAULT_CHECKPOINT = REPO / "demo_out" / "runs" / "htf" / "checkpoints" / "best.pt"
@@ -45,8 +45,8 @@ def ensure_checkpoint(checkpoint: Path | None, out: Path) -> Path:
 
 def pipeline_preset_of(checkpoint: Path, path: Path) -> Path:
     """A pipeline preset with the frame, flow and audio settings the checkpoint was trained on,
-    so the shards made here match what ``eval.localize`` feeds the model."""
-    from train.model import load_model
+    so the shards made here match what ``apps.localize`` feeds the model."""
+    from htf.model import load_model
 
     settings = load_model(str(checkpoint)).data_settings or {}
     preset = {k: settings[k] for k in ("frames", "flow", "audio") if k in settings}
@@ -72,9 +72,9 @@ def summarize_pipeline(shards: Path) -> tuple[list[str], list[dict]]:
 
 def localize_all(checkpoint: Path, videos: list[Path], out: Path, every: int,
                  with_overlay: int) -> tuple[list[str], list[tuple[str, str]]]:
-    """``eval.localize`` on each clip, the model loaded once; a failing clip is recorded, not fatal."""
-    from eval.localize import localize
-    from train.model import load_model
+    """``apps.localize`` on each clip, the model loaded once; a failing clip is recorded, not fatal."""
+    from apps.localize import localize
+    from htf.model import load_model
 
     model = load_model(str(checkpoint))
     done, failed = [], []
@@ -89,7 +89,7 @@ def localize_all(checkpoint: Path, videos: list[Path], out: Path, every: int,
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m htf.demo_real", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m apps.demo_real", description=__doc__.split("\n")[0])
     p.add_argument("--output", default="demo_out/real")
     p.add_argument("--videos", type=Path, default=DEFAULT_VIDEOS, help="folder of real video files")
     p.add_argument("--checkpoint", type=Path, default=None,

@@ -1,4 +1,4 @@
-"""Behaviour of eval.metrics against hand-computed cases of the field's protocol."""
+"""Behaviour of htf.metrics against hand-computed cases of the field's protocol."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from eval import metrics as M
+from htf import metrics as M
 
 
 def _box_image(size: int, x1: int, y1: int, x2: int, y2: int) -> np.ndarray:

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from htf.demo import ROWS, plot_training_curves, results_table, verdict
+from apps.demo import ROWS, plot_training_curves, results_table, verdict
 
 
 def metrics(c: float) -> dict:
@@ -52,7 +52,7 @@ def test_training_curves_are_drawn_from_each_runs_metrics_log(tmp_path):
 def test_miniature_demo_runs_every_stage_and_writes_the_report(tmp_path):
     """The whole main job at toy scale: world, pipeline, two torchrun trainings, five
     evaluations, report. Numbers at this scale mean nothing; the wiring is what is tested."""
-    from htf.demo import DemoPlan, run_demo
+    from apps.demo import DemoPlan, run_demo
 
     plan = DemoPlan(output=tmp_path / "demo", n=24, seed=1, nproc=2, heatmaps=1,
                     train_overrides=["train.steps=2", "data.batch_size=4", "data.val_batch_size=4"])
@@ -68,7 +68,7 @@ def test_miniature_demo_runs_every_stage_and_writes_the_report(tmp_path):
 
 @pytest.mark.slow
 def test_two_miniature_demos_with_the_same_seed_give_the_same_metrics(tmp_path):
-    from htf.demo import DemoPlan, run_demo
+    from apps.demo import DemoPlan, run_demo
 
     def once(folder):
         plan = DemoPlan(output=tmp_path / folder, n=24, seed=3, nproc=2, heatmaps=0,
@@ -90,11 +90,11 @@ def test_demo_real_localises_accepted_clips_and_lists_rejected_ones_with_reasons
     import torch
 
     from htf.config import load_config
-    from htf.demo_real import main as demo_real
+    from apps.demo_real import main as demo_real
     from pipeline.config import PipelineConfig
-    from pipeline.synth import WorldConfig, generate_world
+    from apps.synth import WorldConfig, generate_world
     from train.config import TrainConfig
-    from train.model import HTFModel, checkpoint_payload
+    from htf.model import HTFModel, checkpoint_payload
 
     world = tmp_path / "world"
     generate_world(WorldConfig(n=2, seed=4, size=128, seconds=4.0, workers=1), world, progress=False)
@@ -122,7 +122,7 @@ def test_demo_real_localises_accepted_clips_and_lists_rejected_ones_with_reasons
 
 
 def test_results_are_split_by_kind_of_clip_with_the_evaluators_threshold(tmp_path):
-    from htf.demo import clip_kinds, kinds_table, results_by_kind
+    from apps.demo import clip_kinds, kinds_table, results_by_kind
     big = {"small": False}
     clips = [{"id": "a", "objects": [dict(big, **{"class": 1}), dict(big, **{"class": 1})]},
              {"id": "b", "objects": [dict(big, **{"class": 1}), dict(big, **{"class": 2}),

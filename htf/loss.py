@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from train.config import LossConfig
+from htf.model_config import LossConfig
 
 
 def pair_maps(img: torch.Tensor, aud: torch.Tensor) -> torch.Tensor:

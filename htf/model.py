@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock, conv1x1
 
-from train.config import MAP_SIZE, OFFICIAL_DATA_SETTINGS, ModelConfig
-from train.loss import localization_loss, own_maps
+from htf.model_config import MAP_SIZE, OFFICIAL_DATA_SETTINGS, ModelConfig
+from htf.loss import localization_loss, own_maps
 
 CHECKPOINT_FORMAT = "htf-train-v1"
 

@@ -7,7 +7,7 @@ import av
 import numpy as np
 import pytest
 
-from pipeline.synth import CLASSES, WorldConfig, generate_world, keyframe_index, plan_clip, render_audio
+from apps.synth import CLASSES, WorldConfig, generate_world, keyframe_index, plan_clip, render_audio
 
 SMALL = dict(size=128, seconds=2.0, fps=10, workers=1)
 
@@ -142,7 +142,7 @@ def test_rerun_skips_clips_already_written(tmp_path):
 
 
 def test_command_line_prints_where_it_wrote_the_world(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "pipeline.synth", "--output", str(tmp_path / "w"),
+    result = subprocess.run([sys.executable, "-m", "apps.synth", "--output", str(tmp_path / "w"),
                              "--n", "2", "--size", "64", "--seconds", "1", "--fps", "8", "--workers", "1"],
                             capture_output=True, text=True, check=True)
     assert str(tmp_path / "w") in result.stdout
@@ -188,7 +188,7 @@ def _axis_of(direction: float) -> str:
 
 
 def test_playing_motion_moves_a_sounding_object_along_its_class_axis_and_silent_ones_along_another():
-    from pipeline.synth import playing_axis
+    from apps.synth import playing_axis
     cfg = WorldConfig(n=300, seed=5, p_same_class=0.35, playing_motion=True)
     checked_sounding = checked_silent = 0
     for i in range(cfg.n):
@@ -227,14 +227,14 @@ def test_playing_motion_off_leaves_the_default_world_untouched():
 # ------------------------------------------------------------------------ the world family
 
 def test_named_demo_world_is_the_demo_setting_and_default_is_the_generator_default():
-    from pipeline.synth import world_config
+    from apps.synth import world_config
     assert world_config("default", n=1, seed=2) == WorldConfig(n=1, seed=2)
     demo, explicit = world_config("demo", n=1, seed=2), WorldConfig(n=1, seed=2, p_same_class=0.35, playing_motion=True)
     assert all(plan_clip(demo, i) == plan_clip(explicit, i) for i in range(30))
 
 
 def test_unknown_world_name_is_refused_with_the_known_names():
-    from pipeline.synth import world_config
+    from apps.synth import world_config
     with pytest.raises(ValueError, match="unknown world 'nope'.*indep"):
         world_config("nope")
 
@@ -247,7 +247,7 @@ def test_out_of_range_world_setting_is_refused_naming_the_key(key, value):
 
 
 def test_indep_world_shows_two_to_four_large_objects_of_distinct_classes():
-    from pipeline.synth import sounding_box, world_config
+    from apps.synth import sounding_box, world_config
     cfg = world_config("indep", n=300, seed=1, size=128)
     counts = set()
     for i in range(cfg.n):
@@ -261,7 +261,7 @@ def test_indep_world_shows_two_to_four_large_objects_of_distinct_classes():
 
 
 def test_indep_motion_pattern_does_not_depend_on_the_class():
-    from pipeline.synth import FREE_PATTERNS, world_config
+    from apps.synth import FREE_PATTERNS, world_config
     cfg = world_config("indep", n=600, seed=2, size=128)
     seen: dict[int, set] = {}
     for i in range(cfg.n):
@@ -282,7 +282,7 @@ def _axis_bin(direction: float) -> int:
 
 @pytest.mark.parametrize("name,lo,hi", [("indep", 0.25, 0.42), ("distractors", 0.7, 0.9)])
 def test_sounder_moves_in_most_clips_and_silent_objects_at_the_world_rate(name, lo, hi):
-    from pipeline.synth import world_config
+    from apps.synth import world_config
     cfg = world_config(name, n=400, seed=3, size=128)
     sounder = silent = silent_n = 0
     for i in range(cfg.n):
@@ -298,7 +298,7 @@ def test_sounder_moves_in_most_clips_and_silent_objects_at_the_world_rate(name, 
 
 
 def test_sounding_objects_motion_follows_the_sound_envelope_and_silent_movers_their_own():
-    from pipeline.synth import world_config
+    from apps.synth import world_config
     cfg = world_config("indep", n=100, seed=4, size=64, seconds=2.0)
     sounders = silent = 0
     for i in range(cfg.n):
@@ -316,7 +316,7 @@ def test_sounding_objects_motion_follows_the_sound_envelope_and_silent_movers_th
 
 
 def test_sound_loudness_follows_its_envelope():
-    from pipeline.synth import envelope_at, world_config
+    from apps.synth import envelope_at, world_config
     cfg = world_config("indep", n=50, seed=4, size=64, seconds=2.0)
     # a class without rhythm pulses, whose loudness is the contour alone
     plan = next(p for p in (plan_clip(cfg, i) for i in range(cfg.n)) if CLASSES[p["sound_class"]].rhythm_hz == 0)
@@ -328,7 +328,7 @@ def test_sound_loudness_follows_its_envelope():
 
 
 def test_envelope_scales_how_far_the_sounding_object_is_from_its_rest_position():
-    from pipeline.synth import envelope_at, object_center
+    from apps.synth import envelope_at, object_center
     obj = {"cx": 50.0, "cy": 50.0, "motion": {"amp": 10.0, "freq": 1.0, "dir": 0.0, "phase": 0.3,
                                               "pattern": "line", "ratio": 1.0, "freq2": 1.0, "phase2": 0.0,
                                               "envelope": [0.2, 1.0, 0.2, 1.0, 0.2, 1.0, 0.2]}}
@@ -339,7 +339,7 @@ def test_envelope_scales_how_far_the_sounding_object_is_from_its_rest_position()
 
 
 def test_same_class_pairs_in_the_family_include_the_sounder_and_keep_the_others_distinct():
-    from pipeline.synth import world_config
+    from apps.synth import world_config
     cfg = world_config("indep-same", n=300, seed=5, size=128)
     pairs = 0
     for i in range(cfg.n):
@@ -353,7 +353,7 @@ def test_same_class_pairs_in_the_family_include_the_sounder_and_keep_the_others_
 
 
 def test_varied_world_draws_textures_per_object_and_textured_backgrounds(tmp_path):
-    from pipeline.synth import BACKGROUND_PATTERNS, TEXTURES, render_frames, world_config
+    from apps.synth import BACKGROUND_PATTERNS, TEXTURES, render_frames, world_config
     cfg = world_config("indep", n=60, seed=6, size=64, seconds=1.0, fps=4)
     plans = [plan_clip(cfg, i) for i in range(cfg.n)]
     assert {o["texture"] for p in plans for o in p["objects"]} == set(TEXTURES)

@@ -1,6 +1,6 @@
-"""``python -m eval.localize``: where does the sound come from in any video file?
+"""``python -m apps.localize``: where does the sound come from in any video file?
 
-    python -m eval.localize --checkpoint CKPT --video FILE --output DIR [--every K] \\
+    python -m apps.localize --checkpoint CKPT --video FILE --output DIR [--every K] \\
         [--keyframe I] [--set flow.device=cuda ...]
 
 No shards needed: the clip goes through the pipeline's own per-clip path
@@ -149,7 +149,7 @@ def localize(model: Any, video: str, output_dir: str | Path, every: int | None =
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m eval.localize", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m apps.localize", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--video", required=True, help="any file ffmpeg reads, with an audio track")
     p.add_argument("--output", required=True)

@@ -1,4 +1,4 @@
-"""python -m eval.localize on a video file: no shards, the checkpoint's own pipeline settings."""
+"""python -m apps.localize on a video file: no shards, the checkpoint's own pipeline settings."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ import cv2
 import pytest
 import torch
 
-from eval.localize import main, pipeline_config
+from apps.localize import main, pipeline_config
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs system ffmpeg")
 SETTINGS = {"frames": {"short_side": 64, "max_long_side": 128},
@@ -27,8 +27,9 @@ def _video(path, audio=True):
 
 
 def _checkpoint(path):
-    from train.config import ModelConfig, TrainConfig
-    from train.model import HTFModel, checkpoint_payload
+    from htf.model_config import ModelConfig
+    from train.config import TrainConfig
+    from htf.model import HTFModel, checkpoint_payload
 
     cfg = TrainConfig(model=ModelConfig(width=8, image_size=56, audio_frames=64))
     torch.manual_seed(0)

@@ -1,0 +1,87 @@
+"""The model's typed config (architecture, input settings, loss) and the official data settings.
+
+Everything needed to rebuild the network from a checkpoint lives here, in the core, so the
+trainer, the evaluator and the apps read one definition; ``train.config.TrainConfig`` holds
+it as its ``model`` section.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+MAP_SIZE = 7                        # the localisation map is always 7x7
+SUPPORTED_STRIDES = (32, 16, 8)     # image_size / 7
+
+
+@dataclass
+class LossConfig:
+    """``lvs``: the official trimap loss; ``ezvsl``: multiple-instance InfoNCE."""
+    kind: Literal["lvs", "ezvsl"] = "lvs"
+    epsilon: float = 0.65           # positive threshold
+    epsilon_margin: float = 0.25    # negative threshold = epsilon - epsilon_margin
+    tau: float = 0.03               # sigmoid sharpness of the soft trimap
+    trimap: bool = True             # False: Neg = 1 - Pos (no uncertain band)
+    logit_temperature: float = 0.07
+    ezvsl_temperature: float = 0.03
+
+    def validate(self) -> None:
+        if self.tau <= 0 or self.logit_temperature <= 0 or self.ezvsl_temperature <= 0:
+            raise ValueError("tau, logit_temperature and ezvsl_temperature must be > 0")
+
+
+@dataclass
+class ModelConfig:
+    flow: Literal["cnn", "maxpool", "none"] = "cnn"   # none = audio-visual baseline (ablation)
+    attention: Literal["official", "flow_query"] = "official"  # flow_query: see FlowAttention
+    attention_value_init: Literal["default", "zero"] = "default"  # zero: flow branch starts silent
+    flow_local: bool = False        # also add each location's own flow features (see HTFModel)
+    # A motion prior on the map: map = cosine map + w * (how fast each place moves, relative to
+    # the clip's fastest). w is not learned by the loss (a contrastive loss cannot learn a
+    # sound-independent "it moves" cue); the trainer picks it on the validation split from
+    # train.motion_prior_grid, 0 included, so it is used only as far as it helps there.
+    motion_prior: bool = False
+    width: int = 64                 # ResNet-18 base width: 64 is the standard (and official) net
+    image_size: int = 224           # input side S; the backbone stride is S / 7 (32, 16 or 8)
+    freeze_vision: bool = True      # official: vision ResNet has requires_grad=False
+    frozen_bn: Literal["train", "eval"] = "train"   # BatchNorm of a frozen vision net (see docs)
+    vision_weights: str | None = None   # None | torchvision name (IMAGENET1K_V1) | path to .pth
+    flow_weights: str | None = None     # same; conv1 (2 input channels) always starts fresh
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    flow_scale: float = 1.0         # multiplies the flow tensor (pixels of the S x S input)
+    audio_frames: int | None = None  # spectrogram frames fed to the net (None: as stored)
+    loss: LossConfig = field(default_factory=LossConfig)
+
+    def validate(self) -> None:
+        if self.width < 8 or self.width % 8:
+            raise ValueError(f"width must be a multiple of 8 (>= 8), got {self.width}")
+        stride = self.image_size // MAP_SIZE
+        if self.image_size % MAP_SIZE or stride not in SUPPORTED_STRIDES:
+            sizes = [MAP_SIZE * s for s in SUPPORTED_STRIDES]
+            raise ValueError(f"image_size must be one of {sizes} (7x7 map), got {self.image_size}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError("mean and std need 3 values each (std > 0)")
+        if self.audio_frames is not None and self.audio_frames < 1:
+            raise ValueError("audio_frames must be >= 1 or null")
+
+    @property
+    def feat_dim(self) -> int:
+        return 8 * self.width
+
+
+# The data settings of the released Hear The Flow weights, in the shape of a shard's
+# meta["pipeline"] (names of pipeline/config.py): Farneback flow at native
+# resolution, vectors not rescaled, clipped to uint8 through JPEG and read back /255;
+# the linear 257-bin log spectrogram of 3 s at 22,050 Hz around the clip's middle.
+OFFICIAL_FLOW_ENCODING = "uint8_clip"
+OFFICIAL_DATA_SETTINGS: dict = {
+    "frames": {"short_side": 0},
+    "flow": {"method": "farneback", "resolution": "native", "rescale_vectors": False,
+             "encoding": OFFICIAL_FLOW_ENCODING, "farneback_pyr_scale": 0.5,
+             "farneback_levels": 3, "farneback_winsize": 15, "farneback_iterations": 3,
+             "farneback_poly_n": 5, "farneback_poly_sigma": 1.2},
+    "audio": {"feature": "linear", "sample_rate": 22050, "seconds": 3.0,
+              "center": "clip_middle", "nperseg": 512, "noverlap": 274},
+}
