@@ -607,28 +607,50 @@ def generate_world(cfg: WorldConfig, out_dir: str | os.PathLike, progress: bool 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m apps.synth", description=__doc__.split("\n")[0])
     p.add_argument("--output", required=True, help="folder to write the world into")
+    p.add_argument("--world", default="default", choices=list(WORLDS),
+                   help="a named world (WORLDS); the options below change it further")
     p.add_argument("--n", type=int, default=500, help="number of clips")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=256, help="frame side in pixels")
     p.add_argument("--seconds", type=float, default=4.0)
     p.add_argument("--fps", type=int, default=25)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--sound-families", action="store_true",
+    # World options: None = as the named world has it.
+    p.add_argument("--sound-families", action="store_const", const=True, default=None,
                    help="classes 2k and 2k+1 make the same sound")
-    p.add_argument("--p-same-family", type=float, default=0.0,
+    p.add_argument("--p-same-family", type=float, default=None,
                    help="with --sound-families: fraction of clips showing both members of a family")
-    p.add_argument("--p-same-class", type=float, default=0.0,
-                   help="fraction of clips whose two large objects share a class (only motion tells which sounds)")
-    p.add_argument("--playing-motion", action="store_true",
+    p.add_argument("--p-same-class", type=float, default=None,
+                   help="fraction of clips where two objects share a class, one of them the sounding "
+                        "one (only motion tells which sounds)")
+    p.add_argument("--playing-motion", action="store_const", const=True, default=None,
                    help="a sounding object moves along its class's axis, silent ones along another")
+    p.add_argument("--motion-pattern", choices=MOTION_PATTERNS, default=None,
+                   help="oscillate: along one direction; free: line, orbit or wandering path, whatever the class")
+    p.add_argument("--envelope-motion", action="store_const", const=True, default=None,
+                   help="motion amplitude follows the sound's loudness contour (silent movers: their own)")
+    p.add_argument("--p-silent-moves", dest="p_distractor_moves", type=float, default=None,
+                   help="probability that a silent large object moves")
+    p.add_argument("--background", choices=BACKGROUNDS, default=None)
+    p.add_argument("--object-texture", choices=OBJECT_TEXTURES, default=None)
+    p.add_argument("--n-objects", type=int, nargs=2, metavar=("LO", "HI"), default=None,
+                   help="large objects per clip, drawn in [LO, HI] (2..4)")
     a = p.parse_args(argv)
-    if a.n < 1 or a.size < 32 or a.seconds <= 0 or a.fps < 2 or not 0 <= a.p_same_class <= 1:
-        p.error("need --n >= 1, --size >= 32, --seconds > 0, --fps >= 2, 0 <= --p-same-class <= 1")
-    cfg = WorldConfig(n=a.n, seed=a.seed, size=a.size, seconds=a.seconds, fps=a.fps, workers=a.workers,
-                      p_same_class=a.p_same_class, sound_families=a.sound_families,
-                      p_same_family=a.p_same_family, playing_motion=a.playing_motion)
+    if a.n < 1 or a.size < 32 or a.seconds <= 0 or a.fps < 2:
+        p.error("need --n >= 1, --size >= 32, --seconds > 0, --fps >= 2")
+    options = {k: getattr(a, k) for k in ("sound_families", "p_same_family", "p_same_class", "playing_motion",
+                                          "motion_pattern", "envelope_motion", "p_distractor_moves",
+                                          "background", "object_texture", "n_objects")
+               if getattr(a, k) is not None}
+    if "n_objects" in options:
+        options["n_objects"] = tuple(options["n_objects"])
+    try:
+        cfg = world_config(a.world, n=a.n, seed=a.seed, size=a.size, seconds=a.seconds, fps=a.fps,
+                           workers=a.workers, **options)
+    except ValueError as err:
+        p.error(str(err))
     summary = generate_world(cfg, a.output)
-    print(f"synthetic world: {summary['clips']} clips in {summary['dir']} "
+    print(f"synthetic world '{a.world}': {summary['clips']} clips in {summary['dir']} "
           f"(train {summary['n_train']}, val {summary['n_val']}, test {summary['n_test']}) "
           f"in {summary['seconds']:.1f} s")
     return 0

@@ -360,3 +360,20 @@ def test_varied_world_draws_textures_per_object_and_textured_backgrounds(tmp_pat
     assert {p["background"]["pattern"] for p in plans} == set(BACKGROUND_PATTERNS)
     frame = next(render_frames(plans[0], cfg))
     assert frame.shape == (64, 64, 3) and frame.std() > 10
+
+
+def test_command_line_makes_a_named_world_and_options_change_it(tmp_path):
+    import yaml
+    subprocess.run([sys.executable, "-m", "apps.synth", "--output", str(tmp_path / "w"), "--world", "indep",
+                    "--p-silent-moves", "0.9", "--n", "1", "--size", "64", "--seconds", "1", "--fps", "8",
+                    "--workers", "1"], capture_output=True, text=True, check=True)
+    saved = yaml.safe_load((tmp_path / "w" / "synth_config.yaml").read_text())
+    assert saved["motion_pattern"] == "free" and saved["background"] == "textured"
+    assert saved["p_distractor_moves"] == 0.9
+
+
+def test_command_line_refuses_an_out_of_range_world_option_naming_it(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "apps.synth", "--output", str(tmp_path / "w"),
+                             "--world", "indep", "--n-objects", "1", "5"], capture_output=True, text=True)
+    assert result.returncode == 2 and "n_objects" in result.stderr
+    assert not (tmp_path / "w" / "video").exists()
