@@ -73,8 +73,9 @@ def _selected_on_val(run: Path) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------- summary
 
-def _mean_sd(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+def _mean_sd(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample sd (None for a single seed: one run says nothing about spread)."""
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
 def summarize_row(cells: list[dict[str, Any]]) -> dict[str, Any]:
@@ -101,9 +102,10 @@ def summarize_row(cells: list[dict[str, Any]]) -> dict[str, Any]:
     return row
 
 
-def _fmt(ms: tuple[float, float], signed: bool = False) -> str:
+def _fmt(ms: tuple[float, float | None], signed: bool = False) -> str:
     mean, sd = ms
-    return f"{mean:+.3f} ± {sd:.3f}" if signed else f"{mean:.3f} ± {sd:.3f}"
+    text = f"{mean:+.3f}" if signed else f"{mean:.3f}"
+    return text if sd is None else f"{text} ± {sd:.3f}"
 
 
 def _check(ok: bool | None) -> str:

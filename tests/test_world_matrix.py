@@ -24,6 +24,7 @@ def test_row_gives_mean_and_sd_over_seeds_and_checks_the_goal():
     cells = [_cell("indep-same", 1000, s, h, 0.6, 0.4, same=(0.6, 0.3)) for s, h in enumerate((0.7, 0.8, 0.75))]
     row = wm.summarize_row(cells)
     assert row["htf"][0] == pytest.approx(0.75) and row["htf"][1] == pytest.approx(0.05)
+    assert wm.summarize_row(cells[:1])["htf"] == (0.7, None)      # one seed: no spread to report
     assert row["htf_minus_noflow"][0] == pytest.approx(0.15)
     assert row["htf_minus_best_baseline"][0] == pytest.approx(0.35)
     assert row["never_costs"] and row["beats_baselines"] and row["motion_tells"] and row["enough_seeds"]
