@@ -30,16 +30,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from apps.demo import BASELINES, DemoPlan, run_demo  # noqa: E402
+from apps.demo import (BASELINE_MARGIN, BASELINES, MOTION_MARGIN, NOFLOW_TOLERANCE,  # noqa: E402
+                       DemoPlan, run_demo)
 from apps.synth import WORLDS  # noqa: E402
 
 DEFAULT_WORLDS = ("demo", "indep", "indep-same", "distractors")
 METHODS = (("htf", "HTF"), ("noflow", "no flow"), ("flow", "flow magnitude"), ("center", "center"))
-# The goal, fixed before any test number was seen.
-NOFLOW_TOLERANCE = 0.02      # HTF >= no flow - 0.02 on every world
-BASELINE_MARGIN = 0.15       # HTF >= best training-free baseline + 0.15
-MOTION_MARGIN = 0.10         # same-class clips: HTF - no flow >= 0.10 ("a clear margin")
-MIN_SEEDS = 3
+MIN_SEEDS = 3   # fewer seeds: a measurement, not yet the claim (apps.demo defines the claim's margins)
 
 
 def cell_name(world: str, n: int, seed: int) -> str:
@@ -89,14 +86,14 @@ def summarize_row(cells: list[dict[str, Any]]) -> dict[str, Any]:
     best_base = [max(c["results"][b]["ciou_at_0.5"] for b in BASELINES) for c in cells]
     row["htf_minus_noflow"] = _mean_sd([h - f for h, f in zip(htf, noflow)])
     row["htf_minus_best_baseline"] = _mean_sd([h - b for h, b in zip(htf, best_base)])
-    row["never_costs"] = row["htf_minus_noflow"][0] >= -NOFLOW_TOLERANCE
-    row["beats_baselines"] = row["htf_minus_best_baseline"][0] >= BASELINE_MARGIN
+    row["never_costs"] = row["htf_minus_noflow"][0] >= -NOFLOW_TOLERANCE - 1e-9   # float slack
+    row["beats_baselines"] = row["htf_minus_best_baseline"][0] >= BASELINE_MARGIN - 1e-9
     same = [c for c in cells if "same" in c["by_kind"].get("htf", {})]
     if same:
         row["same_class_n"] = same[0]["by_kind"]["htf"]["same"]["n"]
         row["same_htf"] = _mean_sd([c["by_kind"]["htf"]["same"]["ciou_at_0.5"] for c in same])
         row["same_noflow"] = _mean_sd([c["by_kind"]["noflow"]["same"]["ciou_at_0.5"] for c in same])
-        row["motion_tells"] = row["same_htf"][0] - row["same_noflow"][0] >= MOTION_MARGIN
+        row["motion_tells"] = row["same_htf"][0] - row["same_noflow"][0] >= MOTION_MARGIN - 1e-9
     row["motion_prior_weights"] = [c["selected"].get("motion_prior_weight") for c in cells]
     row["enough_seeds"] = len(cells) >= MIN_SEEDS
     return row
