@@ -23,10 +23,11 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from htf.cli import command, make_parser, parse_args
 from apps.synth import WORLDS, generate_world, world_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -263,64 +264,89 @@ def plot_training_curves(runs: dict[str, Path], path: Path) -> Path:
     return path
 
 
-def _html_rows(table: list[list[str]]) -> str:
-    return "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in table)
+def _verdict_lines(v: dict[str, Any]) -> list[str]:
+    return [f"HTF vs best training-free baseline ({v['best_baseline']}): "
+            f"{v['margin_over_best_baseline']:+.3f} cIoU@0.5 (target >= +{BASELINE_MARGIN}: "
+            f"{'met' if v['beats_baselines'] else 'NOT met'})",
+            f"HTF vs no flow: {v['htf_vs_noflow']:+.3f} cIoU@0.5 (target >= -{NOFLOW_TOLERANCE}: "
+            f"{'met' if v['flow_never_costs'] else 'NOT met'})"]
+
+
+def _md_table(table: list[list[str]]) -> list[str]:
+    return (["| " + " | ".join(table[0]) + " |", "|" + "---|" * len(table[0])]
+            + ["| " + " | ".join(r) + " |" for r in table[1:]])
 
 
 def write_report(plan: DemoPlan, results: dict[str, dict[str, Any]], seconds: dict[str, float],
                  curves: Path, by_kind: dict[str, dict[str, dict[str, Any]]] | None = None) -> tuple[Path, Path]:
+    """report.md, report.html (the evaluator's report style), the success curves and the cIoU
+    histogram of every method, and results.json, in the demo's output folder."""
+    from eval.report import (html_page, html_table, links, picture_row, plot_ciou_histogram,
+                             plot_success_curves, plots_row, read_cious)
+
+    out = plan.output
     table = results_table(results)
     per_kind = kinds_table(by_kind) if by_kind else []
     v = verdict(results)
-    out = plan.output
+    labels = dict(ROWS)
+    methods = {labels[k]: read_cious(out / "eval" / k / "per_clip.csv") for k, _ in ROWS if k in results}
+    success = plot_success_curves(methods, out / "success_curves.png")
+    histogram = plot_ciou_histogram(methods, out / "ciou_histogram.png")
+    files = [[labels[k], f"eval/{k}/metrics.json", f"eval/{k}/per_clip.csv", f"eval/{k}/report.html"]
+             for k, _ in ROWS if k in results]
+
     md = ["# Hear The Flow demo on the synthetic world", "",
           f"World `{plan.world}`, {plan.n} clips, seed {plan.seed}; test split never used for training "
-          f"or model selection.", "",
-          "| " + " | ".join(table[0]) + " |", "|" + "---|" * len(table[0])]
-    md += ["| " + " | ".join(r) + " |" for r in table[1:]]
-    md += ["", f"- HTF vs best training-free baseline ({v['best_baseline']}): "
-           f"{v['margin_over_best_baseline']:+.3f} cIoU@0.5 (target >= +{BASELINE_MARGIN}: "
-           f"{'met' if v['beats_baselines'] else 'NOT met'})",
-           f"- HTF vs no flow: {v['htf_vs_noflow']:+.3f} cIoU@0.5 (target >= -{NOFLOW_TOLERANCE}: "
-           f"{'met' if v['flow_never_costs'] else 'NOT met'})", ""]
+          f"or model selection.", ""]
+    md += _md_table(table) + [""] + [f"- {line}" for line in _verdict_lines(v)] + [""]
     if per_kind:
-        md += ["## cIoU@0.5 by kind of test clip", "",
-               "| " + " | ".join(per_kind[0]) + " |", "|" + "---|" * len(per_kind[0])]
-        md += ["| " + " | ".join(r) + " |" for r in per_kind[1:]] + [""]
+        md += ["## cIoU@0.5 by kind of test clip", ""] + _md_table(per_kind) + [""]
     claims, claims_note = matrix_claims(MATRIX_RESULTS)
     md += ["## The claim on other worlds (committed matrix, bench/results_worlds.md)", ""]
-    if claims:
-        md += ["| " + " | ".join(claims[0]) + " |", "|" + "---|" * len(claims[0])]
-        md += ["| " + " | ".join(r) + " |" for r in claims[1:]] + [""]
-    md += [claims_note, ""]
-    md += ["## Training", "", f"![training curves]({curves.name})", "",
-           "## Heat maps (best and worst test clips)", ""]
-    for key, label in ROWS[:2]:
-        md.append(f"- {label}: [report](eval/{key}/report.md)")
-    md += ["", "## Wall time per stage", "", "| stage | seconds |", "|---|---|"]
+    md += (_md_table(claims) + [""] if claims else []) + [claims_note, ""]
+    md += ["## Success curves and cIoU histogram", "", f"![success curves]({success.name})", "",
+           f"![cIoU histogram]({histogram.name})", "", "## Training", "", f"![training curves]({curves.name})",
+           "", "## Files per method", "", "| method | metrics | per clip | report |", "|---|---|---|---|"]
+    md += [f"| {name} | [metrics.json]({m}) | [per_clip.csv]({c}) | [report.html]({r}) |" for name, m, c, r in files]
+    md += ["", "## Heat maps (best and worst test clips)", ""]
+    for key, label in ROWS:
+        pics = results.get(key, {}).get("pictures", [])
+        if pics:
+            md += [f"### {label}", ""] + [f"![{p['kind']} {p['id']} cIoU {p['ciou']:.3f}](eval/{key}/{p['path']})"
+                                          for p in pics] + [""]
+    md += ["## Wall time per stage", "", "| stage | seconds |", "|---|---|"]
     md += [f"| {k} | {s:.0f} |" for k, s in seconds.items()]
     md_path = out / "report.md"
     md_path.write_text("\n".join(md) + "\n")
 
     e = html.escape
-    rows, kind_rows, claim_rows = _html_rows(table), _html_rows(per_kind), _html_rows(claims)
-    pics = []
-    for key, label in ROWS[:2]:
-        for p in results[key].get("pictures", []):
-            pics.append(f"<figure><img src='eval/{key}/{e(p['path'])}'><figcaption>{e(label)}: "
-                        f"{e(p['kind'])} {e(p['id'])} cIoU {p['ciou']:.2f}</figcaption></figure>")
-    times = "".join(f"<tr><td>{e(k)}</td><td>{s:.0f} s</td></tr>" for k, s in seconds.items())
-    page = ("<!doctype html><html><head><meta charset='utf-8'><title>Hear The Flow demo</title><style>"
-            "body{font-family:sans-serif;margin:2em}td{padding:2px 12px;border-bottom:1px solid #ddd}"
-            "figure{display:inline-block;margin:4px}img{width:224px}figcaption{font-size:12px}</style></head><body>"
-            f"<h1>Hear The Flow demo on the synthetic world</h1><p>World {e(plan.world)}, {plan.n} clips, seed {plan.seed}.</p>"
-            f"<table>{rows}</table><ul>{''.join(f'<li>{e(line[2:])}</li>' for line in md if line.startswith('- HTF'))}</ul>"
-            + (f"<h2>cIoU@0.5 by kind of test clip</h2><table>{kind_rows}</table>" if per_kind else "")
-            + f"<h2>The claim on other worlds</h2><table>{claim_rows}</table><p>{e(claims_note)}</p>"
-            + f"<h2>Training</h2><img style='width:800px' src='{curves.name}'>"
-            f"<h2>Heat maps</h2>{''.join(pics)}<h2>Wall time</h2><table>{times}</table></body></html>")
+    body = [f"<p>World {e(plan.world)}, {plan.n} clips, seed {plan.seed}; the test split is never used for training or "
+            "model selection (that is the val split).</p>", html_table(table),
+            "<ul>" + "".join(f"<li>{e(line)}</li>" for line in _verdict_lines(v)) + "</ul>"]
+    if per_kind:
+        body += ["<h2>cIoU@0.5 by kind of test clip</h2>", html_table(per_kind)]
+    body += ["<h2>The claim on other worlds</h2>"] + ([html_table(claims)] if claims else []) + [f"<p>{e(claims_note)}</p>"]
+    body += ["<h2>How often is the sound found?</h2><p class=note>Success curve: for every threshold "
+             "t, the fraction of test clips whose cIoU is at least t (its value at 0.5 is cIoU@0.5, "
+             "the area under it the AUC); histogram: the per-clip cIoU.</p>",
+             plots_row([success.name, histogram.name]),
+             f"<h2>Training</h2><img class=plot src='{curves.name}' alt='training curves'>",
+             "<h2>Files per method</h2><table><tr><th>method</th><th>metrics</th><th>per clip</th>"
+             "<th>report</th></tr>" + "".join(
+                 f"<tr><td>{e(n)}</td>" + "".join(f"<td><a href='{e(h)}'>{e(Path(h).name)}</a></td>"
+                                                  for h in (m, c, r)) + "</tr>" for n, m, c, r in files)
+             + "</table>"]
+    body.append("<h2>Heat maps: best and worst test clips per method</h2><p class=note>Each picture: the "
+                "frame and the heat map over it, the ground-truth box, the outline of the predicted mask "
+                "(the mask cIoU is computed on) and a colour bar; click for full size.</p>")
+    for key, label in ROWS:
+        pics = results.get(key, {}).get("pictures", [])
+        if pics:
+            body.append(f"<h3>{e(label)}</h3>" + picture_row(pics, f"eval/{key}/"))
+    body.append("<h2>Wall time</h2>" + html_table([["stage", "seconds"]] + [[k, f"{s:.0f}"] for k, s in seconds.items()]))
+    body.append(links([("report.md", "report.md"), ("results.json", "results.json")]))
     html_path = out / "report.html"
-    html_path.write_text(page)
+    html_path.write_text(html_page("Hear The Flow demo on the synthetic world", body))
     (out / "results.json").write_text(json.dumps({"world": plan.world, "results": {k: {m: results[k][m] for m in
                                                   ("ciou_at_0.5", "mean_ciou", "auc", "n")} for k in results},
                                                   "by_kind": by_kind or {}, "verdict": v, "seconds": seconds},
@@ -360,20 +386,55 @@ def run_demo(plan: DemoPlan) -> dict[str, Any]:
     return {"results": results, "verdict": v, "seconds": seconds}
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m apps.demo", description=__doc__.split("\n")[0])
-    p.add_argument("--output", default="demo_out", help="folder for every output of the demo")
-    p.add_argument("--world", default="demo", choices=list(WORLDS),
+DEMO_EXAMPLES = """\
+  # the whole demo (what `make demo` runs); open OUT/report.html afterwards
+  %(prog)s --output demo_out
+  # a smaller, faster world and another seed
+  %(prog)s --output demo_small --n 300 --seed 1 --set train.steps=20
+  # the same recipe on the independently designed world
+  %(prog)s --output demo_indep --world indep
+  # what the demo will run, without running it
+  %(prog)s --print-config
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = make_parser("apps.demo", "The whole method on a synthetic world: videos -> shards -> torchrun "
+                    "training of HTF and of the same model without flow -> evaluation with the "
+                    "training-free baselines -> OUT/report.html. Every stage is the project's own "
+                    "command, printed as it runs.", DEMO_EXAMPLES)
+    g = p.add_argument_group("the demo")
+    g.add_argument("--output", default="demo_out", metavar="OUT", help="folder for every output of the demo")
+    g.add_argument("--world", default="demo", choices=list(WORLDS),
                    help="named synthetic world (apps.synth.WORLDS)")
-    p.add_argument("--n", type=int, default=1000, help="clips in the synthetic world")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=int, default=128, help="frame side of the synthetic videos")
-    p.add_argument("--nproc", type=int, default=2, help="torchrun processes")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a training config key for both models (repeatable)")
-    a = p.parse_args(argv)
+    g.add_argument("--n", type=int, default=1000, help="clips in the synthetic world")
+    g.add_argument("--seed", type=int, default=0, help="seed of the world and of both trainings")
+    g.add_argument("--size", type=int, default=128, help="frame side of the synthetic videos")
+    g.add_argument("--nproc", type=int, default=2, help="torchrun processes per training")
+    c = p.add_argument_group("configuration")
+    c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a training config key for both models (repeatable), e.g. --set train.steps=20")
+    c.add_argument("--print-config", action="store_true",
+                   help="print the demo's plan (world, presets, overrides) as YAML and exit")
+    return p
+
+
+def plan_text(plan: DemoPlan) -> str:
+    """The plan as YAML (paths as text)."""
+    import yaml
+
+    data = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(plan).items()}
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+@command
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(build_parser(), argv)
     plan = DemoPlan(output=Path(a.output).resolve(), n=a.n, seed=a.seed, size=a.size, nproc=a.nproc,
                     world=a.world, train_overrides=a.overrides)
+    if a.print_config:
+        sys.stdout.write(plan_text(plan))
+        return 0
     run_demo(plan)
     return 0
 

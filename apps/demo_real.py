@@ -14,7 +14,6 @@ released ``vgg.pth`` and the ``htf-official`` pipeline settings) for meaningful 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections import Counter
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from htf.cli import make_parser, parse_args
 from apps.demo import REPO, DemoPlan, make_shards, make_shards_from_folder, make_world, train_model
 
 DEFAULT_VIDEOS = REPO.parent / "shared" / "data" / "real_videos"
@@ -89,15 +89,24 @@ def localize_all(checkpoint: Path, videos: list[Path], out: Path, every: int,
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m apps.demo_real", description=__doc__.split("\n")[0])
-    p.add_argument("--output", default="demo_out/real")
-    p.add_argument("--videos", type=Path, default=DEFAULT_VIDEOS, help="folder of real video files")
-    p.add_argument("--checkpoint", type=Path, default=None,
-                   help="model to localise with (default: the one `make demo` trained)")
-    p.add_argument("--every", type=int, default=10, help="overlay video: heat map every K frames")
-    p.add_argument("--videos-with-overlay", type=int, default=2,
+    p = make_parser("apps.demo_real", "The pipeline and localize over a folder of real videos: "
+                    "keyframe heat maps, overlay videos and OUT/summary.md (clips accepted, clips "
+                    "rejected with their reasons).", """\
+  # the real clips next to the project, with the checkpoint `make demo` trained
+  %(prog)s --output demo_out/real
+  # your own folder and weights
+  %(prog)s --output OUT --videos MY_VIDEOS --checkpoint RUN/checkpoints/best.pt
+""")
+    g = p.add_argument_group("inputs and outputs")
+    g.add_argument("--output", default="demo_out/real", metavar="OUT", help="folder for every output")
+    g.add_argument("--videos", type=Path, default=DEFAULT_VIDEOS, metavar="DIR", help="folder of real video files")
+    g.add_argument("--checkpoint", type=Path, default=None, metavar="CKPT",
+                   help="model to localise with (default: the one `make demo` trained, else a short "
+                        "synthetic training)")
+    g.add_argument("--every", type=int, default=10, metavar="K", help="overlay video: heat map every K frames")
+    g.add_argument("--videos-with-overlay", type=int, default=2, metavar="N",
                    help="how many clips also get a whole-clip overlay video")
-    a = p.parse_args(argv)
+    a = parse_args(p, argv)
     out = Path(a.output).resolve()
     if not a.videos.is_dir():
         print(f"[demo-real] no real footage at {a.videos}: nothing to do (the project does not "

@@ -1,20 +1,19 @@
-"""``python -m apps.localize``: where does the sound come from in any video file?
-
-    python -m apps.localize --checkpoint CKPT --video FILE --output DIR [--every K] \\
-        [--keyframe I] [--set flow.device=cuda ...]
+"""python -m apps.localize (htf-localize): where does the sound come from in any video file?
 
 No shards needed: the clip goes through the pipeline's own per-clip path
-(``pipeline.process.process_clip``) with the settings the checkpoint was trained on
-(``model.data_settings``; ``--set`` overrides them, e.g. to run flow on a GPU), then
-through the trainer's test-time input preparation and the model. Outputs in DIR:
+(pipeline.process.process_clip) with the settings the checkpoint was trained on
+(model.data_settings; --set overrides them, e.g. to run flow on a GPU), then through the
+trainer's test-time input preparation and the model. Outputs in DIR:
 
-- ``<stem>_keyframe.png``: the keyframe (middle frame unless ``--keyframe``) with the
-  heat map over it and the raw map's maximum (its confidence) in the corner;
+- ``<stem>_keyframe.png``: the keyframe (middle frame unless ``--keyframe``) and the heat
+  map over it side by side, with a colour bar, the predicted mask's outline and a legend
+  giving the raw map's maximum (its confidence), in the style of the evaluator's pictures;
 - ``<stem>_localize.json``: keyframe index and time, the raw 7x7 map, its confidence, the
   pipeline settings used;
-- with ``--every K``: ``<stem>_overlay.mp4``, every frame of the clip with the heat map of
-  the latest analysed frame (frames 0, K, 2K, ...; each analysed with its next frame's
-  flow and the audio window the settings choose), the original audio track kept.
+- with ``--every K``: ``<stem>_overlay.mp4``, every frame of the clip in the same layout,
+  with the heat map of the latest analysed frame (frames 0, K, 2K, ...; each analysed with
+  its next frame's flow and the audio window the settings choose), the original audio
+  track kept.
 """
 from __future__ import annotations
 
@@ -31,20 +30,35 @@ from typing import Any, Iterator
 import cv2
 import numpy as np
 
-from eval.pictures import enlarge, overlay, put_label, save_png
+from htf.pictures import display_size, heatmap_figure, save_png
 from eval.runner import ModelPredictor
+from htf.cli import add_config_options, command, fail, make_parser, parse_args, resolve_config
 from htf.config import ConfigError, load_config
+
+EXAMPLES = """\
+  # the keyframe's heat map (middle frame) of one video
+  %(prog)s --checkpoint RUN/checkpoints/best.pt --video any.mp4 --output DIR
+  # and an overlay video, a new heat map every 5 frames, flow on the GPU
+  %(prog)s --checkpoint RUN/checkpoints/best.pt --video any.mp4 --output DIR --every 5 \\
+      --device cuda --set flow.device=cuda
+"""
 
 
 def pipeline_config(data_settings: dict | None, overrides: list[str] | None = None):
     """The PipelineConfig that reproduces the checkpoint's data (its ``data_settings``)."""
     from pipeline.config import PipelineConfig
 
-    base = {k: v for k, v in (data_settings or {}).items() if k in ("frames", "flow", "audio")}
+    base = checkpoint_settings(data_settings)
     try:
-        return load_config(PipelineConfig, base=base, overrides=overrides)
+        load_config(PipelineConfig, base=base)
     except ConfigError as err:
         raise ConfigError(f"the checkpoint's data_settings do not form a pipeline config: {err}") from None
+    return load_config(PipelineConfig, base=base, overrides=overrides)  # errors name the --set
+
+
+def checkpoint_settings(data_settings: dict | None) -> dict:
+    """The pipeline sections of a checkpoint's ``data_settings``."""
+    return {k: v for k, v in (data_settings or {}).items() if k in ("frames", "flow", "audio")}
 
 
 def _maps(predictor: ModelPredictor, samples: list) -> list[np.ndarray]:
@@ -82,20 +96,25 @@ def iter_frames(video: str, size: tuple[int, int]) -> Iterator[np.ndarray]:
 
 def write_overlay_video(video: str, maps: dict[int, np.ndarray], fps: float, size: tuple[int, int],
                         out_path: Path, alpha: float = 0.5) -> Path:
-    """Overlay video (heat map of the latest analysed frame on every frame) + original audio."""
+    """Overlay video: every frame (display ``size`` (w, h)) in the picture layout, with the
+    heat map of the latest analysed frame, plus the original audio."""
     if shutil.which("ffmpeg") is None:
         raise RuntimeError("ffmpeg is needed to write the overlay video (system package 'ffmpeg')")
     keys = sorted(maps)
     with tempfile.TemporaryDirectory() as tmp:
         silent = Path(tmp) / "video.mp4"
-        writer = cv2.VideoWriter(str(silent), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
-        if not writer.isOpened():
-            raise RuntimeError(f"OpenCV cannot write {silent}")
+        writer = None
         for i, frame in enumerate(iter_frames(video, size)):
             current = keys[max(0, bisect.bisect_right(keys, i) - 1)]
-            img = put_label(overlay(frame, maps[current], alpha=alpha, min_side=0),
-                            f"frame {i} (map of {current})")
+            img = even_sides(heatmap_figure(frame, maps[current], title=f"frame {i}   (heat map of frame {current})",
+                                            alpha=alpha))
+            if writer is None:
+                writer = cv2.VideoWriter(str(silent), cv2.VideoWriter_fourcc(*"mp4v"), fps, img.shape[1::-1])
+                if not writer.isOpened():
+                    raise RuntimeError(f"OpenCV cannot write {silent}")
             writer.write(cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+        if writer is None:
+            raise RuntimeError(f"{video}: no frame could be decoded for the overlay video")
         writer.release()
         cmd = ["ffmpeg", "-v", "error", "-y", "-i", str(silent), "-i", video, "-map", "0:v:0",
                "-map", "1:a:0?", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest",
@@ -109,6 +128,12 @@ def write_overlay_video(video: str, maps: dict[int, np.ndarray], fps: float, siz
     return out_path
 
 
+def even_sides(image: np.ndarray) -> np.ndarray:
+    """Pad with white to even height and width (H.264 with yuv420p needs them)."""
+    h, w = image.shape[:2]
+    return np.pad(image, ((0, h % 2), (0, w % 2), (0, 0)), constant_values=255) if h % 2 or w % 2 else image
+
+
 def localize(model: Any, video: str, output_dir: str | Path, every: int | None = None,
              keyframe: int | None = None, overrides: list[str] | None = None,
              alpha: float = 0.5, device: str = "cpu") -> dict[str, Any]:
@@ -120,14 +145,13 @@ def localize(model: Any, video: str, output_dir: str | Path, every: int | None =
     cfg = pipeline_config(getattr(model, "data_settings", None), overrides)
     predictor = model if hasattr(model, "predict") else ModelPredictor(model, device)
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     stem = Path(video).stem
-    sample = process_clip(video, cfg, keyframe_index=keyframe)
+    sample = process_clip(video, cfg, keyframe_index=keyframe)   # checks the video before DIR exists
     raw = np.asarray(_maps(predictor, [sample])[0], np.float32)
     confidence = float(raw.max())
-    png = save_png(overlay(sample.frame, raw, label=f"frame {sample.meta['keyframe_index']}  "
-                                                    f"max {confidence:.3f}", alpha=alpha),
-                   out / f"{stem}_keyframe.png")
+    out.mkdir(parents=True, exist_ok=True)
+    title = f"{Path(video).name}   keyframe {sample.meta['keyframe_index']}   confidence {confidence:.3f}"
+    png = save_png(heatmap_figure(sample.frame, raw, title=title, alpha=alpha), out / f"{stem}_keyframe.png")
     result: dict[str, Any] = {
         "video": str(video), "keyframe_index": sample.meta["keyframe_index"],
         "keyframe_time": sample.meta["keyframe_time"], "map": raw.tolist(), "confidence": confidence,
@@ -138,41 +162,57 @@ def localize(model: Any, video: str, output_dir: str | Path, every: int | None =
         n = int(sample.meta["frame_count"])
         indices = list(range(0, n - 1, every))
         maps = analyse_frames(video, cfg, predictor, indices)
-        w, h = enlarge(np.zeros((int(sample.meta["frame_size"][1]), int(sample.meta["frame_size"][0]), 3),
-                                np.uint8), 256).shape[1::-1]
-        w, h = w + w % 2, h + h % 2  # H.264 wants even sides
+        h, w = display_size(*sample.frame.shape[:2])
         fps = float(sample.meta.get("fps") or 25.0)
-        path = write_overlay_video(video, maps, fps, (int(w), int(h)), out / f"{stem}_overlay.mp4", alpha)
+        path = write_overlay_video(video, maps, fps, (w, h), out / f"{stem}_overlay.mp4", alpha)
         result.update({"overlay_video": path.name, "every": every, "analysed_frames": indices})
     (out / f"{stem}_localize.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
+def build_parser() -> argparse.ArgumentParser:
+    p = make_parser("apps.localize", "Where does the sound come from in any video file? The clip "
+                    "goes through the pipeline with the settings the checkpoint was trained on; DIR "
+                    "gets STEM_keyframe.png (frame | heat map, colour bar, legend), STEM_localize.json "
+                    "(raw 7x7 map, confidence, settings) and with --every STEM_overlay.mp4.", EXAMPLES)
+    io = p.add_argument_group("inputs and outputs")
+    io.add_argument("--checkpoint", required=True, metavar="CKPT",
+                    help="trained model: our .pt, the official .pth or a Lightning .ckpt")
+    io.add_argument("--video", required=True, metavar="FILE", help="any file ffmpeg reads, with an audio track")
+    io.add_argument("--output", required=True, metavar="DIR", help="folder for the picture, JSON and video")
+    what = p.add_argument_group("what to analyse")
+    what.add_argument("--keyframe", type=int, metavar="I", help="frame index of the still (default: the middle frame)")
+    what.add_argument("--every", type=int, metavar="K",
+                      help="also write an overlay video with a new heat map every K frames (default: no video)")
+    what.add_argument("--device", default="cpu", help="where the model runs: cpu or cuda[:N]")
+    add_config_options(p, None, "flow.device=cuda",
+                       set_help="override a pipeline setting of the checkpoint (repeatable), "
+                                "e.g. --set flow.device=cuda",
+                       print_help="print the pipeline settings used (the checkpoint's, after --set) and exit")
+    return p
+
+
+@command
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m apps.localize", description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--video", required=True, help="any file ffmpeg reads, with an audio track")
-    p.add_argument("--output", required=True)
-    p.add_argument("--every", type=int, metavar="K", help="overlay video, heat map every K frames")
-    p.add_argument("--device", default="cpu", help="where the model runs (cpu, cuda)")
-    p.add_argument("--keyframe", type=int, help="frame index for the still (default: the middle)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a pipeline setting, e.g. --set flow.device=cuda")
-    args = p.parse_args(argv)
+    args = parse_args(build_parser(), argv)
     from eval.__main__ import load_checkpoint
     from eval.runner import EvalError
+    from pipeline.config import PipelineConfig
     from pipeline.errors import ClipError
 
+    if args.print_config and not args.checkpoint:
+        raise fail("--print-config needs --checkpoint: the settings come from it")
     try:
-        model = load_checkpoint(args.checkpoint, args.device)
+        model = load_checkpoint(args.checkpoint, args.device) if args.checkpoint else None
+        resolve_config(args, PipelineConfig, None,
+                       base=checkpoint_settings(model.data_settings if model is not None else None))
         if model.data_settings is None:
             print("warning: the checkpoint records no data settings; using the pipeline defaults",
                   file=sys.stderr)
         result = localize(model, args.video, args.output, args.every, args.keyframe, args.overrides,
                           device=args.device)
     except (EvalError, ConfigError, ClipError, FileNotFoundError, ValueError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        raise fail(err) from None
     print(f"keyframe {result['keyframe_index']}: {Path(args.output) / result['keyframe_png']}")
     if "overlay_video" in result:
         print(f"overlay video: {Path(args.output) / result['overlay_video']}")

@@ -39,7 +39,8 @@ import av
 import cv2
 import numpy as np
 
-from htf.config import save_config
+from htf.cli import command, fail, make_parser, parse_args
+from htf.config import dump_config, save_config
 
 
 @dataclass(frozen=True)
@@ -604,51 +605,79 @@ def generate_world(cfg: WorldConfig, out_dir: str | os.PathLike, progress: bool 
             **{f"n_{k}": len(v) for k, v in splits.items()}}
 
 
+SYNTH_EXAMPLES = """\
+  # 500 clips at 256 px, then shards: python -m pipeline run --config synthetic --input WORLD ...
+  %(prog)s --output WORLD --n 500 --seed 0
+  # the demo's world: same-class pairs, playing motion, 128 px
+  %(prog)s --output WORLD --n 1000 --size 128 --world demo
+  # the independently designed world, with silent objects moving more often
+  %(prog)s --output WORLD --n 1000 --size 128 --world indep --p-silent-moves 0.8
+"""
+
+# World options on the command line: None = as the named world has it.
+WORLD_OPTIONS = ("sound_families", "p_same_family", "p_same_class", "playing_motion", "motion_pattern",
+                 "envelope_motion", "p_distractor_moves", "background", "object_texture", "n_objects")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = make_parser("apps.synth", "A synthetic audio-visual world: real H.264 + AAC videos whose "
+                    "sound comes from a known object, with VGG-SS style boxes and train/val/test "
+                    "lists. WORLD gets video/, boxes.json, world.json, {train,val,test}.txt and "
+                    "synth_config.yaml.", SYNTH_EXAMPLES)
+    io = p.add_argument_group("output and size")
+    io.add_argument("--output", required=True, metavar="WORLD", help="folder to write the world into")
+    io.add_argument("--n", type=int, default=500, help="number of clips")
+    io.add_argument("--seed", type=int, default=0, help="seed of every random choice (same seed, same world)")
+    io.add_argument("--size", type=int, default=256, help="frame side in pixels (square frames)")
+    io.add_argument("--seconds", type=float, default=4.0, help="clip length in seconds")
+    io.add_argument("--fps", type=int, default=25, help="frames per second")
+    io.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                    help="parallel processes writing clips (default: the CPU count, %(default)s here)")
+    world = p.add_argument_group("what the world asks of a model (unset: as the named world has it)")
+    world.add_argument("--world", default="default", choices=list(WORLDS),
+                       help="a named world (WORLDS); the options below change it further")
+    world.add_argument("--sound-families", action="store_const", const=True, default=None,
+                       help="classes 2k and 2k+1 make the same sound")
+    world.add_argument("--p-same-family", type=float, default=None, metavar="P",
+                       help="with --sound-families: fraction of clips showing both members of a family")
+    world.add_argument("--p-same-class", type=float, default=None, metavar="P",
+                       help="fraction of clips where two objects share a class, one of them the sounding "
+                            "one (only motion tells which sounds)")
+    world.add_argument("--playing-motion", action="store_const", const=True, default=None,
+                       help="a sounding object moves along its class's axis, silent ones along another")
+    world.add_argument("--motion-pattern", choices=MOTION_PATTERNS, default=None,
+                       help="oscillate: along one direction; free: line, orbit or wandering path, whatever the class")
+    world.add_argument("--envelope-motion", action="store_const", const=True, default=None,
+                       help="motion amplitude follows the sound's loudness contour (silent movers: their own)")
+    world.add_argument("--p-silent-moves", dest="p_distractor_moves", type=float, default=None, metavar="P",
+                       help="probability that a silent large object moves")
+    world.add_argument("--background", choices=BACKGROUNDS, default=None)
+    world.add_argument("--object-texture", choices=OBJECT_TEXTURES, default=None)
+    world.add_argument("--n-objects", type=int, nargs=2, metavar=("LO", "HI"), default=None,
+                       help="large objects per clip, drawn in [LO, HI] (2..4)")
+    cfg = p.add_argument_group("configuration")
+    cfg.add_argument("--print-config", action="store_true",
+                     help="print the world's settings (as saved in synth_config.yaml) and exit")
+    return p
+
+
+@command
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m apps.synth", description=__doc__.split("\n")[0])
-    p.add_argument("--output", required=True, help="folder to write the world into")
-    p.add_argument("--world", default="default", choices=list(WORLDS),
-                   help="a named world (WORLDS); the options below change it further")
-    p.add_argument("--n", type=int, default=500, help="number of clips")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=int, default=256, help="frame side in pixels")
-    p.add_argument("--seconds", type=float, default=4.0)
-    p.add_argument("--fps", type=int, default=25)
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    # World options: None = as the named world has it.
-    p.add_argument("--sound-families", action="store_const", const=True, default=None,
-                   help="classes 2k and 2k+1 make the same sound")
-    p.add_argument("--p-same-family", type=float, default=None,
-                   help="with --sound-families: fraction of clips showing both members of a family")
-    p.add_argument("--p-same-class", type=float, default=None,
-                   help="fraction of clips where two objects share a class, one of them the sounding "
-                        "one (only motion tells which sounds)")
-    p.add_argument("--playing-motion", action="store_const", const=True, default=None,
-                   help="a sounding object moves along its class's axis, silent ones along another")
-    p.add_argument("--motion-pattern", choices=MOTION_PATTERNS, default=None,
-                   help="oscillate: along one direction; free: line, orbit or wandering path, whatever the class")
-    p.add_argument("--envelope-motion", action="store_const", const=True, default=None,
-                   help="motion amplitude follows the sound's loudness contour (silent movers: their own)")
-    p.add_argument("--p-silent-moves", dest="p_distractor_moves", type=float, default=None,
-                   help="probability that a silent large object moves")
-    p.add_argument("--background", choices=BACKGROUNDS, default=None)
-    p.add_argument("--object-texture", choices=OBJECT_TEXTURES, default=None)
-    p.add_argument("--n-objects", type=int, nargs=2, metavar=("LO", "HI"), default=None,
-                   help="large objects per clip, drawn in [LO, HI] (2..4)")
-    a = p.parse_args(argv)
+    p = build_parser()
+    a = parse_args(p, argv)
     if a.n < 1 or a.size < 32 or a.seconds <= 0 or a.fps < 2:
-        p.error("need --n >= 1, --size >= 32, --seconds > 0, --fps >= 2")
-    options = {k: getattr(a, k) for k in ("sound_families", "p_same_family", "p_same_class", "playing_motion",
-                                          "motion_pattern", "envelope_motion", "p_distractor_moves",
-                                          "background", "object_texture", "n_objects")
-               if getattr(a, k) is not None}
+        raise fail("need --n >= 1, --size >= 32, --seconds > 0, --fps >= 2")
+    options = {k: getattr(a, k) for k in WORLD_OPTIONS if getattr(a, k) is not None}
     if "n_objects" in options:
         options["n_objects"] = tuple(options["n_objects"])
     try:
         cfg = world_config(a.world, n=a.n, seed=a.seed, size=a.size, seconds=a.seconds, fps=a.fps,
                            workers=a.workers, **options)
     except ValueError as err:
-        p.error(str(err))
+        raise fail(err) from None
+    if a.print_config:
+        sys.stdout.write(dump_config(cfg))
+        return 0
     summary = generate_world(cfg, a.output)
     print(f"synthetic world '{a.world}': {summary['clips']} clips in {summary['dir']} "
           f"(train {summary['n_train']}, val {summary['n_val']}, test {summary['n_test']}) "

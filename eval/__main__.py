@@ -1,12 +1,8 @@
-"""``python -m eval`` / ``htf-eval``: metrics of a checkpoint or a baseline on test shards.
+"""python -m eval / htf-eval: metrics of a checkpoint or a baseline on test shards (docs/eval.md).
 
-    python -m eval --checkpoint CKPT --shards 'OUT/test-*.tar' --output REPORT \\
-        [--protocol flickr|vggss|auto] [--baseline center|flow|random] [--extended] \\
-        [--heatmaps N] [--config configs/eval/flickr.yaml] [--set key=value ...]
-
-Without ``--checkpoint``, ``--baseline`` is evaluated into REPORT. With both, the checkpoint
-is evaluated into REPORT and the baseline into REPORT/baseline_<name>, and the baseline's
-summary is added to REPORT/metrics.json under ``baselines``.
+Without --checkpoint, --baseline is evaluated into REPORT. With both, the checkpoint is
+evaluated into REPORT and the baseline into REPORT/baseline_<name>, and the baseline's
+summary is added to REPORT/metrics.json under "baselines".
 """
 from __future__ import annotations
 
@@ -18,38 +14,58 @@ from typing import Any
 
 from eval.baselines import BASELINES
 from eval.config import EvalConfig
+from eval.report import write_report
 from eval.runner import EvalError, evaluate
-from htf.config import ConfigError, load_config
+from htf.cli import (add_config_flag, add_config_options, command, fail, flag_overrides, make_parser,
+                     parse_args, resolve_config)
+from htf.config import ConfigError
 
 SUMMARY = ("ciou_at_0.5", "auc", "mean_ciou", "n")
+EXAMPLES = """\
+  # a trained checkpoint on the test shards, 8 best and 8 worst heat maps in the report
+  %(prog)s --checkpoint RUN/checkpoints/best.pt --shards 'OUT/test-*.tar' --output REPORT --heatmaps 8
+  # the released weights with the official protocol, and the flow baseline next to them
+  %(prog)s --config htf-official --checkpoint vggss.pth --shards 'OUT/test-*.tar' --output REPORT \\
+      --baseline flow
+  # a baseline alone (no training needed)
+  %(prog)s --baseline center --shards 'OUT/test-*.tar' --output REPORT_CENTER
+"""
+FLAGS = {"protocol": ("protocol.protocol", "--protocol"), "heatmaps": ("pictures.heatmaps", "--heatmaps")}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="htf-eval", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", help="our .pt checkpoint, the official {'model': ...} .pth or Lightning .ckpt")
-    p.add_argument("--shards", required=True, nargs="+",
-                   help="test shards: glob ('OUT/test-*.tar'), brace pattern, folder or files")
-    p.add_argument("--output", required=True, help="report folder (metrics.json, per_clip.csv, ...)")
-    p.add_argument("--protocol", choices=["auto", "flickr", "vggss"], help="ground-truth protocol")
-    p.add_argument("--baseline", choices=list(BASELINES), help="a baseline that needs no training")
-    p.add_argument("--extended", action="store_true", help="SLAVC's extended protocol (AP, max-F1)")
-    p.add_argument("--heatmaps", type=int, metavar="N", help="overlays of the N best and N worst clips")
-    p.add_argument("--config", help="eval preset YAML (configs/eval/*.yaml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set protocol.interpolation=bilinear")
+    p = make_parser("eval", "Score a checkpoint or a training-free baseline on test shards with "
+                    "boxes: cIoU@0.5, AUC, mean cIoU (optionally SLAVC's AP and max-F1). REPORT gets "
+                    "metrics.json, per_clip.csv, report.html/.md (success curve, cIoU histogram, "
+                    "heat maps) and the resolved eval_config.yaml.", EXAMPLES)
+    what = p.add_argument_group("what to evaluate (at least one)")
+    what.add_argument("--checkpoint", metavar="CKPT",
+                      help="our .pt checkpoint, the official {'model': ...} .pth or a Lightning .ckpt")
+    what.add_argument("--baseline", choices=list(BASELINES),
+                      help="a baseline that needs no training: center prior, flow magnitude or random")
+    io = p.add_argument_group("inputs and outputs")
+    io.add_argument("--shards", required=True, nargs="+", metavar="SHARDS",
+                    help="test shards: glob ('OUT/test-*.tar'), brace pattern, folder or files")
+    io.add_argument("--output", required=True, metavar="REPORT",
+                    help="report folder (metrics.json, per_clip.csv, report.html, heatmaps/)")
+    proto = p.add_argument_group("protocol and pictures (shortcuts for config keys)")
+    add_config_flag(proto, "--protocol", "protocol.protocol", EvalConfig,
+                    "ground-truth protocol; auto: each sample's recorded box format",
+                    choices=["auto", "flickr", "vggss"])
+    proto.add_argument("--extended", action="store_true",
+                       help="SLAVC's extended protocol: non-sounding pairs, AP and max-F1 "
+                            "(config extended.enabled)")
+    add_config_flag(proto, "--heatmaps", "pictures.heatmaps", EvalConfig,
+                    "pictures of the N best and N worst clips in the report", type=int, metavar="N")
+    add_config_options(p, "eval", "protocol.interpolation=bilinear")
     return p
 
 
 def make_config(args: argparse.Namespace) -> EvalConfig:
-    overrides = list(args.overrides)
-    if args.protocol:
-        overrides.append(f"protocol.protocol={args.protocol}")
+    flags = flag_overrides(args, FLAGS)
     if args.extended:
-        overrides.append("extended.enabled=true")
-    if args.heatmaps is not None:
-        overrides.append(f"pictures.heatmaps={args.heatmaps}")
-    return load_config(EvalConfig, args.config, overrides)
+        flags.append(("extended.enabled=true", "--extended"))
+    return resolve_config(args, EvalConfig, "eval", flags)
 
 
 def load_checkpoint(path: str, device: str) -> Any:
@@ -72,14 +88,14 @@ def _line(name: str, m: dict) -> str:
     return f"{name}: " + " ".join(parts)
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
+    cfg = make_config(args)
     if not args.checkpoint and not args.baseline:
-        print("error: give --checkpoint CKPT or --baseline center|flow|random", file=sys.stderr)
-        return 2
+        raise fail("give --checkpoint CKPT or --baseline center|flow|random")
+    out = Path(args.output)
     try:
-        cfg = make_config(args)
-        out = Path(args.output)
         if args.checkpoint:
             model = load_checkpoint(args.checkpoint, cfg.run.device)
             metrics = evaluate(model, args.shards, out, cfg, checkpoint=args.checkpoint)
@@ -88,13 +104,13 @@ def main(argv: list[str] | None = None) -> int:
                 base = evaluate(args.baseline, args.shards, out / f"baseline_{args.baseline}", cfg)
                 metrics["baselines"] = {args.baseline: {k: base[k] for k in SUMMARY}}
                 (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+                write_report(metrics, out, {f"baseline {args.baseline}": (f"baseline_{args.baseline}/", base)})
                 print(_line(f"baseline {args.baseline}", base))
         else:
             metrics = evaluate(args.baseline, args.shards, out, cfg)
             print(_line(f"baseline {args.baseline}", metrics))
     except (EvalError, ConfigError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        raise fail(err) from None
     if metrics.get("n_failed"):
         print(f"note: {metrics['n_failed']} item(s) skipped, listed in {out / 'metrics.json'} "
               "under 'failures'", file=sys.stderr)

@@ -408,15 +408,16 @@ def write_per_clip(results: Iterable[ClipResult], path: str | os.PathLike) -> Pa
 
 
 def _write_pictures(run: _Run, out: Path) -> list[dict]:
-    from eval.pictures import overlay, save_png
+    from htf.pictures import heatmap_figure, save_png
 
-    pc, interp = run.cfg.pictures, run.cfg.protocol.interpolation
+    pc, proto = run.cfg.pictures, run.cfg.protocol
     made = []
     for kind, items in (("best", run.extremes.sorted_best()), ("worst", run.extremes.sorted_worst())):
         for rank, item in enumerate(items, 1):
-            label = f"{item.id}  cIoU {item.ciou:.3f}" + ("  (constant map)" if M.is_constant(item.map) else "")
-            image = overlay(item.frame, item.map, item.boxes, label,
-                            pc.alpha, pc.colormap, pc.box_thickness, interp)
+            title = (f"{kind} #{rank}: {item.id}   cIoU {item.ciou:.3f}"
+                     + ("   (constant map)" if M.is_constant(item.map) else ""))
+            image = heatmap_figure(item.frame, item.map, item.boxes, title, pc.alpha, pc.colormap,
+                                   pc.box_thickness, proto.interpolation, proto.size)
             rel = f"heatmaps/{kind}_{rank:02d}_{item.id.replace('/', '_')}.png"
             save_png(image, out / rel)
             made.append({"kind": kind, "rank": rank, "id": item.id, "ciou": item.ciou, "path": rel})
@@ -434,7 +435,6 @@ def evaluate(model_or_baseline: Any, shards: str | Sequence[str], output_dir: st
     predictor = as_predictor(model_or_baseline, cfg)
     paths = expand_shards(shards)
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     run = _Run(predictor, cfg)
     run.first_pass(paths)
     for f in run.failures:
@@ -462,6 +462,8 @@ def evaluate(model_or_baseline: Any, shards: str | Sequence[str], output_dir: st
         "config": asdict(cfg),
         "seconds": round(time.time() - start, 2),
     })
+    # Created only now that every clip is scored: a run that fails leaves no report folder.
+    out.mkdir(parents=True, exist_ok=True)
     write_per_clip(run.results, out / "per_clip.csv")
     metrics["pictures"] = _write_pictures(run, out) if cfg.pictures.heatmaps else []
     save_config(cfg, out / "eval_config.yaml")

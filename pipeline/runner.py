@@ -133,16 +133,23 @@ def execute(tasks: list[Task], cfg: PipelineConfig) -> Iterator[TaskResult]:
     return run_local(tasks, cfg.run.workers, use_cuda=use_cuda)
 
 
+def config_path(out: Path, prefix: str) -> Path:
+    """The resolved config of one prefix's run: train/val/test runs share OUT, each keeps its own."""
+    return out / f"pipeline_config_{prefix}.yaml"
+
+
 def run_pipeline(cfg: PipelineConfig, inputs: RunInputs, stage: str = "pack") -> RunSummary:
     """Run the stages up to ``stage`` over the input folder; resumes a killed run."""
     start = time.time()
     out = Path(inputs.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    # Every input is checked (flow weights, input folder, lists, boxes) before OUT is
+    # created: a command that fails leaves no half-made output folder behind.
     if stage in ("flow", "pack"):
         check_flow_method(cfg.flow)      # fail before touching any clip (weights, names)
-    save_config(cfg, out / "pipeline_config.yaml")
-    _remove_partial_shards(out, cfg.pack.prefix)
     tasks, plan_failures, warnings, _ = plan_tasks(cfg, inputs, stage)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, config_path(out, cfg.pack.prefix))
+    _remove_partial_shards(out, cfg.pack.prefix)
     n_clips = sum(len(t.clips) for t in tasks)
     results: dict[str, TaskResult] = {}
     with _progress(n_clips, cfg, stage) as bar:

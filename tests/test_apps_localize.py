@@ -17,9 +17,9 @@ SETTINGS = {"frames": {"short_side": 64, "max_long_side": 128},
             "audio": {"feature": "logmel", "n_mels": 32, "seconds": 1.0}}
 
 
-def _video(path, audio=True):
-    """A 2 s 96x64 clip: a moving test pattern with a tone (or no audio stream)."""
-    cmd = ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=96x64:rate=10:duration=2"]
+def _video(path, audio=True, size="96x64"):
+    """A 2 s clip (96x64 unless ``size``): a moving test pattern with a tone (or no audio stream)."""
+    cmd = ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=10:duration=2"]
     if audio:
         cmd += ["-f", "lavfi", "-i", "sine=frequency=440:duration=2", "-c:a", "aac", "-shortest"]
     subprocess.run(cmd + ["-pix_fmt", "yuv420p", str(path)], check=True)
@@ -59,6 +59,10 @@ def test_localize_writes_keyframe_png_and_overlay_video_with_audio(tmp_path):
                             "-of", "csv=p=0", str(out / "clip_overlay.mp4")],
                            capture_output=True, text=True, check=True).stdout.split()
     assert sorted(probe) == ["audio", "video"]
+    width = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "stream=width",
+                            "-of", "csv=p=0", str(out / "clip_overlay.mp4")],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert int(width) == png.shape[1] + png.shape[1] % 2   # the video frames are the still's layout
 
 
 def test_video_without_audio_is_rejected_with_the_reason(tmp_path, capsys):
@@ -66,3 +70,17 @@ def test_video_without_audio_is_rejected_with_the_reason(tmp_path, capsys):
     assert main(["--checkpoint", _checkpoint(tmp_path / "m.pt"), "--video", str(video),
                  "--output", str(tmp_path / "out")]) == 2
     assert "no_audio_stream" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()   # a failed command leaves no output folder
+
+
+def test_a_720p_video_gives_a_still_with_its_aspect_ratio_at_a_readable_size(tmp_path):
+    from htf.pictures import display_size
+
+    video = _video(tmp_path / "wide.mp4", size="1280x720")
+    assert main(["--checkpoint", _checkpoint(tmp_path / "m.pt"), "--video", str(video),
+                 "--output", str(tmp_path / "out")]) == 0
+    png = cv2.imread(str(tmp_path / "out" / "wide_keyframe.png"))
+    panel_h, panel_w = display_size(64, 114)              # the stored 16:9 frame (short side 64)
+    assert panel_h == 256 and abs(panel_w / panel_h - 16 / 9) < 0.01
+    assert png.shape[1] == 2 * panel_w + 84                # frame | heat map | colour bar
+    assert png.shape[0] > panel_h

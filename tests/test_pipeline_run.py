@@ -28,7 +28,7 @@ def test_run_writes_shards_sizes_reports_and_contract_samples(tmp_path: Path):
     sizes = json.loads((tmp_path / "sizes.json").read_text())
     assert sizes == {"shard-000000.tar": 2, "shard-000001.tar": 2, "shard-000002.tar": 2}
     assert (tmp_path / "failures.jsonl").read_text() == ""
-    saved = yaml.safe_load((tmp_path / "pipeline_config.yaml").read_text())
+    saved = yaml.safe_load((tmp_path / "pipeline_config_shard.yaml").read_text())
     assert saved["frames"]["short_side"] == 64
     samples = read_shards(tmp_path)
     assert [s.id for s in samples] == sorted(p.stem for p in (root / "video").glob("*.mp4"))
@@ -214,3 +214,24 @@ def test_a_hung_clip_is_skipped_on_rerun_unless_the_time_limit_was_raised(tmp_pa
     assert same.written == len(task.clips) - 1
     raised = run_task(first_task(60.0))           # a longer limit: the clip gets another chance
     assert raised.failures == [] and raised.written == len(task.clips)
+
+
+def test_each_prefix_keeps_its_own_resolved_config_in_a_shared_folder(tmp_path: Path):
+    _run(tmp_path, "pack.prefix=train", "audio.feature=logmel", stage="index")
+    _run(tmp_path, "pack.prefix=val", "audio.feature=linear", stage="index")
+    train = yaml.safe_load((tmp_path / "pipeline_config_train.yaml").read_text())
+    val = yaml.safe_load((tmp_path / "pipeline_config_val.yaml").read_text())
+    assert train["audio"]["feature"] == "logmel" and val["audio"]["feature"] == "linear"
+
+
+def test_a_run_with_a_missing_input_leaves_no_output_folder(tmp_path: Path, capsys):
+    out = tmp_path / "out"
+    assert main(["run", "--input", str(tmp_path / "absent"), "--output", str(out)]) == 2
+    assert "input folder not found" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_run_with_a_missing_split_list_leaves_no_output_folder(tmp_path: Path, capsys):
+    out = tmp_path / "out"
+    assert main(["run", "--input", str(world()), "--output", str(out),
+                 "--split-list", str(tmp_path / "nope.txt")]) == 2
+    assert "split list not found" in capsys.readouterr().err and not out.exists()

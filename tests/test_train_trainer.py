@@ -166,3 +166,46 @@ def test_motion_prior_weight_is_chosen_on_validation_and_zero_when_motion_mislea
     assert (metrics["motion_prior_weight"] > 0) == expect_positive
     assert float(model.motion_prior_weight) == metrics["motion_prior_weight"]
     assert set(metrics["motion_prior_scores"]) == {f"{w:g}" for w in cfg.train.motion_prior_grid}
+
+
+def _event_tags(run: Path) -> tuple[set[str], set[str], set[str], set[str]]:
+    """(image tags, text tags, scalar tags, plugin names) of every event file under run/tb."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    images, texts, scalars, plugins = set(), set(), set(), set()
+    for path in (run / "tb").rglob("events.out.tfevents.*"):
+        for event in EventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                plugin = value.metadata.plugin_data.plugin_name
+                plugins.add(plugin)
+                {"images": images, "text": texts, "scalars": scalars}.get(plugin, set()).add(value.tag)
+    return images, texts, scalars, plugins
+
+
+def test_tensorboard_gets_validation_heatmaps_config_text_and_hparams(run):
+    images, texts, scalars, plugins = _event_tags(run)
+    assert any(t.startswith("val/heatmaps/") for t in images)
+    assert any(t.startswith("config") for t in texts)
+    assert "hparams" in plugins and "val/auc" in scalars
+
+
+def test_train_log_mirrors_the_console_with_config_progress_and_closing_block(run):
+    log = (run / "train.log").read_text()
+    assert "resolved config" in log and "select_metric: auc" in log
+    assert "step 4/4 (100%)" in log and "ETA" in log
+    assert "training finished" in log and f"tensorboard --logdir {run}" in log
+    assert f"best checkpoint    {ckpt.best_path(run)}" in log and "selected on validation auc" in log
+    assert f"latest checkpoint  {ckpt.latest_path(run)}" in log
+
+
+def test_without_validation_best_is_the_latest_checkpoint_and_the_run_says_so(data, tmp_path, capsys):
+    assert main(_args(data[0], tmp_path, extra=["train.max_steps=2"])) == 0
+    out = capsys.readouterr().out
+    assert "no --val-shards" in out and "a copy of latest.pt" in out
+    assert ckpt.best_path(tmp_path).read_bytes() == ckpt.latest_path(tmp_path).read_bytes()
+
+
+def test_missing_shards_leave_no_run_folder(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_args(str(tmp_path / "nope-*.tar"), out)) == 1
+    assert "no shards match" in capsys.readouterr().err and not out.exists()

@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import random
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -20,7 +22,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from htf.config import save_config
+from htf.config import dump_config, save_config, to_dict
 from train import checkpoint as ckpt
 from train import distributed as du
 from train.config import TrainConfig
@@ -106,18 +108,19 @@ def wants_resume(resume_flag: bool, output: Path) -> bool:
 # ------------------------------------------------------------------------------ logging
 
 class Logger:
-    """metrics.jsonl + TensorBoard + console, on rank 0 only."""
+    """metrics.jsonl + TensorBoard + console mirrored into train.log, on rank 0 only."""
 
     def __init__(self, output: Path, enabled: bool) -> None:
         self.enabled = enabled
         self.tb = None
         if enabled:
             self.jsonl = open(output / "metrics.jsonl", "a", buffering=1)
+            self.text = open(output / "train.log", "a", buffering=1)
             try:
                 from torch.utils.tensorboard import SummaryWriter
                 self.tb = SummaryWriter(str(output / "tb"))
             except ImportError:  # tensorboard is optional at run time
-                print("warning: tensorboard not installed; logging to metrics.jsonl only", file=sys.stderr)
+                self.print("warning: tensorboard not installed; logging to metrics.jsonl only")
 
     def log(self, kind: str, step: int, values: dict[str, Any]) -> None:
         if not self.enabled:
@@ -129,14 +132,58 @@ class Logger:
                     self.tb.add_scalar(f"{kind}/{k}", v, step)
 
     def print(self, text: str) -> None:
+        """Console and train.log (warnings, the config, progress, the closing block)."""
         if self.enabled:
             print(text, flush=True)
+            self.text.write(time.strftime("%Y-%m-%d %H:%M:%S ") + text.replace("\n", "\n" + " " * 20) + "\n")
+
+    def config(self, cfg: TrainConfig) -> None:
+        """The resolved config on the console, in train.log and as TensorBoard text."""
+        text = dump_config(cfg)
+        self.print("resolved config (saved as config.yaml):\n" + text.rstrip())
+        if self.tb is not None:
+            # TensorBoard renders text as Markdown: indent by 4 spaces for a code block.
+            self.tb.add_text("config", "\n".join("    " + line for line in text.splitlines()), 0)
+
+    def images(self, tag: str, images: list[np.ndarray], step: int) -> None:
+        if self.tb is not None:
+            for i, img in enumerate(images):
+                self.tb.add_image(f"{tag}/{i}", img, step, dataformats="HWC")
+
+    def hparams(self, cfg: TrainConfig, best: dict[str, Any]) -> None:
+        """Hyper-parameters (flattened config) against the best validation metrics."""
+        if self.tb is None:
+            return
+        params = {k: (v if isinstance(v, (int, float, str, bool)) else str(v))
+                  for k, v in _flatten(to_dict(cfg)).items()}
+        metrics = {f"hparam/best_{k}": float(v) for k, v in best.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"}
+        self.tb.add_hparams(params, metrics or {"hparam/best_loss": float("nan")}, run_name=".")
 
     def close(self) -> None:
         if self.enabled:
             self.jsonl.close()
+            self.text.close()
             if self.tb is not None:
                 self.tb.close()
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def format_duration(seconds: float) -> str:
+    """3725 -> '1h02m05s', 65 -> '1m05s', 4.2 -> '4s'."""
+    s = int(round(max(0.0, seconds)))
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}h{m:02d}m{sec:02d}s" if h else (f"{m}m{sec:02d}s" if m else f"{sec}s")
 
 
 # ---------------------------------------------------------------------------- one step
@@ -179,14 +226,20 @@ def _ciou_functions() -> tuple[Any, Any] | None:
     return clip_ciou, summarize
 
 
+# Validation clips drawn as heat-map pictures in TensorBoard (rank 0's first clips with boxes).
+VAL_PICTURES = 4
+
+
 @torch.no_grad()
-def validate(model: HTFModel, urls: list[str], cfg: TrainConfig, info: du.DistInfo) -> dict[str, Any]:
+def validate(model: HTFModel, urls: list[str], cfg: TrainConfig, info: du.DistInfo,
+             pictures: list[np.ndarray] | None = None) -> dict[str, Any]:
     """Validation loss (batches of >= 2) and, for clips with boxes, cIoU@0.5 / mean cIoU / AUC.
 
     With ``model.motion_prior`` the metrics are computed for every weight of
     ``train.motion_prior_grid``; the best one by ``train.select_metric`` (ties: the smaller)
-    is set on the model and reported as ``motion_prior_weight``.
-    """
+    is set on the model and reported as ``motion_prior_weight``. With a ``pictures`` list,
+    rank 0 appends the heat-map figures of its first VAL_PICTURES clips with boxes (the same
+    picture as the evaluator's report)."""
     was_training = model.training
     model.eval()
     metrics_fns = _ciou_functions()
@@ -200,12 +253,16 @@ def validate(model: HTFModel, urls: list[str], cfg: TrainConfig, info: du.DistIn
             loss_n += image.shape[0]
         if metrics_fns is None:
             continue
+        maps = out["map"].float().cpu().numpy()
         cosine = out.get("cosine_map", out["map"]).float().cpu().numpy()
         saliency = out["motion_saliency"].float().cpu().numpy() if "motion_saliency" in out else None
         for i, meta in enumerate(metas):
             if meta["boxes"]:
                 clips.append((cosine[i], None if saliency is None else saliency[i],
                               meta["boxes"], meta["box_format"]))
+                if pictures is not None and info.is_main and len(pictures) < VAL_PICTURES:
+                    score = metrics_fns[0](maps[i], meta["boxes"], meta["box_format"])
+                    pictures.append(_val_picture(batch["image"][i], maps[i], meta, score, cfg))
     model.train(was_training)
     gathered = du.gather_objects((loss_sum, loss_n, clips), info)
     loss_sum = sum(g[0] for g in gathered)
@@ -233,6 +290,17 @@ def _box_metrics(model: HTFModel, clips: list[tuple], cfg: TrainConfig, fns: tup
     _, weight, summary = best
     model.motion_prior_weight.fill_(weight)
     return {**summary, "motion_prior_weight": weight, "motion_prior_scores": scores}
+
+
+def _val_picture(image: torch.Tensor, map7: np.ndarray, meta: dict[str, Any], ciou: float,
+                 cfg: TrainConfig) -> np.ndarray:
+    """The model's input frame (normalisation undone), its map and boxes, as a figure."""
+    from htf.pictures import heatmap_figure
+
+    mean = torch.tensor(cfg.model.mean).view(3, 1, 1)
+    std = torch.tensor(cfg.model.std).view(3, 1, 1)
+    frame = ((image.float().cpu() * std + mean).clamp(0, 1) * 255 + 0.5).byte().permute(1, 2, 0).numpy()
+    return heatmap_figure(np.ascontiguousarray(frame), map7, meta["boxes"], f"{meta['id']}   cIoU {ciou:.3f}")
 
 
 def selection_score(metrics: dict[str, Any], name: str) -> tuple[str, float]:
@@ -302,6 +370,9 @@ def _fit(cfg: TrainConfig, train_shards: str, val_shards: str | None, output: Pa
     seed_everything(cfg.train.seed, info.rank)
     if info.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    # Shards are checked before the run folder exists: a typo leaves no half-made folder.
+    urls = expand_urls(train_shards)
+    val_urls = expand_urls(val_shards) if val_shards else []
     do_resume = wants_resume(resume, output)
     du.barrier(info)
     if info.is_main:
@@ -309,9 +380,10 @@ def _fit(cfg: TrainConfig, train_shards: str, val_shards: str | None, output: Pa
         save_config(cfg, output / "config.yaml")
     du.barrier(info)
     log = Logger(output, info.is_main)
-
-    urls = expand_urls(train_shards)
-    val_urls = expand_urls(val_shards) if val_shards else []
+    log.config(cfg)
+    if not val_urls:
+        log.print("note: no --val-shards: no validation, so no model selection; at the end "
+                  "checkpoints/best.pt is a copy of the last checkpoint (latest.pt)")
     epoch_samples = cfg.data.epoch_samples or du.broadcast_object(
         count_samples(urls) if info.is_main else None, info)
     steps_per_epoch = max(1, epoch_samples // (cfg.data.batch_size * info.world))
@@ -343,6 +415,7 @@ def _fit(cfg: TrainConfig, train_shards: str, val_shards: str | None, output: Pa
               f"{total_steps} steps in total")
     stream = TrainStream(urls, cfg.model, cfg.augment, cfg.data, info.rank, info.world, cfg.train.seed)
     steps_run = 0
+    clock = {"t0": time.perf_counter(), "steps_at_start": state.step}
     save = lambda path: save_checkpoint(path, model, optimizer, scaler, scheduler, state, cfg, info)  # noqa: E731
     while state.step < total_steps:
         state.epoch = state.step // steps_per_epoch
@@ -364,7 +437,7 @@ def _fit(cfg: TrainConfig, train_shards: str, val_shards: str | None, output: Pa
                 window["loss"] += loss
                 window["n"] += 1
             if state.step % cfg.train.log_every_steps == 0 or state.step == end_of_epoch:
-                _log_window(log, window, state, cfg, info, optimizer, total_steps)
+                _log_window(log, window, state, cfg, info, optimizer, total_steps, clock)
                 window = {"loss": 0.0, "n": 0, "wait": 0.0, "steps": 0, "t0": time.perf_counter()}
             if state.step % cfg.train.save_every_steps == 0 and state.step < end_of_epoch:
                 save(ckpt.latest_path(output))
@@ -376,28 +449,71 @@ def _fit(cfg: TrainConfig, train_shards: str, val_shards: str | None, output: Pa
             _validate_and_select(model, val_urls, cfg, info, state, log, output, save)
         save(ckpt.latest_path(output))
     _write_rank_summary(output, info, state, steps_run)
-    log.print(f"done: step {state.step}, best {state.best_metrics}")
+    if info.is_main:
+        selected_by_validation = ckpt.best_path(output).is_file() and bool(state.best_metrics)
+        if not selected_by_validation:
+            _copy_atomic(ckpt.latest_path(output), ckpt.best_path(output))
+        log.print(closing_block(output, state, cfg, time.perf_counter() - clock["t0"], selected_by_validation))
+        log.hparams(cfg, state.best_metrics)
     log.close()
     return {"step": state.step, "epoch": state.epoch, "best_metrics": state.best_metrics,
             "steps_run": steps_run}
 
 
 def _log_window(log: Logger, window: dict[str, float], state: RunState, cfg: TrainConfig,
-                info: du.DistInfo, optimizer: torch.optim.Optimizer, total_steps: int) -> None:
+                info: du.DistInfo, optimizer: torch.optim.Optimizer, total_steps: int,
+                clock: dict[str, float]) -> None:
     elapsed = max(time.perf_counter() - window["t0"], 1e-9)
     values = {"epoch": state.epoch, "loss": window["loss"] / max(1, window["n"]),
               "lr": optimizer.param_groups[0]["lr"],
               "samples_per_s": window["steps"] * cfg.data.batch_size * info.world / elapsed,
               "data_wait_frac": window["wait"] / elapsed}
     log.log("train", state.step, values)
-    log.print(f"epoch {state.epoch} step {state.step}/{total_steps} loss {values['loss']:.4f} "
-              f"lr {values['lr']:.2e} {values['samples_per_s']:.1f} samples/s "
-              f"data-wait {values['data_wait_frac']:.1%}")
+    # ETA from this process's own pace since it started (validation time included).
+    done = state.step - clock["steps_at_start"]
+    spent = time.perf_counter() - clock["t0"]
+    eta = spent / done * (total_steps - state.step) if done else float("nan")
+    log.print(f"epoch {state.epoch} step {state.step}/{total_steps} ({state.step / total_steps:.0%}) "
+              f"loss {values['loss']:.4f} lr {values['lr']:.2e} {values['samples_per_s']:.1f} samples/s "
+              f"data-wait {values['data_wait_frac']:.1%} elapsed {format_duration(spent)} "
+              f"ETA {format_duration(eta) if math.isfinite(eta) else '?'}")
+
+
+def closing_block(output: Path, state: RunState, cfg: TrainConfig, seconds: float,
+                  selected_by_validation: bool) -> str:
+    """What a person needs when the run ends: where the checkpoints are, what chose best.pt,
+    and how to look at the curves."""
+    best = state.best_metrics
+    if selected_by_validation:
+        shown = ", ".join(f"{k} {best[k]:.4f}" for k in ("ciou_at_0.5", "auc", "mean_ciou", "loss")
+                          if isinstance(best.get(k), float))
+        chosen = (f"selected on validation {best.get('selected_on')} (config train.select_metric: "
+                  f"{cfg.train.select_metric}) at step {best.get('step')}: {shown}")
+    else:
+        chosen = "a copy of latest.pt: no validation ran (no --val-shards), so nothing was selected"
+    lines = [
+        f"training finished: step {state.step}, epoch {state.epoch}, {format_duration(seconds)}",
+        f"  best checkpoint    {ckpt.best_path(output)}",
+        f"                     {chosen}",
+        f"  latest checkpoint  {ckpt.latest_path(output)} (step {state.step}; --resume continues from it)",
+        f"  config             {output / 'config.yaml'}",
+        f"  log                {output / 'train.log'}, {output / 'metrics.jsonl'}",
+        f"  curves             tensorboard --logdir {output}",
+    ]
+    return "\n".join(lines)
+
+
+def _copy_atomic(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
 
 
 def _validate_and_select(model: HTFModel, val_urls: list[str], cfg: TrainConfig, info: du.DistInfo,
                          state: RunState, log: Logger, output: Path, save: Any) -> None:
-    metrics = validate(model, val_urls, cfg, info)
+    pictures: list[np.ndarray] = []
+    metrics = validate(model, val_urls, cfg, info, pictures)
+    log.images("val/heatmaps", pictures, state.step)
     name, score = selection_score(metrics, cfg.train.select_metric)
     improved = score > state.best_score
     if improved:

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from eval.pictures import BOX_COLORS, blend, box_pixels, heat_for_frame, outline_mask, overlay
+from htf.pictures import BOX_COLORS, blend, box_pixels, heat_for_frame, outline_mask, overlay
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 FLICKR_IDS = ("10006434483", "10602295346")
@@ -65,3 +65,30 @@ def test_overlay_label_goes_in_the_top_left_corner():
     without = overlay(frame, np.zeros((7, 7)), None, alpha=0.0)
     diff = np.argwhere((with_label != without).any(axis=2))
     assert diff.size and diff[:, 0].max() < 40 and diff[:, 1].min() < 10
+
+
+def test_figure_keeps_the_aspect_ratio_at_a_readable_size():
+    from htf.pictures import display_size, heatmap_figure
+
+    wide = np.zeros((256, 455, 3), np.uint8)              # a 16:9 stored frame
+    fig = heatmap_figure(wide, np.random.default_rng(0).random((7, 7)), [[[0.1, 0.1, 0.5, 0.5]]], "t")
+    assert display_size(256, 455) == (256, 455)
+    assert fig.shape[1] == 2 * 455 + 84                   # frame | heat map | colour bar, side by side
+    assert display_size(128, 128) == (256, 256)           # small frames are enlarged
+    assert display_size(720, 1280) == (360, 640)          # large ones shrunk, aspect kept
+
+
+def test_figure_draws_the_predicted_mask_outline_the_box_and_a_legend():
+    from htf.pictures import MASK_COLOR, heatmap_figure, predicted_mask
+
+    frame = np.full((256, 256, 3), 90, np.uint8)
+    map7 = np.zeros((7, 7))
+    map7[1:3, 1:3] = 1.0                                   # heat in the top-left
+    mask = predicted_mask(map7, 256, 256)
+    assert mask[40, 40] and not mask[220, 220]
+    fig = heatmap_figure(frame, map7, [[[0.5, 0.5, 0.9, 0.9]]], "t")
+    head = 50                                               # title strip above the panels
+    left = fig[head:head + 256, :256]
+    assert (left == MASK_COLOR).all(axis=2).any()          # the outline of the mask cIoU scores
+    assert (left == BOX_COLORS[0]).all(axis=2).sum() > 4 * 100   # the ground-truth box
+    assert fig.shape[0] > head + 256 + 40                  # legend lines below the panels
