@@ -40,7 +40,7 @@ def ensure_checkpoint(checkpoint: Path | None, out: Path) -> Path:
           "synthetic world first", flush=True)
     plan = DemoPlan(output=out / "synthetic", n=240)
     shards = make_shards(plan, make_world(plan))
-    return train_model(plan, shards, "htf", ["train.epochs=4"]) / "checkpoints" / "best.pt"
+    return train_model(plan, shards, "htf", ["train.steps=40"]) / "checkpoints" / "best.pt"
 
 
 def pipeline_preset_of(checkpoint: Path, path: Path) -> Path:

@@ -89,8 +89,69 @@ class WorldConfig:
     # the sound, which a contrastive loss can learn (a bare "it moves" cannot: every clip
     # has a sounding object, so it raises positive and negative pairs alike).
     playing_motion: bool = False
+    # The world family (WORLDS below names the combinations). Defaults keep the original
+    # world bit for bit: every new decision is drawn from a second random stream, and only
+    # when its option is on.
+    # Motion pattern of a moving object: "oscillate" (back and forth along one direction,
+    # the original) or "free": oscillation, an orbit or a wandering path, picked per object
+    # whatever its class, so motion says *that* something moves, never *what* it is.
+    motion_pattern: str = "oscillate"
+    # Motion amplitude follows the sound's envelope: the sound gets a slow loudness contour
+    # (phrases, swells and near-silences) and the sounding object moves in proportion to it;
+    # a silent object that moves follows a contour of its own.
+    envelope_motion: bool = False
+    background: str = "noise"        # noise (smooth colour noise) | plain | textured (varied patterns)
+    object_texture: str = "class"    # class (each class its own texture) | plain | varied (per object)
+    n_objects: tuple[int, int] = (2, 2)   # large objects per clip, drawn uniformly in [lo, hi]
     split: tuple[float, float, float] = (0.7, 0.1, 0.2)
     workers: int = 2
+
+
+    def validate(self) -> None:
+        """Raise ValueError naming the key of a setting out of range."""
+        for key in ("p_sounder_moves", "p_distractor_moves", "p_small_distractor", "p_same_class", "p_same_family"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise ValueError(f"world setting {key} must be in [0, 1], got {getattr(self, key)}")
+        choices = {"motion_pattern": MOTION_PATTERNS, "background": BACKGROUNDS, "object_texture": OBJECT_TEXTURES}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"world setting {key} must be one of {list(allowed)}, got {getattr(self, key)!r}")
+        lo, hi = self.n_objects
+        if not 2 <= lo <= hi <= 4:
+            raise ValueError(f"world setting n_objects must be [lo, hi] with 2 <= lo <= hi <= 4, got {self.n_objects}")
+        if self.playing_motion and self.motion_pattern != "oscillate":
+            raise ValueError("world settings playing_motion and motion_pattern 'free' exclude each other "
+                             "(class-axis motion vs class-independent motion)")
+
+
+MOTION_PATTERNS = ("oscillate", "free")
+BACKGROUNDS = ("noise", "plain", "textured")
+OBJECT_TEXTURES = ("class", "plain", "varied")
+
+# Named worlds: overrides of WorldConfig. "indep" was designed from a written description
+# (2-4 objects of distinct classes on varied textured backgrounds; one sounds and its class
+# fixes the sound; the sounding object moves in most clips with a class-independent pattern
+# whose amplitude follows the sound's envelope; silent objects also move in about a third
+# of clips), not from the demo world's settings.
+WORLDS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "demo": {"p_same_class": 0.35, "playing_motion": True},
+    "indep": {"n_objects": (2, 4), "p_small_distractor": 0.0, "background": "textured",
+              "object_texture": "varied", "motion_pattern": "free", "envelope_motion": True,
+              "p_sounder_moves": 0.85, "p_distractor_moves": 1 / 3},
+}
+WORLDS["indep-same"] = {**WORLDS["indep"], "p_same_class": 0.35}        # two of one class: only motion tells
+WORLDS["distractors"] = {**WORLDS["indep"], "p_distractor_moves": 0.8}  # silent objects mostly move too
+WORLDS["distractors-same"] = {**WORLDS["distractors"], "p_same_class": 0.35}
+
+
+def world_config(name: str, **settings: Any) -> WorldConfig:
+    """The named world with ``settings`` (n, seed, size, workers, ...) on top."""
+    if name not in WORLDS:
+        raise ValueError(f"unknown world {name!r}; known: {', '.join(WORLDS)}")
+    cfg = WorldConfig(**{**WORLDS[name], **settings})
+    cfg.validate()
+    return cfg
 
 
 def clip_id(seed: int, index: int) -> str:
@@ -134,48 +195,131 @@ def _motion_axis(rng: np.random.Generator, cfg: WorldConfig, cls: int, sounds: b
     return others[int(rng.integers(len(others)))]
 
 
+def _free_motion(rng: np.random.Generator, size: int) -> dict[str, Any]:
+    """A class-independent motion: a line, an orbit or a wandering (Lissajous) path."""
+    pattern = FREE_PATTERNS[int(rng.integers(len(FREE_PATTERNS)))]
+    return {"amp": float(rng.uniform(0.035, 0.07) * size), "freq": float(rng.uniform(0.6, 1.4)),
+            "dir": float(rng.uniform(0, 2 * math.pi)), "phase": float(rng.uniform(-0.6, 0.6)),
+            "pattern": pattern, "ratio": float(rng.uniform(0.4, 1.0)),
+            "freq2": float(rng.uniform(0.6, 1.4)), "phase2": float(rng.uniform(0, 2 * math.pi))}
+
+
+FREE_PATTERNS = ("line", "orbit", "wander")
+ENVELOPE_STEP_S = 0.4   # spacing of the loudness contour's control points
+
+
+def _envelope(rng: np.random.Generator, seconds: float) -> list[float]:
+    """Control points of a slow loudness contour in [0.15, 1] (swells, phrases, near-silences)."""
+    n = int(math.ceil(seconds / ENVELOPE_STEP_S)) + 2
+    return [round(0.15 + 0.85 * float(v), 6) for v in rng.uniform(0, 1, n)]
+
+
+def envelope_at(points: list[float] | None, t: np.ndarray | float) -> np.ndarray | float:
+    """The contour at time(s) ``t`` (cosine interpolation between control points); 1 without one."""
+    if points is None:
+        return np.ones_like(t) if isinstance(t, np.ndarray) else 1.0
+    pos = np.clip(np.asarray(t, np.float64) / ENVELOPE_STEP_S, 0, len(points) - 1.000001)
+    k = np.floor(pos).astype(int)
+    frac = (1 - np.cos(np.pi * (pos - k))) / 2
+    values = np.asarray(points)[k] * (1 - frac) + np.asarray(points)[k + 1] * frac
+    return values if isinstance(t, np.ndarray) else float(values)
+
+
+def _large_objects(rng: np.random.Generator, extra: np.random.Generator, classes: np.ndarray,
+                   n_large: int, horizontal: bool, s: int) -> list[dict[str, Any]]:
+    """Two objects side by side (or stacked), or 3-4 in the cells of a 2x2 grid.
+
+    Every large object covers >= 27 % of the frame, so each can reach cIoU 0.5 under the
+    median threshold; neighbours overlap a little and occlude each other in draw order.
+    """
+    objects = []
+    if n_large == 2:
+        for slot in range(2):
+            w, h = rng.uniform(0.52, 0.64, size=2)
+            along = 0.27 + 0.46 * slot + rng.uniform(-0.03, 0.03)
+            across = 0.5 + rng.uniform(-0.12, 0.12)
+            cx, cy = (along, across) if horizontal else (across, along)
+            objects.append({"class": int(classes[slot]), "cx": cx * s, "cy": cy * s,
+                            "w": w * s, "h": h * s, "small": False})
+        return objects
+    cells = extra.permutation(4)[:n_large]
+    for slot, cell in enumerate(cells):
+        w, h = extra.uniform(0.52, 0.6, size=2)
+        cx = 0.3 + 0.4 * (cell % 2) + extra.uniform(-0.03, 0.03)
+        cy = 0.3 + 0.4 * (cell // 2) + extra.uniform(-0.03, 0.03)
+        objects.append({"class": int(classes[slot]), "cx": float(cx * s), "cy": float(cy * s),
+                        "w": float(w * s), "h": float(h * s), "small": False})
+    return objects
+
+
 def plan_clip(cfg: WorldConfig, index: int) -> dict[str, Any]:
     """Decide everything about clip ``index`` from (seed, index) alone."""
     rng = np.random.default_rng([cfg.seed, index])
+    # The family's options draw from their own stream, so the original world is unchanged.
+    extra = np.random.default_rng([cfg.seed, index, 1])
     s = cfg.size
     classes = rng.permutation(len(CLASSES))
     horizontal = bool(rng.random() < 0.5)           # objects side by side or stacked
-    if rng.random() < cfg.p_same_class:             # two instances of one class
+    same_pair = bool(rng.random() < cfg.p_same_class)
+    if same_pair:                                   # two instances of one class
         classes[1] = classes[0]
     elif cfg.sound_families and rng.random() < cfg.p_same_family:
         partner = family_partner(int(classes[0]))   # two classes that sound the same
         classes = np.array([classes[0], partner] + [c for c in classes[1:] if c != partner])
-    objects = []
-    for slot in range(2):
-        w, h = rng.uniform(0.52, 0.64, size=2)
-        along = 0.27 + 0.46 * slot + rng.uniform(-0.03, 0.03)
-        across = 0.5 + rng.uniform(-0.12, 0.12)
-        cx, cy = (along, across) if horizontal else (across, along)
-        objects.append({"class": int(classes[slot]), "cx": cx * s, "cy": cy * s,
-                        "w": w * s, "h": h * s, "small": False})
+    lo, hi = cfg.n_objects
+    n_large = lo if lo == hi else int(extra.integers(lo, hi + 1))
+    if same_pair and n_large > 2:                   # the others keep distinct classes
+        classes = np.array([classes[0], classes[0]] + [int(c) for c in classes if c != classes[0]])
+    objects = _large_objects(rng, extra, classes, n_large, horizontal, s)
     sounding = int(rng.integers(2))
+    if n_large > 2 and not same_pair:               # any of them; with a pair, one of the pair
+        sounding = int(extra.integers(n_large))
+    sound_envelope = _envelope(extra, cfg.seconds) if cfg.envelope_motion else None
     for i, obj in enumerate(objects):
         p = cfg.p_sounder_moves if i == sounding else cfg.p_distractor_moves
         moves = bool(rng.random() < p)
-        axis = _motion_axis(rng, cfg, obj["class"], i == sounding) if moves else None
-        obj["motion"] = _motion(rng, moves, s, axis)
+        obj["motion"] = _object_motion(rng, extra, cfg, obj["class"], i == sounding, moves, sound_envelope)
     if rng.random() < cfg.p_small_distractor:
         side = rng.uniform(0.16, 0.22) * s
         small = {"class": int(classes[2]), "cx": float(rng.uniform(0.15, 0.85) * s),
                  "cy": float(rng.uniform(0.15, 0.85) * s), "w": side, "h": side, "small": True}
         moves = bool(rng.random() < 0.5)
-        axis = _motion_axis(rng, cfg, small["class"], False) if moves else None
-        small["motion"] = _motion(rng, moves, s, axis)
+        small["motion"] = _object_motion(rng, extra, cfg, small["class"], False, moves, sound_envelope)
         objects.append(small)
+    for obj in objects:
+        if cfg.object_texture != "class":
+            obj["texture"] = ("solid" if cfg.object_texture == "plain"
+                              else TEXTURES[int(extra.integers(len(TEXTURES)))])
     draw_order = [int(i) for i in rng.permutation(len(objects))]
     cls = CLASSES[sound_class(objects[sounding]["class"], cfg)]
     audio = {"f0": cls.f0 * float(rng.uniform(0.97, 1.03)), "gain": float(rng.uniform(0.35, 0.9)),
              "noise": float(rng.uniform(0.01, 0.05)), "rhythm_phase": float(rng.uniform(0, 1)),
              "seed": int(rng.integers(2**31))}
+    if sound_envelope is not None:
+        audio["envelope"] = sound_envelope
     background = {"seed": int(rng.integers(2**31)), "base": [int(v) for v in rng.integers(70, 150, 3)]}
+    if cfg.background != "noise":
+        background["kind"] = cfg.background
+        background["pattern"] = BACKGROUND_PATTERNS[int(extra.integers(len(BACKGROUND_PATTERNS)))]
     return {"id": clip_id(cfg.seed, index), "objects": objects, "sounding": sounding,
             "sound_class": sound_class(objects[sounding]["class"], cfg),
             "draw_order": draw_order, "audio": audio, "background": background}
+
+
+TEXTURES = ("solid", "stripes", "checker", "dots", "rings", "grid")
+BACKGROUND_PATTERNS = ("stripes", "checker", "blobs", "noise", "gradient")
+
+
+def _object_motion(rng: np.random.Generator, extra: np.random.Generator, cfg: WorldConfig, cls: int,
+                   sounds: bool, moves: bool, sound_envelope: list[float] | None) -> dict[str, Any]:
+    if cfg.motion_pattern == "oscillate":
+        axis = _motion_axis(rng, cfg, cls, sounds) if moves else None
+        motion: dict[str, Any] = _motion(rng, moves, cfg.size, axis)
+    else:
+        motion = _free_motion(extra, cfg.size) if moves else _motion(rng, False, cfg.size)
+    if moves and cfg.envelope_motion:   # the sounder follows the sound, a silent mover its own contour
+        motion["envelope"] = sound_envelope if sounds else _envelope(extra, cfg.seconds)
+    return motion
 
 
 def family_partner(cls: int) -> int:
@@ -235,10 +379,13 @@ def _texture(kind: str, color: tuple[int, int, int], w: int, h: int) -> np.ndarr
 def _sprite(obj: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     cls = CLASSES[obj["class"]]
     w, h = max(4, int(round(obj["w"]))), max(4, int(round(obj["h"])))
-    return _texture(cls.texture, cls.color, w, h), _shape_mask(cls.shape, w, h)
+    return _texture(obj.get("texture", cls.texture), cls.color, w, h), _shape_mask(cls.shape, w, h)
 
 
 def _background(plan: dict[str, Any], size: int) -> np.ndarray:
+    kind = plan["background"].get("kind", "noise")
+    if kind != "noise":
+        return _family_background(plan["background"], size)
     rng = np.random.default_rng(plan["background"]["seed"])
     low = rng.normal(0, 1, (8, 8, 3)).astype(np.float32)
     smooth = cv2.resize(low, (size, size), interpolation=cv2.INTER_CUBIC) * 18
@@ -247,10 +394,58 @@ def _background(plan: dict[str, Any], size: int) -> np.ndarray:
     return np.clip(base + smooth + grain, 0, 255).astype(np.uint8)
 
 
+def _family_background(spec: dict[str, Any], size: int) -> np.ndarray:
+    """A plain colour, or a textured one: stripes, checks, blobs, colour noise or a gradient
+    with random colours, scale and angle, plus grain (the camera's noise)."""
+    rng = np.random.default_rng(spec["seed"])
+    base = np.array(spec["base"], np.float32)
+    grain = rng.normal(0, 4, (size, size, 3)).astype(np.float32)
+    if spec["kind"] == "plain":
+        return np.clip(base + grain, 0, 255).astype(np.uint8)
+    other = rng.integers(40, 200, 3).astype(np.float32)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    angle, period = rng.uniform(0, np.pi), rng.uniform(0.06, 0.25)
+    along = xx * np.cos(angle) + yy * np.sin(angle)
+    pattern = spec["pattern"]
+    if pattern == "stripes":
+        weight = (np.sin(2 * np.pi * along / period) > 0).astype(np.float32)
+    elif pattern == "checker":
+        across = -xx * np.sin(angle) + yy * np.cos(angle)
+        weight = ((np.floor(along / period) + np.floor(across / period)) % 2).astype(np.float32)
+    elif pattern == "blobs":
+        low = rng.normal(0, 1, (6, 6)).astype(np.float32)
+        weight = (cv2.resize(low, (size, size), interpolation=cv2.INTER_CUBIC) > 0).astype(np.float32)
+    elif pattern == "noise":
+        low = rng.normal(0, 1, (12, 12)).astype(np.float32)
+        weight = np.clip(0.5 + 0.5 * cv2.resize(low, (size, size), interpolation=cv2.INTER_CUBIC), 0, 1)
+    else:  # gradient
+        weight = np.clip(along / max(float(along.max()), 1e-6), 0, 1)
+    frame = base * (1 - weight[..., None]) + other * weight[..., None]
+    return np.clip(frame + grain, 0, 255).astype(np.uint8)
+
+
+def _pattern_offset(m: dict[str, Any], dt: float) -> tuple[float, float]:
+    """Unit-amplitude displacement of a free motion pattern ``dt`` seconds after the keyframe."""
+    w = 2 * math.pi * m["freq"] * dt + m["phase"]
+    if m["pattern"] == "line":
+        u, v = math.sin(w), 0.0
+    elif m["pattern"] == "orbit":
+        u, v = math.sin(w), m["ratio"] * math.cos(w)
+    else:  # wander: a Lissajous path of two unrelated frequencies
+        u, v = math.sin(w), m["ratio"] * math.sin(2 * math.pi * m["freq2"] * dt + m["phase2"])
+    c, s = math.cos(m["dir"]), math.sin(m["dir"])
+    return u * c - v * s, u * s + v * c
+
+
 def object_center(obj: dict[str, Any], t: float, t_mid: float) -> tuple[float, float]:
     m = obj["motion"]
-    offset = m["amp"] * math.sin(2 * math.pi * m["freq"] * (t - t_mid) + m["phase"])
-    return obj["cx"] + offset * math.cos(m["dir"]), obj["cy"] + offset * math.sin(m["dir"])
+    if "pattern" not in m:   # oscillation along one direction (the original world)
+        offset = m["amp"] * math.sin(2 * math.pi * m["freq"] * (t - t_mid) + m["phase"])
+        offset *= envelope_at(m.get("envelope"), t) if "envelope" in m else 1.0
+        return obj["cx"] + offset * math.cos(m["dir"]), obj["cy"] + offset * math.sin(m["dir"])
+    du, dv = _pattern_offset(m, t - t_mid)
+    scale = m["amp"] * envelope_at(m.get("envelope"), t)
+    return obj["cx"] + scale * du, obj["cy"] + scale * dv
 
 
 def _paste(frame: np.ndarray, tex: np.ndarray, mask: np.ndarray, cx: float, cy: float) -> None:
@@ -317,6 +512,8 @@ def render_audio(plan: dict[str, Any], cfg: WorldConfig) -> np.ndarray:
     if cls.rhythm_hz > 0:  # pulses: the class's rhythm
         phase = (cls.rhythm_hz * t + a["rhythm_phase"]) % 1.0
         tone *= np.exp(-6.0 * phase)
+    if "envelope" in a:   # the slow loudness contour the sounding object's motion follows
+        tone *= envelope_at(a["envelope"], t)
     noise = rng.normal(0, 1, t.shape)
     wave_ = a["gain"] * tone + a["noise"] * noise
     return np.clip(wave_, -1, 1).astype(np.float32)
@@ -411,8 +608,14 @@ SYNTH_EXAMPLES = """\
   # 500 clips at 256 px, then shards: python -m pipeline run --config synthetic --input WORLD ...
   %(prog)s --output WORLD --n 500 --seed 0
   # the demo's world: same-class pairs, playing motion, 128 px
-  %(prog)s --output WORLD --n 1000 --size 128 --p-same-class 0.35 --playing-motion
+  %(prog)s --output WORLD --n 1000 --size 128 --world demo
+  # the independently designed world, with silent objects moving more often
+  %(prog)s --output WORLD --n 1000 --size 128 --world indep --p-silent-moves 0.8
 """
+
+# World options on the command line: None = as the named world has it.
+WORLD_OPTIONS = ("sound_families", "p_same_family", "p_same_class", "playing_motion", "motion_pattern",
+                 "envelope_motion", "p_distractor_moves", "background", "object_texture", "n_objects")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -429,15 +632,28 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--fps", type=int, default=25, help="frames per second")
     io.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                     help="parallel processes writing clips (default: the CPU count, %(default)s here)")
-    world = p.add_argument_group("what the world asks of a model")
-    world.add_argument("--sound-families", action="store_true",
+    world = p.add_argument_group("what the world asks of a model (unset: as the named world has it)")
+    world.add_argument("--world", default="default", choices=list(WORLDS),
+                       help="a named world (WORLDS); the options below change it further")
+    world.add_argument("--sound-families", action="store_const", const=True, default=None,
                        help="classes 2k and 2k+1 make the same sound")
-    world.add_argument("--p-same-family", type=float, default=0.0, metavar="P",
+    world.add_argument("--p-same-family", type=float, default=None, metavar="P",
                        help="with --sound-families: fraction of clips showing both members of a family")
-    world.add_argument("--p-same-class", type=float, default=0.0, metavar="P",
-                       help="fraction of clips whose two large objects share a class (only motion tells which sounds)")
-    world.add_argument("--playing-motion", action="store_true",
+    world.add_argument("--p-same-class", type=float, default=None, metavar="P",
+                       help="fraction of clips where two objects share a class, one of them the sounding "
+                            "one (only motion tells which sounds)")
+    world.add_argument("--playing-motion", action="store_const", const=True, default=None,
                        help="a sounding object moves along its class's axis, silent ones along another")
+    world.add_argument("--motion-pattern", choices=MOTION_PATTERNS, default=None,
+                       help="oscillate: along one direction; free: line, orbit or wandering path, whatever the class")
+    world.add_argument("--envelope-motion", action="store_const", const=True, default=None,
+                       help="motion amplitude follows the sound's loudness contour (silent movers: their own)")
+    world.add_argument("--p-silent-moves", dest="p_distractor_moves", type=float, default=None, metavar="P",
+                       help="probability that a silent large object moves")
+    world.add_argument("--background", choices=BACKGROUNDS, default=None)
+    world.add_argument("--object-texture", choices=OBJECT_TEXTURES, default=None)
+    world.add_argument("--n-objects", type=int, nargs=2, metavar=("LO", "HI"), default=None,
+                       help="large objects per clip, drawn in [LO, HI] (2..4)")
     cfg = p.add_argument_group("configuration")
     cfg.add_argument("--print-config", action="store_true",
                      help="print the world's settings (as saved in synth_config.yaml) and exit")
@@ -448,16 +664,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     a = parse_args(p, argv)
-    if a.n < 1 or a.size < 32 or a.seconds <= 0 or a.fps < 2 or not 0 <= a.p_same_class <= 1:
-        raise fail("need --n >= 1, --size >= 32, --seconds > 0, --fps >= 2, 0 <= --p-same-class <= 1")
-    cfg = WorldConfig(n=a.n, seed=a.seed, size=a.size, seconds=a.seconds, fps=a.fps, workers=a.workers,
-                      p_same_class=a.p_same_class, sound_families=a.sound_families,
-                      p_same_family=a.p_same_family, playing_motion=a.playing_motion)
+    if a.n < 1 or a.size < 32 or a.seconds <= 0 or a.fps < 2:
+        raise fail("need --n >= 1, --size >= 32, --seconds > 0, --fps >= 2")
+    options = {k: getattr(a, k) for k in WORLD_OPTIONS if getattr(a, k) is not None}
+    if "n_objects" in options:
+        options["n_objects"] = tuple(options["n_objects"])
+    try:
+        cfg = world_config(a.world, n=a.n, seed=a.seed, size=a.size, seconds=a.seconds, fps=a.fps,
+                           workers=a.workers, **options)
+    except ValueError as err:
+        raise fail(err) from None
     if a.print_config:
         sys.stdout.write(dump_config(cfg))
         return 0
     summary = generate_world(cfg, a.output)
-    print(f"synthetic world: {summary['clips']} clips in {summary['dir']} "
+    print(f"synthetic world '{a.world}': {summary['clips']} clips in {summary['dir']} "
           f"(train {summary['n_train']}, val {summary['n_val']}, test {summary['n_test']}) "
           f"in {summary['seconds']:.1f} s")
     return 0

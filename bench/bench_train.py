@@ -168,7 +168,7 @@ def tiny_training(folder: Path, clips: int, steps: int) -> dict[str, float]:
            "-m", "train", "--config", str(ROOT / "configs/train/tiny.yaml"),
            "--train-shards", str(shard_dir / "train-{000000..000001}.tar"), "--output", str(out),
            "--set", f"train.max_steps={steps}", "--set", "train.log_every_steps=5",
-           "--set", f"train.epochs={steps}"]
+           "--set", f"train.steps={steps}"]
     start = time.perf_counter()
     subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True,
                    env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1"))

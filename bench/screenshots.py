@@ -94,7 +94,7 @@ def main() -> int:
 
     demo = a.work / "demo"
     plan = DemoPlan(output=demo, n=a.n, seed=0, nproc=2, heatmaps=2,
-                    train_overrides=["train.epochs=1", "data.batch_size=4", "data.val_batch_size=4"])
+                    train_overrides=["train.steps=2", "data.batch_size=4", "data.val_batch_size=4"])
     if not (demo / "report.html").is_file():
         run_demo(plan)
     else:

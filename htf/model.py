@@ -201,6 +201,10 @@ class HTFModel(nn.Module):
             self.flow_local_conv = nn.Conv2d(dim if cfg.flow == "cnn" else 4, dim, 1)
             nn.init.zeros_(self.flow_local_conv.weight)
             nn.init.zeros_(self.flow_local_conv.bias)
+        if cfg.flow != "none" and cfg.motion_prior:
+            # Chosen on the validation split by the trainer (train.motion_prior_grid), never
+            # by the loss; starts at 0, so the map begins as the plain cosine map.
+            self.register_buffer("motion_prior_weight", torch.zeros(()))
         if cfg.flow != "none" and cfg.attention_value_init == "zero":
             # Residual branch starts at zero: the model begins as the no-flow model and
             # adds flow context only as far as it helps (from-scratch training on a CPU).
@@ -245,10 +249,29 @@ class HTFModel(nn.Module):
     def forward(self, image: torch.Tensor, flow: torch.Tensor | None, spec: torch.Tensor,
                 return_loss: bool = False) -> dict[str, torch.Tensor]:
         img, aud = self.features(image, flow, spec)
-        if return_loss:
-            loss, amap = localization_loss(img, aud, self.cfg.loss, training=self.training)
-            return {"map": amap, "loss": loss, "image_features": img, "audio_features": aud}
-        return {"map": own_maps(img, aud), "image_features": img, "audio_features": aud}
+        out: dict[str, torch.Tensor] = {"image_features": img, "audio_features": aud}
+        if return_loss:    # the loss sees the features only, never the motion prior
+            out["loss"], amap = localization_loss(img, aud, self.cfg.loss, training=self.training)
+        else:
+            amap = own_maps(img, aud)
+        out["map"] = amap
+        if hasattr(self, "motion_prior_weight") and flow is not None:
+            out["cosine_map"] = amap
+            out["motion_saliency"] = motion_saliency(flow)
+            out["map"] = amap + self.motion_prior_weight * out["motion_saliency"]
+        return out
+
+
+# Flow speed (pixels of the model's input per frame) below which a clip counts as still: the
+# saliency of a still clip stays near 0 instead of stretching flow noise to 1.
+STILL_SPEED = 0.25
+
+
+def motion_saliency(flow: torch.Tensor) -> torch.Tensor:
+    """[B, 2, S, S] flow -> [B, 7, 7]: each cell's top speed over the clip's top speed (0..1)."""
+    speed = F.adaptive_max_pool2d(flow.float().norm(dim=1, keepdim=True), MAP_SIZE)[:, 0]
+    top = speed.flatten(1).amax(dim=1).clamp_min(STILL_SPEED)
+    return speed / top[:, None, None]
 
 
 # ------------------------------------------------------------------------------- loading

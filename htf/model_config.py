@@ -40,6 +40,11 @@ class ModelConfig:
     flow: Literal["cnn", "maxpool", "none"] = "cnn"   # none = audio-visual baseline (ablation)
     attention_value_init: Literal["default", "zero"] = "default"  # zero: flow branch starts silent
     flow_local: bool = False        # also add each location's own flow features (see HTFModel)
+    # A motion prior on the map: map = cosine map + w * (how fast each place moves, relative to
+    # the clip's fastest). w is not learned by the loss (a contrastive loss cannot learn a
+    # sound-independent "it moves" cue); the trainer picks it on the validation split from
+    # train.motion_prior_grid, 0 included, so it is used only as far as it helps there.
+    motion_prior: bool = False
     width: int = 64                 # ResNet-18 base width: 64 is the standard (and official) net
     image_size: int = 224           # input side S; the backbone stride is S / 7 (32, 16 or 8)
     freeze_vision: bool = True      # official: vision ResNet has requires_grad=False

@@ -16,15 +16,22 @@ def test_verdict_measures_the_margin_over_the_best_baseline():
     v = verdict(results)
     assert v["best_baseline"] == "flow"
     assert v["margin_over_best_baseline"] == pytest.approx(0.25)
-    assert v["beats_baselines_by_0.2"] and v["htf_at_least_noflow"]
+    assert v["beats_baselines"] and v["flow_never_costs"]
 
 
 def test_verdict_reports_a_missed_target_instead_of_hiding_it():
     results = {"htf": metrics(0.6), "noflow": metrics(0.7), "center": metrics(0.5),
                "flow": metrics(0.3), "random": metrics(0.0)}
     v = verdict(results)
-    assert not v["beats_baselines_by_0.2"] and not v["htf_at_least_noflow"]
+    assert not v["beats_baselines"] and not v["flow_never_costs"]
     assert v["htf_vs_noflow"] == pytest.approx(-0.1)
+
+
+def test_verdict_tolerates_a_flow_path_within_two_points_of_no_flow():
+    results = {"htf": metrics(0.69), "noflow": metrics(0.70), "center": metrics(0.0),
+               "flow": metrics(0.54), "random": metrics(0.0)}
+    v = verdict(results)
+    assert v["flow_never_costs"] and v["beats_baselines"]
 
 
 def test_results_table_has_one_row_per_method_in_a_fixed_order():
@@ -55,7 +62,7 @@ def test_miniature_demo_runs_every_stage_and_writes_the_report(tmp_path):
     from apps.demo import DemoPlan, run_demo
 
     plan = DemoPlan(output=tmp_path / "demo", n=24, seed=1, nproc=2, heatmaps=1,
-                    train_overrides=["train.epochs=1", "data.batch_size=4", "data.val_batch_size=4"])
+                    train_overrides=["train.steps=2", "data.batch_size=4", "data.val_batch_size=4"])
     summary = run_demo(plan)
     assert set(summary["results"]) == {"htf", "noflow", "center", "flow", "random"}
     for m in summary["results"].values():
@@ -72,7 +79,7 @@ def test_two_miniature_demos_with_the_same_seed_give_the_same_metrics(tmp_path):
 
     def once(folder):
         plan = DemoPlan(output=tmp_path / folder, n=24, seed=3, nproc=2, heatmaps=0,
-                        train_overrides=["train.epochs=2", "data.batch_size=4", "data.val_batch_size=4"])
+                        train_overrides=["train.steps=4", "data.batch_size=4", "data.val_batch_size=4"])
         return run_demo(plan)["results"]
 
     first, second = once("a"), once("b")

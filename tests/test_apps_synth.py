@@ -222,3 +222,158 @@ def test_playing_motion_off_leaves_the_default_world_untouched():
     small = second["objects"][2]
     assert small["small"] and small["cx"] == pytest.approx(47.395186933749656, abs=1e-9)
     assert small["motion"]["dir"] == pytest.approx(2.726450353850007, abs=1e-12)
+
+
+# ------------------------------------------------------------------------ the world family
+
+def test_named_demo_world_is_the_demo_setting_and_default_is_the_generator_default():
+    from apps.synth import world_config
+    assert world_config("default", n=1, seed=2) == WorldConfig(n=1, seed=2)
+    demo, explicit = world_config("demo", n=1, seed=2), WorldConfig(n=1, seed=2, p_same_class=0.35, playing_motion=True)
+    assert all(plan_clip(demo, i) == plan_clip(explicit, i) for i in range(30))
+
+
+def test_unknown_world_name_is_refused_with_the_known_names():
+    from apps.synth import world_config
+    with pytest.raises(ValueError, match="unknown world 'nope'.*indep"):
+        world_config("nope")
+
+
+@pytest.mark.parametrize("key,value", [("n_objects", (1, 3)), ("motion_pattern", "spin"),
+                                       ("p_distractor_moves", 1.5), ("background", "sky")])
+def test_out_of_range_world_setting_is_refused_naming_the_key(key, value):
+    with pytest.raises(ValueError, match=key):
+        WorldConfig(**{key: value}).validate()
+
+
+def test_indep_world_shows_two_to_four_large_objects_of_distinct_classes():
+    from apps.synth import sounding_box, world_config
+    cfg = world_config("indep", n=300, seed=1, size=128)
+    counts = set()
+    for i in range(cfg.n):
+        plan = plan_clip(cfg, i)
+        classes = [o["class"] for o in plan["objects"]]
+        assert len(set(classes)) == len(classes) and not any(o["small"] for o in plan["objects"])
+        counts.add(len(classes))
+        x1, y1, x2, y2 = sounding_box(plan, cfg)
+        assert (x2 - x1) * (y2 - y1) >= 0.25       # reachable: cIoU 0.5 under a median mask
+    assert counts == {2, 3, 4}
+
+
+def test_indep_motion_pattern_does_not_depend_on_the_class():
+    from apps.synth import FREE_PATTERNS, world_config
+    cfg = world_config("indep", n=600, seed=2, size=128)
+    seen: dict[int, set] = {}
+    for i in range(cfg.n):
+        plan = plan_clip(cfg, i)
+        m = plan["objects"][plan["sounding"]]["motion"]
+        if m["amp"] > 0:
+            seen.setdefault(plan["objects"][plan["sounding"]]["class"], set()).add(
+                (m["pattern"], _axis_bin(m["dir"])))
+    # every class's sounders use every pattern along directions of every quadrant
+    assert len(seen) == len(CLASSES)
+    assert all({p for p, _ in kinds} == set(FREE_PATTERNS) and len({d for _, d in kinds}) == 4
+               for kinds in seen.values())
+
+
+def _axis_bin(direction: float) -> int:
+    return int((direction % (2 * np.pi)) // (np.pi / 2))
+
+
+@pytest.mark.parametrize("name,lo,hi", [("indep", 0.25, 0.42), ("distractors", 0.7, 0.9)])
+def test_sounder_moves_in_most_clips_and_silent_objects_at_the_world_rate(name, lo, hi):
+    from apps.synth import world_config
+    cfg = world_config(name, n=400, seed=3, size=128)
+    sounder = silent = silent_n = 0
+    for i in range(cfg.n):
+        plan = plan_clip(cfg, i)
+        for j, obj in enumerate(plan["objects"]):
+            if j == plan["sounding"]:
+                sounder += obj["motion"]["amp"] > 0
+            else:
+                silent += obj["motion"]["amp"] > 0
+                silent_n += 1
+    assert 0.78 < sounder / cfg.n < 0.92
+    assert lo < silent / silent_n < hi
+
+
+def test_sounding_objects_motion_follows_the_sound_envelope_and_silent_movers_their_own():
+    from apps.synth import world_config
+    cfg = world_config("indep", n=100, seed=4, size=64, seconds=2.0)
+    sounders = silent = 0
+    for i in range(cfg.n):
+        plan = plan_clip(cfg, i)
+        for j, obj in enumerate(plan["objects"]):
+            if obj["motion"]["amp"] == 0:
+                continue
+            if j == plan["sounding"]:
+                assert obj["motion"]["envelope"] == plan["audio"]["envelope"]
+                sounders += 1
+            else:
+                assert obj["motion"]["envelope"] != plan["audio"]["envelope"]
+                silent += 1
+    assert sounders > 50 and silent > 10
+
+
+def test_sound_loudness_follows_its_envelope():
+    from apps.synth import envelope_at, world_config
+    cfg = world_config("indep", n=50, seed=4, size=64, seconds=2.0)
+    # a class without rhythm pulses, whose loudness is the contour alone
+    plan = next(p for p in (plan_clip(cfg, i) for i in range(cfg.n)) if CLASSES[p["sound_class"]].rhythm_hz == 0)
+    wave = render_audio(plan, cfg)
+    hop = cfg.sample_rate // 20
+    rms = np.sqrt([np.mean(wave[k:k + hop] ** 2) for k in range(0, len(wave) - hop, hop)])
+    env = envelope_at(plan["audio"]["envelope"], np.arange(len(rms)) * hop / cfg.sample_rate + 0.025)
+    assert np.corrcoef(rms, env)[0, 1] > 0.8
+
+
+def test_envelope_scales_how_far_the_sounding_object_is_from_its_rest_position():
+    from apps.synth import envelope_at, object_center
+    obj = {"cx": 50.0, "cy": 50.0, "motion": {"amp": 10.0, "freq": 1.0, "dir": 0.0, "phase": 0.3,
+                                              "pattern": "line", "ratio": 1.0, "freq2": 1.0, "phase2": 0.0,
+                                              "envelope": [0.2, 1.0, 0.2, 1.0, 0.2, 1.0, 0.2]}}
+    for t in (0.1, 0.35, 0.9):
+        x, _ = object_center(obj, t, 0.0)
+        expected = 10.0 * envelope_at(obj["motion"]["envelope"], t) * np.sin(2 * np.pi * t + 0.3)
+        assert x - 50.0 == pytest.approx(expected)
+
+
+def test_same_class_pairs_in_the_family_include_the_sounder_and_keep_the_others_distinct():
+    from apps.synth import world_config
+    cfg = world_config("indep-same", n=300, seed=5, size=128)
+    pairs = 0
+    for i in range(cfg.n):
+        plan = plan_clip(cfg, i)
+        classes = [o["class"] for o in plan["objects"]]
+        if len(set(classes)) < len(classes):
+            pairs += 1
+            assert len(set(classes)) == len(classes) - 1
+            assert classes.count(classes[plan["sounding"]]) == 2
+    assert 0.25 < pairs / cfg.n < 0.45
+
+
+def test_varied_world_draws_textures_per_object_and_textured_backgrounds(tmp_path):
+    from apps.synth import BACKGROUND_PATTERNS, TEXTURES, render_frames, world_config
+    cfg = world_config("indep", n=60, seed=6, size=64, seconds=1.0, fps=4)
+    plans = [plan_clip(cfg, i) for i in range(cfg.n)]
+    assert {o["texture"] for p in plans for o in p["objects"]} == set(TEXTURES)
+    assert {p["background"]["pattern"] for p in plans} == set(BACKGROUND_PATTERNS)
+    frame = next(render_frames(plans[0], cfg))
+    assert frame.shape == (64, 64, 3) and frame.std() > 10
+
+
+def test_command_line_makes_a_named_world_and_options_change_it(tmp_path):
+    import yaml
+    subprocess.run([sys.executable, "-m", "apps.synth", "--output", str(tmp_path / "w"), "--world", "indep",
+                    "--p-silent-moves", "0.9", "--n", "1", "--size", "64", "--seconds", "1", "--fps", "8",
+                    "--workers", "1"], capture_output=True, text=True, check=True)
+    saved = yaml.safe_load((tmp_path / "w" / "synth_config.yaml").read_text())
+    assert saved["motion_pattern"] == "free" and saved["background"] == "textured"
+    assert saved["p_distractor_moves"] == 0.9
+
+
+def test_command_line_refuses_an_out_of_range_world_option_naming_it(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "apps.synth", "--output", str(tmp_path / "w"),
+                             "--world", "indep", "--n-objects", "1", "5"], capture_output=True, text=True)
+    assert result.returncode == 2 and "n_objects" in result.stderr
+    assert not (tmp_path / "w" / "video").exists()

@@ -135,6 +135,42 @@ def test_flow_local_lr_mult_gives_the_flow_branch_its_own_learning_rate():
         assert (id(p) in flow_ids) == name.startswith("flow_local_conv."), name
 
 
+def test_budget_in_steps_ends_inside_an_epoch_and_validates_at_the_end(data, tmp_path):
+    # 11 samples // batch 4 = 2 steps per epoch; 3 steps end one step into the second epoch
+    assert main(_args(data[0], tmp_path, data[1], extra=["train.steps=3", "train.epochs=50"])) == 0
+    records = _records(tmp_path)
+    assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2, 3]
+    assert [r["step"] for r in records if r["kind"] == "val"] == [2, 3]
+
+
+def _fake_clip(right_moves: bool) -> tuple:
+    """Two objects that look alike to the cosine map (the silent right one a little
+    brighter); the box is on the left one."""
+    cosine = np.zeros((7, 7), np.float32)
+    cosine[:, 0:3], cosine[:, 4:7] = 0.9, 1.0
+    saliency = np.zeros((7, 7), np.float32)
+    moving = slice(4, 7) if right_moves else slice(0, 3)
+    saliency[:, moving] = 1.0
+    return cosine, saliency, [[0.0, 0.0, 3 / 7, 1.0]], "vggss"
+
+
+@pytest.mark.parametrize("motion_tells,expect_positive", [(True, True), (False, False)])
+def test_motion_prior_weight_is_chosen_on_validation_and_zero_when_motion_misleads(motion_tells, expect_positive):
+    from htf.config import load_config
+    from train.config import TrainConfig
+    from train.engine import _box_metrics, _ciou_functions
+    from htf.model import HTFModel
+
+    cfg = load_config(TrainConfig, Path(__file__).parents[1] / "configs/train/tiny.yaml",
+                      ["model.motion_prior=true"])
+    model = HTFModel(cfg.model)
+    clips = [_fake_clip(right_moves=not motion_tells) for _ in range(4)]
+    metrics = _box_metrics(model, clips, cfg, _ciou_functions())
+    assert (metrics["motion_prior_weight"] > 0) == expect_positive
+    assert float(model.motion_prior_weight) == metrics["motion_prior_weight"]
+    assert set(metrics["motion_prior_scores"]) == {f"{w:g}" for w in cfg.train.motion_prior_grid}
+
+
 def _event_tags(run: Path) -> tuple[set[str], set[str], set[str], set[str]]:
     """(image tags, text tags, scalar tags, plugin names) of every event file under run/tb."""
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader

@@ -71,6 +71,10 @@ class OptimConfig:
 @dataclass
 class LoopConfig:
     epochs: int = 100
+    # The budget in optimisation steps, whatever the data's size (epochs then follow from
+    # it; the last one may be partial and is validated too): 400 clips get the same
+    # optimisation as 1,000. None: ``epochs`` full passes.
+    steps: int | None = None
     max_steps: int | None = None    # stop (with a checkpoint) after this many steps in total
     seed: int = 0
     amp: Literal["none", "bf16", "fp16"] = "bf16"  # GPU only; CPU runs in float32
@@ -88,10 +92,18 @@ class LoopConfig:
     # Copy checkpoints, metrics, config and rank logs here after each checkpoint (s3://, gs://);
     # the run folder stays the source of truth (resume reads it).
     sync_url: str | None = None
+    # Candidate weights of model.motion_prior, chosen at each validation by select_metric
+    # (ties: the smaller weight); the chosen one is saved with the checkpoint.
+    motion_prior_grid: list[float] = field(default_factory=lambda: [0.0, 0.05, 0.1, 0.2, 0.3, 0.5])
 
     def validate(self) -> None:
         if self.epochs < 1 or self.save_every_steps < 1 or self.log_every_steps < 1:
             raise ValueError("epochs, save_every_steps and log_every_steps must be >= 1")
+        if not self.motion_prior_grid or min(self.motion_prior_grid) < 0:
+            raise ValueError(f"train.motion_prior_grid must be a non-empty list of weights >= 0, "
+                             f"got {self.motion_prior_grid}")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"train.steps must be >= 1 or null, got {self.steps}")
 
 
 @dataclass

@@ -69,6 +69,12 @@ def build_optimizer(model: HTFModel, cfg: TrainConfig) -> torch.optim.Optimizer:
                             weight_decay=cfg.optim.weight_decay)
 
 
+def planned_step_count(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """The run's budget: ``train.steps`` when set (independent of the data's size), else
+    ``train.epochs`` full passes. ``train.max_steps`` can only cut it short."""
+    return cfg.train.steps if cfg.train.steps is not None else steps_per_epoch * cfg.train.epochs
+
+
 def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
     """Linear warm-up, then constant or cosine decay to 0 at ``total`` steps."""
     warm = cfg.optim.warmup_steps
@@ -230,6 +236,14 @@ def train_step(model: torch.nn.Module, batch: dict[str, torch.Tensor], optimizer
 
 # ---------------------------------------------------------------------------- validation
 
+def _scored_ciou(map7: np.ndarray, boxes: Any, box_format: str) -> float:
+    """cIoU of one clip; a box lost when clipped scores 0, as the evaluator does."""
+    try:
+        return clip_ciou(map7, boxes, box_format)
+    except ValueError:
+        return 0.0
+
+
 # Validation clips drawn as heat-map pictures in TensorBoard (rank 0's first clips with boxes).
 VAL_PICTURES = 4
 
@@ -239,11 +253,15 @@ def validate(model: HTFModel, urls: list[str], cfg: TrainConfig, info: du.DistIn
              pictures: list[np.ndarray] | None = None) -> dict[str, Any]:
     """Validation loss (batches of >= 2) and, for clips with boxes, cIoU@0.5 / mean cIoU / AUC.
 
-    With a ``pictures`` list, rank 0 appends the heat-map figures of its first VAL_PICTURES
-    clips with boxes (the same picture as the evaluator's report)."""
+    With ``model.motion_prior`` the metrics are computed for every weight of
+    ``train.motion_prior_grid``; the best one by ``train.select_metric`` (ties: the smaller)
+    is set on the model and reported as ``motion_prior_weight``. With a ``pictures`` list,
+    rank 0 appends the heat-map figures of its first VAL_PICTURES clips with boxes (the same
+    picture as the evaluator's report)."""
     was_training = model.training
     model.eval()
-    loss_sum, loss_n, cious = 0.0, 0, []
+    metrics_fns = (_scored_ciou, summarize)
+    loss_sum, loss_n, clips = 0.0, 0, []
     for batch, metas in val_loader(urls, cfg.model, cfg.data, info.rank, info.world):
         image, flow, spec = (batch[k].to(info.device) for k in ("image", "flow", "spec"))
         with autocast(cfg, info.device):
@@ -252,23 +270,42 @@ def validate(model: HTFModel, urls: list[str], cfg: TrainConfig, info: du.DistIn
             loss_sum += float(out["loss"]) * image.shape[0]
             loss_n += image.shape[0]
         maps = out["map"].float().cpu().numpy()
-        for i, (map7, meta) in enumerate(zip(maps, metas)):
+        cosine = out.get("cosine_map", out["map"]).float().cpu().numpy()
+        saliency = out["motion_saliency"].float().cpu().numpy() if "motion_saliency" in out else None
+        for i, meta in enumerate(metas):
             if meta["boxes"]:
-                try:
-                    cious.append(clip_ciou(map7, meta["boxes"], meta["box_format"]))
-                except ValueError:     # a box lost when clipped: scored 0, as the evaluator does
-                    cious.append(0.0)
+                clips.append((cosine[i], None if saliency is None else saliency[i],
+                              meta["boxes"], meta["box_format"]))
                 if pictures is not None and info.is_main and len(pictures) < VAL_PICTURES:
-                    pictures.append(_val_picture(batch["image"][i], map7, meta, cious[-1], cfg))
+                    score = metrics_fns[0](maps[i], meta["boxes"], meta["box_format"])
+                    pictures.append(_val_picture(batch["image"][i], maps[i], meta, score, cfg))
     model.train(was_training)
-    gathered = du.gather_objects((loss_sum, loss_n, cious), info)
+    gathered = du.gather_objects((loss_sum, loss_n, clips), info)
     loss_sum = sum(g[0] for g in gathered)
     loss_n = sum(g[1] for g in gathered)
-    all_cious = [c for g in gathered for c in g[2]]
+    all_clips = [c for g in gathered for c in g[2]]
     metrics: dict[str, Any] = {"loss": loss_sum / loss_n if loss_n else float("nan")}
-    if all_cious:
-        metrics.update(summarize(all_cious))
+    if all_clips:
+        metrics.update(_box_metrics(model, all_clips, cfg, metrics_fns))
     return metrics
+
+
+def _box_metrics(model: HTFModel, clips: list[tuple], cfg: TrainConfig, fns: tuple[Any, Any]) -> dict[str, Any]:
+    """Box metrics of the map; with a motion prior, of the best weight on the grid (set on the model)."""
+    clip_ciou, summarize = fns
+    if clips[0][1] is None:
+        return summarize([clip_ciou(cos, boxes, fmt) for cos, _, boxes, fmt in clips])
+    best: tuple[float, float, dict[str, Any]] | None = None
+    scores = {}
+    for weight in sorted(cfg.train.motion_prior_grid):
+        summary = summarize([clip_ciou(cos + weight * sal, boxes, fmt) for cos, sal, boxes, fmt in clips])
+        _, score = selection_score({**summary, "loss": 0.0}, cfg.train.select_metric)
+        scores[f"{weight:g}"] = round(score, 6)
+        if best is None or score > best[0]:
+            best = (score, weight, summary)
+    _, weight, summary = best
+    model.motion_prior_weight.fill_(weight)
+    return {**summary, "motion_prior_weight": weight, "motion_prior_scores": scores}
 
 
 def _val_picture(image: torch.Tensor, map7: np.ndarray, meta: dict[str, Any], ciou: float,
@@ -401,7 +438,8 @@ def _fit(cfg: TrainConfig, train_shards: str, val_shards: str | None, output: Pa
     epoch_samples = cfg.data.epoch_samples or du.broadcast_object(
         count_samples(urls) if info.is_main else None, info)
     steps_per_epoch = max(1, epoch_samples // (cfg.data.batch_size * info.world))
-    total_steps = steps_per_epoch * cfg.train.epochs
+    planned_steps = planned_step_count(cfg, steps_per_epoch)
+    total_steps = planned_steps
     if cfg.train.max_steps is not None:
         total_steps = min(total_steps, cfg.train.max_steps)
 
@@ -414,7 +452,7 @@ def _fit(cfg: TrainConfig, train_shards: str, val_shards: str | None, output: Pa
         model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, steps_per_epoch * cfg.train.epochs, cfg))
+        optimizer, lambda s: lr_factor(s, planned_steps, cfg))
     scaler = torch.amp.GradScaler("cuda", enabled=info.device.type == "cuda" and cfg.train.amp == "fp16")
     state = RunState()
     if do_resume:
@@ -466,7 +504,9 @@ def _fit(cfg: TrainConfig, train_shards: str, val_shards: str | None, output: Pa
                 save(ckpt.latest_path(output))
         del batches
         epoch_done = state.step % steps_per_epoch == 0
-        if epoch_done and val_urls and (state.step // steps_per_epoch) % cfg.train.val_every_epochs == 0:
+        plan_done = state.step == planned_steps   # a budget in steps may end inside an epoch
+        if val_urls and ((epoch_done and (state.step // steps_per_epoch) % cfg.train.val_every_epochs == 0)
+                         or plan_done):
             _validate_and_select(model, val_urls, cfg, info, state, log, output, save)
         save(ckpt.latest_path(output))
     _write_rank_summary(output, info, state, steps_run)

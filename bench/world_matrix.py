@@ -1,0 +1,199 @@
+"""World x method matrix: the demo's recipe (one preset, one budget) on every world of the family.
+
+Each cell is one ``apps.demo`` run (world, pipeline, HTF and no-flow under torchrun, the
+evaluator on the test split, training-free baselines) for a (world, clips, seed); model
+selection, the motion prior's weight included, is on the val split only. The script is
+resumable: a finished cell is never rerun, an interrupted one continues where it stopped
+(world clips, pipeline tasks and training resume), and after every cell the results files
+are rewritten from every finished cell, so a partial matrix is always on disk and says
+which cells ran.
+
+    python bench/world_matrix.py [--worlds demo,indep,indep-same,distractors] [--sizes 1000,400]
+                                 [--seeds 0,1,2] [--work bench/world_runs] [--max-cells N]
+                                 [--report-only]
+
+Cells run seed-major (every world and size at seed 0, then seed 1, ...) so the first hours
+cover every world. Writes ``bench/results_worlds.json`` (every cell and the summary) and
+``bench/results_worlds.md`` (the table docs/train.md shows).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from apps.demo import (BASELINE_MARGIN, BASELINES, MOTION_MARGIN, NOFLOW_TOLERANCE,  # noqa: E402
+                       DemoPlan, run_demo)
+from apps.synth import WORLDS  # noqa: E402
+
+DEFAULT_WORLDS = ("demo", "indep", "indep-same", "distractors")
+METHODS = (("htf", "HTF"), ("noflow", "no flow"), ("flow", "flow magnitude"), ("center", "center"))
+MIN_SEEDS = 3   # fewer seeds: a measurement, not yet the claim (apps.demo defines the claim's margins)
+
+
+def cell_name(world: str, n: int, seed: int) -> str:
+    return f"{world}-{n}-s{seed}"
+
+
+def run_cell(work: Path, world: str, n: int, seed: int) -> dict[str, Any]:
+    """One demo run; keeps its results, drops the videos and shards (they can be remade)."""
+    out = work / cell_name(world, n, seed)
+    plan = DemoPlan(output=out.resolve(), n=n, seed=seed, world=world, heatmaps=0)
+    summary = run_demo(plan)
+    results = json.loads((out / "results.json").read_text())
+    cell = {"world": world, "n": n, "seed": seed, "results": results["results"],
+            "by_kind": results["by_kind"], "seconds": summary["seconds"],
+            "selected": _selected_on_val(out / "runs" / "htf")}
+    for heavy in ("world/video", "shards"):
+        shutil.rmtree(out / heavy, ignore_errors=True)
+    (out / "cell.json").write_text(json.dumps(cell, indent=1))
+    return cell
+
+
+def _selected_on_val(run: Path) -> dict[str, Any]:
+    """The HTF checkpoint the trainer kept: its step, val metrics and motion prior weight."""
+    vals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"val"' in line]
+    best = [v for v in vals if v.get("best")]
+    if not best:
+        return {}
+    v = best[-1]
+    return {k: v[k] for k in ("step", "ciou_at_0.5", "auc", "motion_prior_weight") if k in v}
+
+
+# ---------------------------------------------------------------------------- summary
+
+def _mean_sd(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample sd (None for a single seed: one run says nothing about spread)."""
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def summarize_row(cells: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and sd over seeds of each method's test cIoU@0.5, and the goal's checks."""
+    row: dict[str, Any] = {"world": cells[0]["world"], "n": cells[0]["n"],
+                           "seeds": sorted(c["seed"] for c in cells)}
+    for key, _ in METHODS:
+        row[key] = _mean_sd([c["results"][key]["ciou_at_0.5"] for c in cells])
+    htf = [c["results"]["htf"]["ciou_at_0.5"] for c in cells]
+    noflow = [c["results"]["noflow"]["ciou_at_0.5"] for c in cells]
+    best_base = [max(c["results"][b]["ciou_at_0.5"] for b in BASELINES) for c in cells]
+    row["htf_minus_noflow"] = _mean_sd([h - f for h, f in zip(htf, noflow)])
+    row["htf_minus_best_baseline"] = _mean_sd([h - b for h, b in zip(htf, best_base)])
+    row["never_costs"] = row["htf_minus_noflow"][0] >= -NOFLOW_TOLERANCE - 1e-9   # float slack
+    row["beats_baselines"] = row["htf_minus_best_baseline"][0] >= BASELINE_MARGIN - 1e-9
+    same = [c for c in cells if "same" in c["by_kind"].get("htf", {})]
+    if same:
+        row["same_class_n"] = same[0]["by_kind"]["htf"]["same"]["n"]
+        row["same_htf"] = _mean_sd([c["by_kind"]["htf"]["same"]["ciou_at_0.5"] for c in same])
+        row["same_noflow"] = _mean_sd([c["by_kind"]["noflow"]["same"]["ciou_at_0.5"] for c in same])
+        row["motion_tells"] = row["same_htf"][0] - row["same_noflow"][0] >= MOTION_MARGIN - 1e-9
+    row["motion_prior_weights"] = [c["selected"].get("motion_prior_weight") for c in cells]
+    row["enough_seeds"] = len(cells) >= MIN_SEEDS
+    return row
+
+
+def _fmt(ms: tuple[float, float | None], signed: bool = False) -> str:
+    mean, sd = ms
+    text = f"{mean:+.3f}" if signed else f"{mean:.3f}"
+    return text if sd is None else f"{text} ± {sd:.3f}"
+
+
+def _check(ok: bool | None) -> str:
+    return "—" if ok is None else ("yes" if ok else "**no**")
+
+
+def write_results(work: Path, planned: list[tuple[str, int, int]], json_path: Path, md_path: Path) -> list[dict]:
+    cells = {}
+    for world, n, seed in planned:
+        path = work / cell_name(world, n, seed) / "cell.json"
+        if path.is_file():
+            cells[cell_name(world, n, seed)] = json.loads(path.read_text())
+    rows = []
+    for world, n in dict.fromkeys((w, n) for w, n, _ in planned):
+        group = [c for c in cells.values() if c["world"] == world and c["n"] == n]
+        if group:
+            rows.append(summarize_row(group))
+    missing = [cell_name(*p) for p in planned if cell_name(*p) not in cells]
+    json_path.write_text(json.dumps({"cells": cells, "rows": rows, "not_run": missing,
+                                     "goal": {"noflow_tolerance": NOFLOW_TOLERANCE,
+                                              "baseline_margin": BASELINE_MARGIN,
+                                              "motion_margin": MOTION_MARGIN, "min_seeds": MIN_SEEDS}},
+                                    indent=1))
+    md_path.write_text(render_markdown(rows, missing))
+    return rows
+
+
+def render_markdown(rows: list[dict[str, Any]], missing: list[str]) -> str:
+    lines = ["# World x method matrix (test cIoU@0.5, mean ± sd over seeds)", "",
+             "Written by `python bench/world_matrix.py`; every cell is one `apps.demo --world NAME` run "
+             "(tiny preset, 120 steps, selection on the val split only).", "",
+             "| world | clips | seeds | HTF | no flow | flow magnitude | center | HTF − no flow | "
+             "HTF − best baseline | same-class clips: HTF / no flow | never costs (≥ −0.02) | "
+             "beats baselines (≥ +0.15) | motion tells (≥ +0.10) | prior weight (val) |",
+             "|" + "---|" * 14]
+    for r in rows:
+        seeds = ",".join(str(s) for s in r["seeds"]) + ("" if r["enough_seeds"] else " (< 3)")
+        same = (f"{r['same_htf'][0]:.3f} / {r['same_noflow'][0]:.3f} (n={r['same_class_n']})"
+                if "same_htf" in r else "—")
+        lines.append(f"| {r['world']} | {r['n']} | {seeds} | {_fmt(r['htf'])} | {_fmt(r['noflow'])} | "
+                     f"{_fmt(r['flow'])} | {_fmt(r['center'])} | {_fmt(r['htf_minus_noflow'], True)} | "
+                     f"{_fmt(r['htf_minus_best_baseline'], True)} | {same} | {_check(r['never_costs'])} | "
+                     f"{_check(r['beats_baselines'])} | {_check(r.get('motion_tells'))} | "
+                     f"{', '.join(f'{w:g}' for w in r['motion_prior_weights'] if w is not None) or '—'} |")
+    lines += ["", "A row with fewer than 3 seeds is a measurement, not yet a claim."]
+    if missing:
+        lines += ["", f"Cells not run yet ({len(missing)}; rerun the script to complete them): "
+                  + ", ".join(missing)]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python bench/world_matrix.py", description=__doc__.split("\n")[0])
+    p.add_argument("--worlds", default=",".join(DEFAULT_WORLDS))
+    p.add_argument("--sizes", default="1000,400")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--work", default=str(ROOT / "bench" / "world_runs"), help="one folder per cell")
+    p.add_argument("--max-cells", type=int, default=None, help="stop after running this many cells")
+    p.add_argument("--report-only", action="store_true", help="rewrite the results from finished cells")
+    p.add_argument("--out", default=str(ROOT / "bench" / "results_worlds"), help="results path without suffix")
+    a = p.parse_args(argv)
+    worlds = [w for w in a.worlds.split(",") if w]
+    unknown = [w for w in worlds if w not in WORLDS]
+    if unknown:
+        print(f"error: unknown world(s) {unknown}; known: {', '.join(WORLDS)}", file=sys.stderr)
+        return 2
+    try:
+        sizes = [int(v) for v in a.sizes.split(",") if v]
+        seeds = [int(v) for v in a.seeds.split(",") if v]
+    except ValueError:
+        print("error: --sizes and --seeds take comma-separated integers", file=sys.stderr)
+        return 2
+    planned = [(w, n, s) for s in seeds for n in sizes for w in worlds]
+    work, out = Path(a.work), Path(a.out)
+    json_path, md_path = out.with_suffix(".json"), out.with_suffix(".md")
+    ran = 0
+    for world, n, seed in planned:
+        if a.report_only or (a.max_cells is not None and ran >= a.max_cells):
+            break
+        if (work / cell_name(world, n, seed) / "cell.json").is_file():
+            continue
+        t0 = time.time()
+        print(f"[matrix] cell {cell_name(world, n, seed)}", flush=True)
+        run_cell(work, world, n, seed)
+        ran += 1
+        print(f"[matrix] cell {cell_name(world, n, seed)} done in {time.time() - t0:.0f} s", flush=True)
+        write_results(work, planned, json_path, md_path)
+    rows = write_results(work, planned, json_path, md_path)
+    print(f"[matrix] {len(rows)} row(s) with results -> {md_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""The world matrix: summaries over seeds, the goal's checks, and a partial matrix that says
+which cells ran (bench/world_matrix.py; the demo report reads its results)."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import world_matrix as wm  # noqa: E402
+
+
+def _cell(world, n, seed, htf, noflow, flow, same=None):
+    m = lambda c: {"ciou_at_0.5": c, "mean_ciou": c, "auc": c, "n": 200}  # noqa: E731
+    by_kind = {}
+    if same is not None:
+        by_kind = {"htf": {"same": {"ciou_at_0.5": same[0], "n": 60}},
+                   "noflow": {"same": {"ciou_at_0.5": same[1], "n": 60}}}
+    return {"world": world, "n": n, "seed": seed, "by_kind": by_kind, "selected": {"motion_prior_weight": 0.1},
+            "results": {"htf": m(htf), "noflow": m(noflow), "flow": m(flow), "center": m(0.0), "random": m(0.0)}}
+
+
+def test_row_gives_mean_and_sd_over_seeds_and_checks_the_goal():
+    cells = [_cell("indep-same", 1000, s, h, 0.6, 0.4, same=(0.6, 0.3)) for s, h in enumerate((0.7, 0.8, 0.75))]
+    row = wm.summarize_row(cells)
+    assert row["htf"][0] == pytest.approx(0.75) and row["htf"][1] == pytest.approx(0.05)
+    assert wm.summarize_row(cells[:1])["htf"] == (0.7, None)      # one seed: no spread to report
+    assert row["htf_minus_noflow"][0] == pytest.approx(0.15)
+    assert row["htf_minus_best_baseline"][0] == pytest.approx(0.35)
+    assert row["never_costs"] and row["beats_baselines"] and row["motion_tells"] and row["enough_seeds"]
+
+
+def test_row_reports_a_missed_goal():
+    row = wm.summarize_row([_cell("indep", 400, 0, 0.5, 0.6, 0.4)])
+    assert not row["never_costs"] and not row["beats_baselines"] and not row["enough_seeds"]
+    assert "motion_tells" not in row       # no same-class clips in this world
+
+
+def test_partial_matrix_lists_the_cells_not_run_and_the_demo_report_reads_it(tmp_path):
+    cell = _cell("indep", 1000, 0, 0.8, 0.7, 0.5)
+    (tmp_path / "indep-1000-s0").mkdir()
+    (tmp_path / "indep-1000-s0" / "cell.json").write_text(json.dumps(cell))
+    planned = [("indep", 1000, 0), ("indep", 1000, 1)]
+    rows = wm.write_results(tmp_path, planned, tmp_path / "r.json", tmp_path / "r.md")
+    assert len(rows) == 1 and rows[0]["seeds"] == [0]
+    assert "indep-1000-s1" in (tmp_path / "r.md").read_text()
+    assert json.loads((tmp_path / "r.json").read_text())["not_run"] == ["indep-1000-s1"]
+    from apps.demo import matrix_claims
+    table, note = matrix_claims(tmp_path / "r.json")
+    assert table[1][0] == "indep" and table[1][-1] == "yes (fewer than 3 seeds)"
+    assert "indep-1000-s1" in note
+
+
+def test_unknown_world_is_refused_with_one_error_line(capsys):
+    assert wm.main(["--worlds", "nope", "--report-only"]) == 2
+    assert capsys.readouterr().err.startswith("error: unknown world")
