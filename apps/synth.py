@@ -650,8 +650,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="motion amplitude follows the sound's loudness contour (silent movers: their own)")
     world.add_argument("--p-silent-moves", dest="p_distractor_moves", type=float, default=None, metavar="P",
                        help="probability that a silent large object moves")
-    world.add_argument("--background", choices=BACKGROUNDS, default=None)
-    world.add_argument("--object-texture", choices=OBJECT_TEXTURES, default=None)
+    world.add_argument("--background", choices=BACKGROUNDS, default=None,
+                       help="what lies behind the objects (default: the named world's)")
+    world.add_argument("--object-texture", choices=OBJECT_TEXTURES, default=None,
+                       help="how the objects are painted (default: the named world's)")
     world.add_argument("--n-objects", type=int, nargs=2, metavar=("LO", "HI"), default=None,
                        help="large objects per clip, drawn in [LO, HI] (2..4)")
     cfg = p.add_argument_group("configuration")
