@@ -69,6 +69,22 @@ class SampleMeta:
         else:
             self.extra[key] = value
 
+    def __getitem__(self, key: str) -> Any:
+        """A field or an extra key by its json name; KeyError when the json would not have it."""
+        value = getattr(self, key) if key in _FIELD_NAMES else self.extra.get(key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def get(self, key: str, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def __contains__(self, key: str) -> bool:
+        return self.get(key) is not None
+
     def to_json(self) -> bytes:
         data = {f: getattr(self, f) for f in _FIELD_NAMES if getattr(self, f) is not None}
         return json.dumps({**data, **self.extra}).encode()
@@ -82,6 +98,11 @@ class SampleMeta:
             raise ValueError(f"sample '{key}': unreadable json: {err}") from None
         if not isinstance(raw, dict):
             raise ValueError(f"sample '{key}': json is a {type(raw).__name__}, not an object")
+        return cls.from_mapping(raw, key)
+
+    @classmethod
+    def from_mapping(cls, raw: dict[str, Any], key: str = "?") -> "SampleMeta":
+        """From the json's object (a plain dict); errors name the sample ``key``."""
         known = {k: v for k, v in raw.items() if k in _FIELD_NAMES}
         try:
             return cls(**known, extra={k: v for k, v in raw.items() if k not in _FIELD_NAMES})
@@ -99,6 +120,10 @@ class ClipSample:
     flow: np.ndarray                  # float32 [2, H, W] signed flow (dx, dy) in stored-frame pixels
     spec: np.ndarray                  # float32 [F, T] audio feature
     meta: SampleMeta = field(default_factory=SampleMeta)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.meta, dict):     # a plain json object (tests, older callers)
+            self.meta = SampleMeta.from_mapping(self.meta, self.id)
 
     @property
     def boxes(self) -> Optional[Boxes]:

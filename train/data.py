@@ -113,6 +113,16 @@ def _slot() -> tuple[int, int]:
     return (info.id, info.num_workers) if info is not None else (0, 1)
 
 
+def _readable_samples(urls: list[str]) -> Iterator[dict[str, Any]]:
+    """Raw samples of ``urls``; a damaged shard is named, the samples before the damage and
+    the other shards still count."""
+    for url in urls:
+        try:
+            yield from iter_raw_samples(url)
+        except (tarfile.TarError, EOFError, OSError) as err:
+            _log_and_continue(ValueError(f"shard {url}: {type(err).__name__}: {err}; the rest of it skipped"))
+
+
 def _log_and_continue(exn: Exception) -> bool:
     print(f"warning: skipped a sample: {exn}", flush=True)
     return True
@@ -212,7 +222,7 @@ class ValStream(IterableDataset):
         worker, workers = _slot()
         items: list[tuple[torch.Tensor, ...]] = []
         metas: list[dict[str, Any]] = []
-        for raw in (r for url in self.urls[worker::workers] for r in iter_raw_samples(url)):
+        for raw in _readable_samples(self.urls[worker::workers]):
             try:
                 sample = decode_sample(raw)
             except ValueError as err:         # a damaged sample: named, skipped, not scored
