@@ -174,7 +174,7 @@ def flow_rates(model_name: str, sizes: Sizes) -> dict[str, Any]:
 def pipeline_overrides(sizes: Sizes, flow_model: str) -> list[str]:
     sets = [f"frames.short_side={sizes.frame_px}", f"frames.max_long_side={2 * sizes.frame_px}",
             f"flow.method={flow_model}", "flow.resolution=stored", "flow.rescale_vectors=true",
-            "flow.encoding=signed", "flow.allow_random_init=true", f"flow.device={sizes.device}",
+            "flow.encoding=signed", "flow.learned.allow_random_init=true", f"flow.device={sizes.device}",
             f"flow.fp16={str(sizes.device.startswith('cuda')).lower()}", f"flow.batch_size={max(sizes.flow_batch, 2)}"]
     return [arg for s in sets for arg in ("--set", s)]
 

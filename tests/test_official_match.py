@@ -35,7 +35,8 @@ def _reference_maps(pth: Path, inputs: dict[str, tuple]) -> dict[str, np.ndarray
 
 def _our_maps(pth: Path, shards: Path) -> dict[str, np.ndarray]:
     from eval.runner import ModelPredictor
-    from eval.shards import expand_shards, iter_samples
+    from eval.shards import iter_samples
+    from htf.shards import expand_shards
     from htf.model import load_model
 
     predictor = ModelPredictor(load_model(pth))

@@ -14,7 +14,7 @@ import pytest
 from tests.pipeline_helpers import assert_process_group_ends, read_shards, shard_bytes, world
 
 # RAFT-small with random weights on CPU: slow enough (~0.5 s a clip) to be killed mid-run.
-SLOW_RUN = ["--flow", "raft_small", "--set", "flow.allow_random_init=true", "--set", "frames.short_side=128",
+SLOW_RUN = ["--flow", "raft_small", "--set", "flow.learned.allow_random_init=true", "--set", "frames.short_side=128",
             "--set", "pack.samples_per_shard=1", "--set", "audio.n_mels=32", "--no-progress"]
 
 
