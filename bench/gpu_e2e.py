@@ -200,7 +200,10 @@ def train_overrides(sizes: Sizes) -> list[str]:
             f"train.max_steps={sizes.train_steps}", f"train.amp={sizes.amp}",
             f"train.channels_last={str(sizes.channels_last).lower()}",
             f"train.compile={str(sizes.compile).lower()}", f"train.log_every_steps={max(1, sizes.train_steps // 10)}",
-            f"train.save_every_steps={sizes.train_steps}"]
+            f"train.save_every_steps={sizes.train_steps}",
+            # No ImageNet weights (nothing is downloaded); the shards are this script's own
+            # (signed flow from a learned method), not the official recipe's inputs.
+            "model.vision_weights=null", "model.flow_weights=null", "data.expect_settings={}"]
     if sizes.audio_frames is not None:
         sets.append(f"model.audio_frames={sizes.audio_frames}")
     if sizes.device == "cpu":
