@@ -158,14 +158,15 @@ def _fake_clip(right_moves: bool) -> tuple:
 def test_motion_prior_weight_is_chosen_on_validation_and_zero_when_motion_misleads(motion_tells, expect_positive):
     from htf.config import load_config
     from train.config import TrainConfig
-    from train.engine import _box_metrics, _ciou_functions
+    from htf.metrics import summarize
+    from train.engine import _box_metrics, _scored_ciou
     from htf.model import HTFModel
 
     cfg = load_config(TrainConfig, Path(__file__).parents[1] / "configs/train/tiny.yaml",
                       ["model.motion_prior=true"])
     model = HTFModel(cfg.model)
     clips = [_fake_clip(right_moves=not motion_tells) for _ in range(4)]
-    metrics = _box_metrics(model, clips, cfg, _ciou_functions())
+    metrics = _box_metrics(model, clips, cfg, (_scored_ciou, summarize))
     assert (metrics["motion_prior_weight"] > 0) == expect_positive
     assert float(model.motion_prior_weight) == metrics["motion_prior_weight"]
     assert set(metrics["motion_prior_scores"]) == {f"{w:g}" for w in cfg.train.motion_prior_grid}
