@@ -16,7 +16,9 @@ from train.__main__ import main
 SETTINGS = ["model.width=8", "model.image_size=56", "model.freeze_vision=false", "model.audio_frames=32",
             "data.batch_size=4", "data.workers=0", "data.shuffle_buffer=8", "data.epoch_samples=12",
             "train.epochs=2", "train.save_every_steps=100", "train.amp=none", "optim.schedule=cosine",
-            "optim.warmup_steps=2", "augment.hflip=0.5", "augment.brightness=0.1"]
+            "optim.warmup_steps=2", "augment.hflip=0.5", "augment.brightness=0.1",
+            # No --config is the official recipe: from scratch, on our own shards.
+            "model.vision_weights=null", "model.flow_weights=null", "data.expect_settings={}"]
 
 
 def _train(shards: str, out: Path, *extra: str) -> None:
