@@ -67,7 +67,7 @@ def report(runs: list[dict], input_dir: Path, config: str, n_clips: int, overrid
     lines = [BEGIN, "", f"## Worker scaling: {n_clips} clips of `{input_dir.name}`, `{config}`"
              + (f" with {' '.join('--set ' + o for o in overrides)}" if overrides else ""), "",
              f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} with "
-             f"`python bench/bench_workers.py` on {os.cpu_count()} cores shared with other work "
+             f"`python bench/bench_workers.py` on {os.cpu_count()} cores "
              "(load average 1/5/15 min before each run in the table; `uptime` at the end below).", "",
              "| workers | wall s | clips/s | x workers " + str(base["workers"]) + " (wall) | CPU s | CPU ms/clip "
              "| load before | shards | same bytes as first |",
