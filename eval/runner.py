@@ -33,8 +33,7 @@ import torch
 from htf import metrics as M
 from eval.baselines import BASELINES, Baseline
 from eval.config import EvalConfig
-from eval.shards import Failure, iter_samples
-from htf.shards import expand_shards
+from htf.shards import ReadFailure, expand_shards, read_samples
 from htf.config import save_config
 from htf.inputs import eval_inputs
 from htf.io import atomic_write_json
@@ -295,7 +294,7 @@ class _Run:
     def __init__(self, predictor: Predictor, cfg: EvalConfig):
         self.p, self.cfg = predictor, cfg
         self.results: list[ClipResult] = []
-        self.failures: list[Failure] = []
+        self.failures: list[ReadFailure] = []
         self.warnings: list[str] = []
         self.seen: set[str] = set()
         self.checked: set[str] = set()
@@ -335,13 +334,13 @@ class _Run:
             raw = np.asarray(raw, dtype=np.float64)
             if raw.ndim != 2 or not np.isfinite(raw).all():
                 why = "non-finite values" if raw.ndim == 2 else f"shape {raw.shape}"
-                self.failures.append(Failure(shard, sample.id, f"prediction map has {why}: not scored"))
+                self.failures.append(ReadFailure(shard, sample.id, f"prediction map has {why}: not scored"))
                 continue
             try:
                 _, mask = M.prediction_mask(raw, size, interp)
                 gt = M.gt_map(sample.boxes, fmt, size)
             except ValueError as err:
-                self.failures.append(Failure(shard, sample.id, f"cannot score: {err}"))
+                self.failures.append(ReadFailure(shard, sample.id, f"cannot score: {err}"))
                 continue
             value = M.ciou(mask, gt)
             if not gt.any():
@@ -364,12 +363,12 @@ class _Run:
     def first_pass(self, paths: list[str]) -> None:
         batch: list[tuple[str, ClipSample, str]] = []
         limit = self.cfg.run.max_clips
-        for shard, sample in iter_samples(paths, self.failures):
+        for shard, sample in read_samples(paths, self.failures.append):
             if limit is not None and len(self.seen) >= limit:
                 self.warnings.append(f"stopped after max_clips={limit} clips (run.max_clips)")
                 break
             if sample.id in self.seen:
-                self.failures.append(Failure(shard, sample.id, "duplicate clip id: scored once only"))
+                self.failures.append(ReadFailure(shard, sample.id, "duplicate clip id: scored once only"))
                 continue
             self.seen.add(sample.id)
             try:
@@ -384,10 +383,10 @@ class _Run:
                     self.specs[sample.id] = sample.spec.astype(np.float16)
                     continue
                 self.missing_boxes.append(err)
-                self.failures.append(Failure(shard, sample.id, "no ground-truth boxes: not scored"))
+                self.failures.append(ReadFailure(shard, sample.id, "no ground-truth boxes: not scored"))
                 continue
             except EvalError as err:
-                self.failures.append(Failure(shard, sample.id, str(err)))
+                self.failures.append(ReadFailure(shard, sample.id, str(err)))
                 continue
             self.check_settings(sample, shard)
             batch.append((shard, sample, fmt))
@@ -411,14 +410,14 @@ class _Run:
         for clip_id, (shard, err) in self.pair_only.items():
             if clip_id not in used:      # no pair needs it: a clip without boxes after all
                 self.missing_boxes.append(err)
-                self.failures.append(Failure(shard, clip_id, "no ground-truth boxes: not scored"))
+                self.failures.append(ReadFailure(shard, clip_id, "no ground-truth boxes: not scored"))
         info["pair_only_clips"] = sorted(used & set(self.pair_only))
         by_video: dict[str, list[str]] = {}
         for v, a in pairs:
             by_video.setdefault(v, []).append(a)
         batch: list[tuple[str, ClipSample, str]] = []
         done: set[str] = set()
-        for shard, sample in iter_samples(paths, []):  # failures were recorded in pass 1
+        for shard, sample in read_samples(paths, lambda failure: None):  # failures were recorded in pass 1
             if sample.id not in by_video or sample.id in done:
                 continue
             done.add(sample.id)
@@ -438,7 +437,7 @@ class _Run:
         for (shard, sample, audio_id), raw in zip(batch, maps):
             raw = np.asarray(raw, dtype=np.float64)
             if raw.ndim != 2 or not np.isfinite(raw).all():
-                self.failures.append(Failure(shard, f"{sample.id}+{audio_id}",
+                self.failures.append(ReadFailure(shard, f"{sample.id}+{audio_id}",
                                              "non-sounding pair: prediction map not finite: not scored"))
                 continue
             self.results.append(ClipResult(
@@ -467,7 +466,7 @@ def pipeline_failures(paths: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def list_coverage(list_path: str, scored: set[str], failures: list[Failure],
+def list_coverage(list_path: str, scored: set[str], failures: list[ReadFailure],
                   pipeline: dict[str, str]) -> dict[str, Any]:
     """n against the list length, and every listed clip that was not scored, with why."""
     listed = read_split_list(list_path)

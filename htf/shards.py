@@ -23,10 +23,13 @@ import os
 import shlex
 import subprocess
 import tarfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import IO, Any
 
 import braceexpand
+
+from htf.sample import ClipSample, decode_sample
 
 PIPE = "pipe:"
 GLOB_CHARS = "*?["
@@ -275,3 +278,52 @@ def iter_raw_samples(url: str) -> Iterator[dict[str, Any]]:
         current[ext.lower()] = data
     if current is not None:
         yield current
+
+
+# ----------------------------------------------------------------- reading that goes on
+
+@dataclass(frozen=True)
+class ReadFailure:
+    """A shard or sample that could not be read: shard name, sample key ("" for the whole
+    shard), and why."""
+    shard: str
+    key: str
+    reason: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"shard": self.shard, "key": self.key, "reason": self.reason}
+
+
+OnFailure = Callable[[ReadFailure], None]
+
+
+def readable_raw_samples(urls: Iterable[str], on_failure: OnFailure) -> Iterator[dict[str, Any]]:
+    """Raw samples of every shard in turn. A damaged or unreachable shard is reported with
+    the number of samples read before the damage; those samples and the other shards count."""
+    for url in urls:
+        count = 0
+        try:
+            for raw in iter_raw_samples(url):
+                count += 1
+                yield raw
+        except Exception as err:  # noqa: BLE001  (tar, I/O and each object store's own errors)
+            on_failure(ReadFailure(shard_name(url), "", f"corrupt shard after {count} "
+                                                        f"samples: {type(err).__name__}: {err}"))
+
+
+def decode_or_report(raw: dict[str, Any], on_failure: OnFailure) -> ClipSample | None:
+    """The decoded sample, or None after reporting why it cannot be decoded."""
+    try:
+        return decode_sample(raw)
+    except Exception as err:  # noqa: BLE001  (decode_sample names the key; numpy, PIL raise their own)
+        on_failure(ReadFailure(shard_name(raw.get("__url__", "?")), raw.get("__key__", "?"), str(err)))
+        return None
+
+
+def read_samples(urls: Iterable[str], on_failure: OnFailure) -> Iterator[tuple[str, ClipSample]]:
+    """(shard name, sample) for every sample that can be read and decoded, in shard order;
+    everything else is reported to ``on_failure`` and skipped."""
+    for raw in readable_raw_samples(urls, on_failure):
+        sample = decode_or_report(raw, on_failure)
+        if sample is not None:
+            yield shard_name(raw["__url__"]), sample

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from eval.shards import iter_samples
+from htf.shards import read_samples
 from htf.sample import ClipSample
 from pipeline.annotations import load_annotations, load_keyframes
 from tests.train_helpers import write_shards
@@ -55,10 +55,10 @@ def damaged_shards(good_shard, tmp_path_factory) -> list[tuple[Path, bytes]]:
     return cases
 
 
-def test_evaluator_reader_records_damage_and_yields_only_whole_samples(damaged_shards):
+def test_sample_reader_records_damage_and_yields_only_whole_samples(damaged_shards):
     for path, data in damaged_shards:
         failures: list = []
-        samples = [s for _, s in iter_samples([str(path)], failures)]
+        samples = [s for _, s in read_samples([str(path)], failures.append)]
         assert all(isinstance(s, ClipSample) for s in samples)
         assert len(samples) + len(failures) >= 1, path.name     # nothing vanishes without a word
         assert path.read_bytes() == data

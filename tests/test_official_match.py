@@ -35,12 +35,13 @@ def _reference_maps(pth: Path, inputs: dict[str, tuple]) -> dict[str, np.ndarray
 
 def _our_maps(pth: Path, shards: Path) -> dict[str, np.ndarray]:
     from eval.runner import ModelPredictor
-    from eval.shards import iter_samples
-    from htf.shards import expand_shards
     from htf.model import load_model
+    from htf.shards import expand_shards, read_samples
 
     predictor = ModelPredictor(load_model(pth))
-    samples = [s for _, s in iter_samples(expand_shards(str(shards / "test-*.tar")), [])]
+    failures: list = []
+    samples = [s for _, s in read_samples(expand_shards(str(shards / "test-*.tar")), failures.append)]
+    assert not failures
     return {s.id: m for s, m in zip(samples, predictor.predict(samples))}
 
 

@@ -143,7 +143,7 @@ def test_shipped_flickr_keyframe_map_is_imagetoframe_with_the_three_official_ove
 
 
 def test_flickr_test_shards_use_the_overridden_keyframes(tmp_path):
-    from eval.shards import iter_samples
+    from htf.shards import read_samples
     from tests.real_layouts import make_flickr, write_list
 
     specs = [ClipSpec("5344317532", frames=90), ClipSpec("12158276143", frames=375)]
@@ -155,8 +155,10 @@ def test_flickr_test_shards_use_the_overridden_keyframes(tmp_path):
                            RAW_FLICKR=str(raw), OUT=str(tmp_path / "out"), LIST=str(listed),
                            YOUR_FLICKR_XML_FOLDER=str(ann))
     assert done.returncode == 0, done.stderr
-    frames = {s.id: s.meta["keyframe_index"] for _, s in iter_samples(
-        sorted(str(p) for p in (tmp_path / "out" / "flickr").glob("test-*.tar")), [])}
+    failures: list = []
+    frames = {s.id: s.meta.keyframe_index for _, s in read_samples(
+        sorted(str(p) for p in (tmp_path / "out" / "flickr").glob("test-*.tar")), failures.append)}
+    assert not failures
     # 74 - 1; and 375 is the last frame's number there, so 375 - 2 (the official end rule)
     assert frames == {"5344317532": 73, "12158276143": 373}
 

@@ -12,7 +12,7 @@ from tests.train_helpers import write_shards
 from htf.model_config import ModelConfig
 from train.config import AugmentConfig, DataConfig
 from htf.shards import count_samples, expand_shards
-from train.data import TrainStream, ValStream, first_sample
+from train.data import TrainStream, ValStream, _SlotProgress, first_sample
 
 MODEL = ModelConfig(width=8, image_size=56, audio_frames=32)
 
@@ -66,8 +66,8 @@ def test_ranks_draw_from_disjoint_shards_when_there_are_enough(shards):
     _, pattern = shards
     urls = expand_shards(pattern)
     s0, s1 = _stream(pattern, 0, 2), _stream(pattern, 1, 2)
-    seen0 = {d["url"] for d in itertools.islice(s0._shards(0, 1, random.Random(0)), 50)}
-    seen1 = {d["url"] for d in itertools.islice(s1._shards(0, 1, random.Random(0)), 50)}
+    seen0, seen1 = ({raw["__url__"] for raw in itertools.islice(s._raw_samples(
+        s._subset(0, 1), random.Random(0), _SlotProgress(urls)), 50)} for s in (s0, s1))
     assert seen0 == {urls[0], urls[2]} and seen1 == {urls[1], urls[3]}
 
 
@@ -84,3 +84,56 @@ def test_validation_streams_cover_every_sample_once_across_ranks(shards):
 def test_first_sample_gives_the_recorded_pipeline_settings(shards):
     _, pattern = shards
     assert first_sample(expand_shards(pattern)).meta.pipeline["flow"]["encoding"] == "signed"
+
+
+def _write_undecodable_shard(path, n=3):
+    """A well-formed tar whose samples all have a flow.npy that is not an array."""
+    import webdataset as wds
+    from htf.sample import encode_sample
+    from tests.train_helpers import synthetic_sample
+
+    with wds.TarWriter(str(path)) as sink:
+        for i in range(n):
+            raw = encode_sample(synthetic_sample(i))
+            raw["flow.npy"] = b"not an array"
+            sink.write(raw)
+
+
+def test_train_stream_stops_with_an_error_naming_shards_that_give_no_sample(tmp_path):
+    from train.data import NoUsableSamplesError
+
+    (tmp_path / "train-000000.tar").write_bytes(b"\0" * 10)     # damaged
+    (tmp_path / "train-000001.tar").write_bytes(b"")             # empty
+    with pytest.raises(NoUsableSamplesError, match="train-000000.tar, train-000001.tar"):
+        next(iter(_stream(str(tmp_path / "train-*.tar"))))
+
+
+def test_train_stream_stops_when_no_sample_can_be_decoded(tmp_path, monkeypatch):
+    import train.data
+    from train.data import NoUsableSamplesError
+
+    monkeypatch.setattr(train.data, "UNDECODABLE_LIMIT", 20)
+    _write_undecodable_shard(tmp_path / "train-000000.tar")
+    with pytest.raises(NoUsableSamplesError, match="none of the first 20 training samples"):
+        next(iter(_stream(str(tmp_path / "train-*.tar"))))
+
+
+def test_train_stream_goes_on_past_damaged_shards_while_one_gives_samples(tmp_path, capsys):
+    write_shards(tmp_path, "train", [3])
+    (tmp_path / "train-000001.tar").write_bytes(b"\0" * 10)
+    _write_undecodable_shard(tmp_path / "train-000002.tar")
+    batches = list(itertools.islice(iter(_stream(str(tmp_path / "train-*.tar"))), 5))
+    assert len(batches) == 5
+    warnings = capsys.readouterr().out
+    assert "shard train-000001.tar" in warnings and "shard train-000002.tar, sample" in warnings
+
+
+def test_a_loader_worker_reports_no_usable_samples_without_its_traceback(tmp_path):
+    from train.data import NoUsableSamplesError, train_loader
+
+    (tmp_path / "train-000000.tar").write_bytes(b"\0" * 10)
+    stream = _stream(str(tmp_path / "train-*.tar"))
+    with pytest.raises(NoUsableSamplesError) as caught:
+        next(iter(train_loader(stream, DataConfig(batch_size=4, workers=1))))
+    assert str(caught.value).startswith("no training shard gives a sample: train-000000.tar")
+    assert "Traceback" not in str(caught.value)

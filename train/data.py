@@ -26,7 +26,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from htf.inputs import eval_arrays
 from htf.model_config import ModelConfig
 from htf.sample import ClipSample, decode_sample
-from htf.shards import is_pipe, iter_members, iter_raw_samples, scheme
+from htf.shards import (ReadFailure, decode_or_report, is_pipe, iter_members, iter_raw_samples,
+                        read_samples, readable_raw_samples, scheme, shard_name)
 from train.config import AugmentConfig, DataConfig
 from train.transforms import train_arrays
 
@@ -113,29 +114,57 @@ def _slot() -> tuple[int, int]:
     return (info.id, info.num_workers) if info is not None else (0, 1)
 
 
-def _readable_samples(urls: list[str]) -> Iterator[dict[str, Any]]:
-    """Raw samples of ``urls``; a damaged shard is named, the samples before the damage and
-    the other shards still count."""
-    for url in urls:
-        try:
-            yield from iter_raw_samples(url)
-        except (tarfile.TarError, EOFError, OSError) as err:
-            _log_and_continue(ValueError(f"shard {url}: {type(err).__name__}: {err}; the rest of it skipped"))
+def _warn(failure: ReadFailure) -> None:
+    where = f"shard {failure.shard}" + (f", sample {failure.key}" if failure.key else "")
+    print(f"warning: skipped: {where}: {failure.reason}", flush=True)
 
 
-def _log_and_continue(exn: Exception) -> bool:
-    print(f"warning: skipped a sample: {exn}", flush=True)
-    return True
+class NoUsableSamplesError(ShardSettingsError):
+    """No shard of a slot gives a sample the model can take: a resampled stream would draw
+    forever. Raised in a loader worker, it reaches the main process with the worker's
+    traceback in its text, so ``str`` keeps only the message."""
+
+    def __str__(self) -> str:
+        last = super().__str__().strip().splitlines()[-1]
+        prefix = f"{type(self).__module__}.{type(self).__name__}: "
+        return last[len(prefix):] if last.startswith(prefix) else last
 
 
-def _samples_of(shards: Iterator[dict[str, str]]) -> Iterator[dict[str, Any]]:
-    """Raw samples of each shard in turn; a shard that fails (damaged, unreachable) is
-    reported and the stream goes on with the next one."""
-    for shard in shards:
-        try:
-            yield from iter_raw_samples(shard["url"])
-        except Exception as exn:  # noqa: BLE001  (any I/O or tar error: skip, never stall training)
-            _log_and_continue(exn)
+# A slot stops when it has read this many samples (at least) and could decode none of them.
+UNDECODABLE_LIMIT = 1000
+
+
+class _SlotProgress:
+    """Whether a slot's stream can ever yield: stops it with an error naming its shards
+    when every shard was tried and none gave a sample, or when no sample of the first
+    ``UNDECODABLE_LIMIT`` could be decoded."""
+
+    def __init__(self, subset: list[str]) -> None:
+        self.subset, self.empty = set(subset), set()
+        self.read_any = self.decoded_any = False
+        self.undecodable = 0
+
+    def shard_done(self, url: str, samples: int) -> None:
+        self.read_any = self.read_any or samples > 0
+        if samples == 0:
+            self.empty.add(url)
+        if not self.read_any and self.empty >= self.subset:
+            raise NoUsableSamplesError(
+                f"no training shard gives a sample: {_names(self.subset)} are empty, damaged or "
+                "unreachable (each named in a warning above); make them again or leave them out")
+
+    def sample_done(self, decoded: bool) -> None:
+        self.decoded_any = self.decoded_any or decoded
+        self.undecodable += not decoded
+        if not self.decoded_any and self.undecodable >= UNDECODABLE_LIMIT:
+            raise NoUsableSamplesError(
+                f"none of the first {self.undecodable} training samples read from {_names(self.subset)} "
+                "can be decoded (each named in a warning above); make the shards again")
+
+
+def _names(urls: set[str]) -> str:
+    names = sorted(shard_name(u) for u in urls)
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
 
 def _buffer_shuffle(items: Iterator[Any], size: int, rng: random.Random) -> Iterator[Any]:
@@ -171,29 +200,50 @@ class TrainStream(IterableDataset):
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
         self.epoch, self.start_step = epoch, start_step
 
-    def _shards(self, worker: int, workers: int, rng: random.Random) -> Iterator[dict[str, str]]:
+    def _subset(self, worker: int, workers: int) -> list[str]:
         slots = self.world * workers
         slot = self.rank * workers + worker
-        subset = self.urls[slot::slots] if len(self.urls) >= slots else self.urls
+        return self.urls[slot::slots] if len(self.urls) >= slots else self.urls
+
+    def _raw_samples(self, subset: list[str], rng: random.Random,
+                     progress: _SlotProgress) -> Iterator[dict[str, Any]]:
+        """Shards drawn at random with replacement, expanded into raw samples, forever."""
         while True:
-            yield {"url": rng.choice(subset)}
+            url = rng.choice(subset)
+            count = 0
+            for raw in readable_raw_samples([url], _warn):
+                count += 1
+                yield raw
+            progress.shard_done(url, count)
+
+    def _arrays(self, raw: dict[str, Any], np_rng: np.random.Generator) -> tuple[torch.Tensor, ...] | None:
+        """The augmented model inputs of a raw sample, or None after a warning naming it."""
+        sample = decode_or_report(raw, _warn)
+        if sample is None:
+            return None
+        try:
+            return train_arrays(sample, self.model_cfg, self.aug, np_rng)
+        except ValueError as err:     # e.g. a spectrogram shorter than the model takes
+            _warn(ReadFailure(shard_name(raw["__url__"]), raw["__key__"], str(err)))
+            return None
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         worker, workers = _slot()
         key = [self.seed, self.epoch, self.start_step, self.rank, worker]
         rng = random.Random("-".join(map(str, key)))
         np_rng = np.random.default_rng(key)
-        samples = _samples_of(self._shards(worker, workers, rng))
+        subset = self._subset(worker, workers)
+        progress = _SlotProgress(subset)
+        samples = self._raw_samples(subset, rng, progress)
         if self.data.shuffle_buffer > 1:
             samples = _buffer_shuffle(samples, self.data.shuffle_buffer, rng)
         batch: list[tuple[torch.Tensor, ...]] = []
         for raw in samples:
-            try:
-                sample = decode_sample(raw)
-                batch.append(train_arrays(sample, self.model_cfg, self.aug, np_rng))
-            except ValueError as err:
-                _log_and_continue(err)
+            arrays = self._arrays(raw, np_rng)
+            progress.sample_done(arrays is not None)
+            if arrays is None:
                 continue
+            batch.append(arrays)
             if len(batch) == self.data.batch_size:
                 yield collate(batch)
                 batch = []
@@ -222,12 +272,7 @@ class ValStream(IterableDataset):
         worker, workers = _slot()
         items: list[tuple[torch.Tensor, ...]] = []
         metas: list[dict[str, Any]] = []
-        for raw in _readable_samples(self.urls[worker::workers]):
-            try:
-                sample = decode_sample(raw)
-            except ValueError as err:         # a damaged sample: named, skipped, not scored
-                _log_and_continue(err)
-                continue
+        for _shard, sample in read_samples(self.urls[worker::workers], _warn):
             items.append(eval_arrays(sample, self.model_cfg))
             metas.append({"id": sample.id, "boxes": sample.boxes,
                           "box_format": sample.meta.box_format})
