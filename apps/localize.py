@@ -32,7 +32,8 @@ import numpy as np
 
 from htf.pictures import display_size, heatmap_figure, save_png
 from eval.runner import ModelPredictor
-from htf.cli import add_config_options, command, fail, make_parser, parse_args, resolve_config
+from htf.cli import (RERUN, WRITABLE, add_config_options, command, fail, make_parser, parse_args,
+                     reported_errors, resolve_config)
 from htf.config import ConfigError, load_config
 from htf.sample import sample_key
 from htf.settings import upgrade_settings
@@ -214,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.print_config and not args.checkpoint:
         raise fail("--print-config needs --checkpoint: the settings come from it")
-    try:
+    with reported_errors((EvalError, ConfigError, ClipError, FileNotFoundError, ValueError, RuntimeError),
+                         os_hint=WRITABLE, on_interrupt=RERUN):
         model = load_checkpoint(args.checkpoint, args.device, args.trust_checkpoint) if args.checkpoint else None
         resolve_config(args, PipelineConfig, None,
                        base=checkpoint_settings(model.data_settings if model is not None else None))
@@ -223,13 +225,6 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
         result = localize(model, args.video, args.output, args.every, args.keyframe, args.overrides,
                           device=args.device)
-    except (EvalError, ConfigError, ClipError, FileNotFoundError, ValueError, RuntimeError) as err:
-        raise fail(err) from None
-    except OSError as err:         # an unwritable --output (read-only, under a file), disk full
-        raise fail(f"{err.filename + ': ' if err.filename else ''}{err.strerror or err}; choose a "
-                   f"writable --output") from None
-    except KeyboardInterrupt:
-        raise fail("interrupted before the outputs were complete; run the same command again", 130) from None
     print(f"keyframe {result['keyframe_index']}: {Path(args.output) / result['keyframe_png']}")
     if "overlay_video" in result:
         print(f"overlay video: {Path(args.output) / result['overlay_video']}")

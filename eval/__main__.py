@@ -7,7 +7,6 @@ summary is added to REPORT/metrics.json under "baselines".
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -15,9 +14,10 @@ from eval.baselines import BASELINES
 from eval.config import EvalConfig
 from eval.report import write_report
 from eval.runner import EvalError, evaluate, load_checkpoint
-from htf.cli import (add_config_flag, add_config_options, command, fail, flag_overrides, make_parser,
-                     parse_args, resolve_config)
+from htf.cli import (RERUN, WRITABLE, add_config_flag, add_config_options, command, fail, flag_overrides,
+                     make_parser, parse_args, reported_errors, resolve_config)
 from htf.config import ConfigError
+from htf.io import atomic_write_json
 
 SUMMARY = ("ciou_at_0.5", "auc", "mean_ciou", "n")
 EXAMPLES = """\
@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.checkpoint and not args.baseline:
         raise fail("give --checkpoint CKPT or --baseline center|flow|random")
     out = Path(args.output)
-    try:
+    with reported_errors((EvalError, ConfigError, FileNotFoundError, ValueError), os_hint=WRITABLE,
+                         on_interrupt=RERUN):
         if args.checkpoint:
             model = load_checkpoint(args.checkpoint, cfg.run.device, args.trust_checkpoint)
             metrics = evaluate(model, args.shards, out, cfg, checkpoint=args.checkpoint)
@@ -100,19 +101,12 @@ def main(argv: list[str] | None = None) -> int:
             if args.baseline:
                 base = evaluate(args.baseline, args.shards, out / f"baseline_{args.baseline}", cfg)
                 metrics["baselines"] = {args.baseline: {k: base[k] for k in SUMMARY}}
-                (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+                atomic_write_json(out / "metrics.json", metrics, indent=2, default=str)
                 write_report(metrics, out, {f"baseline {args.baseline}": (f"baseline_{args.baseline}/", base)})
                 print(_line(f"baseline {args.baseline}", base))
         else:
             metrics = evaluate(args.baseline, args.shards, out, cfg)
             print(_line(f"baseline {args.baseline}", metrics))
-    except (EvalError, ConfigError, FileNotFoundError, ValueError) as err:
-        raise fail(err) from None
-    except OSError as err:         # an unwritable --output (read-only, under a file), disk full
-        raise fail(f"{err.filename + ': ' if err.filename else ''}{err.strerror or err}; choose a "
-                   f"writable --output") from None
-    except KeyboardInterrupt:
-        raise fail("interrupted before the outputs were complete; run the same command again", 130) from None
     for item in metrics.get("not_scored", [])[:20]:
         print(f"not scored: {item['id']}: {item['reason']}", file=sys.stderr)
     if metrics.get("n_failed"):

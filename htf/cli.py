@@ -11,8 +11,9 @@ import argparse
 import functools
 import sys
 import textwrap
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from htf.config import ConfigError, Override, config_keys, dump_config, format_keys, load_config, presets
 
@@ -43,6 +44,28 @@ def fail(message: Any, code: int = 2) -> CommandExit:
     """Print one ``error:`` line; ``raise fail(...)`` leaves the command."""
     print(f"error: {message}", file=sys.stderr)
     return CommandExit(code)
+
+
+# What a command that writes a report folder says on an OS error and on Ctrl-C.
+WRITABLE = "; choose a writable --output"
+RERUN = "the outputs are not complete; run the same command again"
+
+
+@contextmanager
+def reported_errors(expected: tuple[type[BaseException], ...], *, on_interrupt: str | Callable[[], str],
+                    os_hint: str = "", code: int = 2) -> Iterator[None]:
+    """The ``expected`` errors, OS errors (an unwritable output, a full disk) and Ctrl-C
+    leave the command as one ``error:`` line each; ``on_interrupt`` says how to go on."""
+    try:
+        yield
+    except expected as err:
+        raise fail(err, code) from None
+    except OSError as err:
+        where = f"{err.filename}: " if err.filename else ""
+        raise fail(f"{where}{err.strerror or err}{os_hint}", code) from None
+    except KeyboardInterrupt:
+        hint = on_interrupt() if callable(on_interrupt) else on_interrupt
+        raise fail(f"interrupted; {hint}", 130) from None
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):

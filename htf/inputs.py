@@ -18,7 +18,8 @@ import cv2
 import numpy as np
 import torch
 
-from htf.model_config import OFFICIAL_FLOW_ENCODING, ModelConfig
+from htf.model_config import ModelConfig
+from htf.official import OFFICIAL_FLOW_ENCODING
 from htf.sample import ClipSample, SampleMeta
 
 

@@ -342,7 +342,7 @@ def _torch_load(path: Path, map_location: Any, trust: bool = False) -> Any:
     try:
         with torch.serialization.safe_globals(_lightning_safe_globals()):
             return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
+    except pickle.UnpicklingError:
         if trust:
             return torch.load(path, map_location=map_location, weights_only=False)
         names = _unsafe_globals(path)

@@ -72,8 +72,3 @@ class ModelConfig:
     @property
     def feat_dim(self) -> int:
         return 8 * self.width
-
-
-# What the released weights expect is written only in configs/pipeline/htf-official.yaml
-# (htf/official.py reads it); the flow encoding's name is what the inputs test for.
-from htf.official import OFFICIAL_FLOW_ENCODING  # noqa: E402,F401

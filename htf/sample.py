@@ -55,35 +55,15 @@ class SampleMeta:
     boxes: Optional[Boxes] = None             # None: unknown
     box_format: Optional[str] = None          # 'flickr' | 'vggss': how the boxes are scored
     audio_rms_dbfs: Optional[float] = None    # loudness of the audio window
+    audio_silent: Optional[bool] = None       # the audio window is digital silence
+    rotation: Optional[int] = None            # degrees the display matrix turns the video
+    header_frame_count: Optional[int] = None  # the header's count, where the frames disagree
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.boxes is not None and self.box_format not in BOX_FORMATS:
             raise ValueError(f"clip '{self.id}': boxes need a box_format in {list(BOX_FORMATS)}, "
                              f"got {self.box_format!r} (the pipeline writes both from --annotations)")
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        """Set a field or an extra key by its json name (``meta["audio_rms_dbfs"] = x``)."""
-        if key in _FIELD_NAMES:
-            setattr(self, key, value)
-        else:
-            self.extra[key] = value
-
-    def __getitem__(self, key: str) -> Any:
-        """A field or an extra key by its json name; KeyError when the json would not have it."""
-        value = getattr(self, key) if key in _FIELD_NAMES else self.extra.get(key)
-        if value is None:
-            raise KeyError(key)
-        return value
-
-    def get(self, key: str, default: Any = None) -> Any:
-        try:
-            return self[key]
-        except KeyError:
-            return default
-
-    def __contains__(self, key: str) -> bool:
-        return self.get(key) is not None
 
     def to_json(self) -> bytes:
         data = {f: getattr(self, f) for f in _FIELD_NAMES if getattr(self, f) is not None}

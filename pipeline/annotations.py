@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import Failure
-from pipeline.index import normalise_id
+from htf.lists import normalise_id
 
 FLICKR_FRAME = 256.0
 

@@ -41,10 +41,6 @@ class Failure:
     detail: str = ""
     path: Optional[str] = None
 
-    def __getitem__(self, key: str) -> Any:
-        """A key of its JSON line (``failure["reason"]``)."""
-        return self.record()[key]
-
     def record(self, **extra: Any) -> dict[str, Any]:
         """The JSON line: id, stage, reason, detail, then path when known, then ``extra``."""
         out: dict[str, Any] = {"id": self.id, "stage": self.stage, "reason": self.reason, "detail": self.detail}

@@ -16,7 +16,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Optional
 
-from htf.lists import normalise_id, read_split_list  # noqa: F401  (the one list reader)
+from htf.lists import normalise_id
 from pipeline.config import InputConfig
 from pipeline.errors import ClipError, Failure
 

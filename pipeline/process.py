@@ -71,11 +71,6 @@ def build_meta(clip_id: str, decoded: DecodedClip, cfg: PipelineConfig,
                boxes: Optional[list] = None, box_format: Optional[str] = None,
                video_path: Optional[str] = None) -> SampleMeta:
     probe = decoded.probe
-    extra: dict[str, Any] = {"audio_silent": decoded.audio_info.get("silent", False)}
-    if decoded.rotation:
-        extra["rotation"] = decoded.rotation
-    if probe.header_frame_count is not None:
-        extra["header_frame_count"] = probe.header_frame_count
     return SampleMeta(
         id=clip_id, source=cfg.source, video=Path(video_path or probe.path).name,
         keyframe_index=decoded.keyframe_index, keyframe_time=decoded.keyframe_time,
@@ -84,7 +79,9 @@ def build_meta(clip_id: str, decoded: DecodedClip, cfg: PipelineConfig,
         frame_size=[int(decoded.frame0.shape[1]), int(decoded.frame0.shape[0])],
         audio_window=decoded.audio_info.get("window"), audio_tiled=decoded.audio_info.get("tiled", False),
         pipeline=sample_settings(cfg), boxes=boxes, box_format=box_format if boxes is not None else None,
-        audio_rms_dbfs=decoded.audio_info.get("rms_dbfs"), extra=extra)
+        audio_rms_dbfs=decoded.audio_info.get("rms_dbfs"),
+        audio_silent=decoded.audio_info.get("silent", False), rotation=decoded.rotation or None,
+        header_frame_count=probe.header_frame_count)
 
 
 def assemble_sample(clip_id: str, decoded: DecodedClip, flow: np.ndarray, cfg: PipelineConfig,

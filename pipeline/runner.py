@@ -22,12 +22,13 @@ from typing import Any, Optional
 
 from htf.config import save_config
 from htf.io import atomic_write_text
+from htf.lists import read_split_list
 from pipeline.annotations import Annotations, load_annotations, load_keyframes
 from pipeline.config import PipelineConfig
 from pipeline.errors import Failure, failure_record
 from pipeline.executors import TaskFn, execute
 from pipeline.flow import check_flow_method
-from pipeline.index import discover, read_split_list
+from pipeline.index import discover
 from pipeline.pack import assemble_shard, merge_sizes, samples_per_shard, shard_name
 from pipeline.tasks import ClipJob, Task, TaskResult, clips_fingerprint, hung_limit_raised, part_path, work_dir
 

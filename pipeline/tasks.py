@@ -275,7 +275,6 @@ def _sample_bytes(task: Task, clip: ClipJob, d: DecodedClip, flow: np.ndarray,
                   spec: np.ndarray) -> tuple[str, bytes]:
     sample = assemble_sample(clip.id, d, flow, task.cfg, clip.boxes,
                              task.box_format if clip.boxes is not None else None, clip.video, spec)
-    sample.meta["audio_rms_dbfs"] = d.audio_info.get("rms_dbfs")
     return sample_members(sample)
 
 

@@ -11,7 +11,7 @@ import torch
 from htf import metrics as M
 from eval.baselines import center_prior
 from eval.config import EvalConfig
-from eval.runner import (METADATA_DIR, EvalError, read_pair_list, MissingBoxesError, ModelPredictor, SettingsMismatchError,
+from eval.runner import (METADATA_DIR, read_pair_list, MissingBoxesError, ModelPredictor, SettingsMismatchError,
                          evaluate, seeded_pairs, settings_differences)
 from tests.eval_shards import corrupt_member, make_clip, standard_clips, write_shard
 
@@ -198,7 +198,7 @@ def test_heatmaps_writes_best_and_worst_pictures_and_a_report(shards, tmp_path):
 
 def test_empty_ground_truth_scores_zero_and_a_clip_without_boxes_is_listed_not_fatal(tmp_path):
     empty = make_clip("emptygt", [0, 0, .5, .5])
-    empty.meta["boxes"] = [[]]                       # annotated: every box covers nothing
+    empty.meta.boxes = [[]]                       # annotated: every box covers nothing
     clips = [make_clip("ok1", [0, 0, .6, .7], seed=1), empty, make_clip("nobox", [0, 0, .5, .5], boxes=False)]
     write_shard(tmp_path / "mix-000000.tar", clips)
     m = evaluate("center", str(tmp_path / "mix-*.tar"), tmp_path / "out", EvalConfig())
@@ -210,7 +210,7 @@ def test_empty_ground_truth_scores_zero_and_a_clip_without_boxes_is_listed_not_f
 
 def test_pictures_of_a_clip_with_empty_ground_truth_are_drawn(tmp_path):
     empty = make_clip("emptygt", [0, 0, .5, .5])
-    empty.meta["boxes"] = [[]]
+    empty.meta.boxes = [[]]
     write_shard(tmp_path / "e-000000.tar", [empty, make_clip("ok", [0, 0, .6, .7], seed=1)])
     cfg = EvalConfig()
     cfg.pictures.heatmaps = 2

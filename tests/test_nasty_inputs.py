@@ -12,7 +12,7 @@ import pytest
 import webdataset as wds
 
 from htf.sample import decode_sample, sample_key
-from pipeline.index import read_split_list
+from htf.lists import read_split_list
 from pipeline.runner import RunInputs, run_pipeline
 from tests import nasty
 from tests.pipeline_helpers import failures, small_config
@@ -88,35 +88,35 @@ def test_unreadable_file_gets_a_failure_line(tmp_path):
 def test_awkward_file_names_read_back_under_their_own_id(nasty_run, clip_id):
     key, sample = _samples(nasty_run[1])[clip_id]
     assert key == sample_key(clip_id)
-    assert sample.meta["id"] == clip_id
+    assert sample.meta.id == clip_id
 
 
 def test_truncated_file_keyframe_is_the_middle_of_the_frames_that_decode(nasty_run):
     _, out = nasty_run
     sample = _samples(out)["truncated_moov"][1]
-    assert sample.meta["header_frame_count"] == 75
-    assert sample.meta["frame_count"] < 75
-    assert sample.meta["keyframe_index"] == sample.meta["frame_count"] // 2
+    assert sample.meta.header_frame_count == 75
+    assert sample.meta.frame_count < 75
+    assert sample.meta.keyframe_index == sample.meta.frame_count // 2
     warnings = [json.loads(line) for line in (out / "warnings.jsonl").read_text().splitlines()]
     assert any(w["id"] == "truncated_moov" and w["reason"] == "frame_count_mismatch" for w in warnings)
 
 
 def test_truncated_fragmented_file_keeps_the_frames_it_has(nasty_run):
     sample = _samples(nasty_run[1])["truncated"][1]
-    assert 30 <= sample.meta["frame_count"] < 75
-    assert sample.meta["keyframe_index"] == sample.meta["frame_count"] // 2
+    assert 30 <= sample.meta.frame_count < 75
+    assert sample.meta.keyframe_index == sample.meta.frame_count // 2
 
 
 def test_rotated_file_is_stored_as_displayed(nasty_run):
     video, out = nasty_run
     sample = _samples(out)["rotated"][1]
-    assert sample.meta["rotation"] == 90
-    assert sample.meta["orig_size"] == [48, 64]
+    assert sample.meta.rotation == 90
+    assert sample.meta.orig_size == [48, 64]
     h, w = sample.frame.shape[:2]
     assert h > w and sample.flow.shape == (2, h, w)
     # The same picture as ffmpeg shows (it applies the display matrix itself).
     shown = video.parent / "shown.png"
-    k = sample.meta["keyframe_index"]
+    k = sample.meta.keyframe_index
     nasty.ffmpeg("-i", str(video / "rotated.mov"), "-vf", f"select=eq(n\\,{k})", "-frames:v", "1", str(shown))
     expected = cv2.resize(cv2.cvtColor(cv2.imread(str(shown)), cv2.COLOR_BGR2RGB), (w, h),
                           interpolation=cv2.INTER_AREA)
@@ -143,13 +143,13 @@ def test_flow_of_a_rotated_file_turns_with_the_frame(nasty_run):
 @pytest.mark.parametrize("clip_id", ["long_gop_ts", "long_gop_mpg"])
 def test_mpeg_ts_and_ps_with_long_keyframe_interval_decode(nasty_run, clip_id):
     sample = _samples(nasty_run[1])[clip_id][1]
-    assert sample.meta["keyframe_index"] == sample.meta["frame_count"] // 2 == 50
+    assert sample.meta.keyframe_index == sample.meta.frame_count // 2 == 50
 
 
 def test_cover_picture_before_the_video_is_not_taken_for_the_clip(nasty_run):
     sample = _samples(nasty_run[1])["cover"][1]
-    assert sample.meta["frame_count"] == 50
-    assert sample.meta["orig_size"] == [64, 48]
+    assert sample.meta.frame_count == 50
+    assert sample.meta.orig_size == [64, 48]
 
 
 def test_extreme_aspect_fails_with_a_reason_that_says_what_to_do(nasty_run):

@@ -66,7 +66,7 @@ def test_published_vggss_boxes_give_the_official_ground_truth():
     import numpy as np
 
     from htf.metrics import gt_map
-    from pipeline.index import normalise_id
+    from htf.lists import normalise_id
 
     path = Path(__file__).resolve().parent.parent / "metadata" / "htf_vggss.json"
     ann = load_annotations(path, "vggsound")

@@ -54,7 +54,7 @@ def test_annotation_with_null_bbox_is_a_warning_not_a_crash(tmp_path):
                                 {"file": "c", "bbox": [["x", 1, 2, 3]]}, "not a record"]))
     ann = load_annotations(path)
     assert list(ann.boxes) == ["b"]
-    assert {w["reason"] for w in ann.warnings} == {"bad_box", "bad_annotation"}
+    assert {w.reason for w in ann.warnings} == {"bad_box", "bad_annotation"}
 
 
 def test_flickr_annotation_with_wrong_types_is_a_warning(tmp_path):
@@ -62,7 +62,7 @@ def test_flickr_annotation_with_wrong_types_is_a_warning(tmp_path):
     path.write_text(json.dumps({"1": None, "2": [[10, 10, 100, 100]], "3": [[1, 2]], "4": "box"}))
     ann = load_annotations(path)
     assert list(ann.boxes) == ["2"]
-    assert {w["id"] for w in ann.warnings} == {"1", "3", "4"}
+    assert {w.id for w in ann.warnings} == {"1", "3", "4"}
 
 
 @pytest.mark.parametrize("text", ['[{"file": "a", "bbox": [[0.1, 0.1', "\xff\xfe garbage", ""])

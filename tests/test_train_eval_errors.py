@@ -40,7 +40,7 @@ def _shard(path: Path, pipeline: dict, n: int = 4) -> str:
     with wds.TarWriter(str(path)) as sink:
         for i in range(n):
             sample = synthetic_sample(i, seed=hash(path.name) % 1000)
-            sample.meta["pipeline"] = pipeline
+            sample.meta.pipeline = pipeline
             sink.write(encode_sample(sample))
     return str(path)
 
@@ -53,7 +53,7 @@ def _one_error_line(err: str) -> str:
 
 
 def test_shards_of_two_presets_are_refused_naming_both_and_the_keys(tmp_path):
-    ours = _shard(tmp_path / "a-000000.tar", synthetic_sample(0).meta["pipeline"])
+    ours = _shard(tmp_path / "a-000000.tar", synthetic_sample(0).meta.pipeline)
     theirs = _shard(tmp_path / "b-000000.tar", OFFICIAL)
     with pytest.raises(ShardSettingsError) as err:
         check_shard_settings([ours, theirs], {})
@@ -147,7 +147,7 @@ def test_eval_on_cuda_without_cuda_says_so(tmp_path, capsys):
 
 def test_one_clip_whose_box_was_lost_is_scored_zero_and_listed(tmp_path):
     lost = make_clip("lost", [0, 0, .5, .5])
-    lost.meta["boxes"] = [[]]            # its only box clipped to nothing when the shards were made
+    lost.meta.boxes = [[]]            # its only box clipped to nothing when the shards were made
     write_shard(tmp_path / "test-000000.tar", standard_clips(4) + [lost])
     m = evaluate("center", str(tmp_path / "test-*.tar"), tmp_path / "out", EvalConfig())
     assert m["n"] == 5 and m["empty_ground_truth"] == ["lost"]

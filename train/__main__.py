@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from htf.cli import add_config_options, command, fail, make_parser, parse_args, resolve_config
+from htf.cli import add_config_options, command, make_parser, parse_args, reported_errors, resolve_config
 from htf.config import ConfigError
 from train.config import TrainConfig
 
@@ -74,16 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     from htf.shards import ShardReadError
     from train.data import ShardSettingsError
     from train.engine import NonFiniteLossError, ResumeError, fit
-    try:
+    errors = (NonFiniteLossError, ResumeError, FileNotFoundError, ConfigError, UntrustedCheckpointError,
+              ShardSettingsError, ShardReadError, WeightsUnavailableError)
+    with reported_errors(errors, on_interrupt=lambda: _how_to_go_on(args.output), code=1):
         fit(cfg, args.train_shards, args.val_shards, args.output, resume=args.resume)
-    except (NonFiniteLossError, ResumeError, FileNotFoundError, ConfigError, UntrustedCheckpointError,
-            ShardSettingsError, ShardReadError,
-            WeightsUnavailableError) as err:
-        raise fail(err, code=1) from None
-    except OSError as err:         # disk full, an unwritable --output...
-        raise fail(f"{err.filename + ': ' if err.filename else ''}{err.strerror or err}", code=1) from None
-    except KeyboardInterrupt:
-        raise fail(f"interrupted; {_how_to_go_on(args.output)}", code=130) from None
     return 0
 
 
