@@ -31,7 +31,8 @@ demo: setup
 	$(PY) -m apps.demo --output $(DEMO_OUT)
 
 demo-real: setup
-	$(PY) -m apps.demo_real --output $(DEMO_OUT)/real
+	@test -n "$(VIDEOS)" || { echo "error: say which videos: make demo-real VIDEOS=DIR" >&2; exit 2; }
+	$(PY) -m apps.demo_real --videos "$(VIDEOS)" --output $(DEMO_OUT)/real
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache

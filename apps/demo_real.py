@@ -1,7 +1,6 @@
-"""``make demo-real``: the same pipeline and ``apps.localize`` over real footage.
+"""``make demo-real VIDEOS=DIR``: the same pipeline and ``apps.localize`` over real footage.
 
-Runs ``python -m pipeline run`` over a folder of real videos (by default the shared
-``../shared/data/real_videos`` when it is present; the project never requires it), then
+Runs ``python -m pipeline run`` over a folder of real videos (``--videos DIR``), then
 ``python -m apps.localize`` on every clip the pipeline accepted, and writes
 ``OUT/summary.md``: clips processed, clips rejected with their reasons, and the pictures.
 
@@ -21,10 +20,10 @@ from pathlib import Path
 
 import yaml
 
-from htf.cli import make_parser, parse_args
+from htf.io import atomic_write_text
+from htf.cli import command, fail, make_parser, parse_args
 from apps.demo import REPO, DemoPlan, make_shards, make_shards_from_folder, make_world, train_model
 
-DEFAULT_VIDEOS = REPO.parent / "shared" / "data" / "real_videos"
 DEFAULT_CHECKPOINT = REPO / "demo_out" / "runs" / "htf" / "checkpoints" / "best.pt"
 
 
@@ -32,7 +31,7 @@ def ensure_checkpoint(checkpoint: Path | None, out: Path) -> Path:
     """The checkpoint to localise with: the given one, the demo's, or a short synthetic run."""
     if checkpoint is not None:
         if not checkpoint.is_file():
-            raise SystemExit(f"[demo-real] checkpoint not found: {checkpoint}")
+            raise fail(f"--checkpoint {checkpoint}: no such file")
         return checkpoint
     if DEFAULT_CHECKPOINT.is_file():
         return DEFAULT_CHECKPOINT
@@ -50,7 +49,7 @@ def pipeline_preset_of(checkpoint: Path, path: Path) -> Path:
 
     settings = load_model(str(checkpoint)).data_settings or {}
     preset = {k: settings[k] for k in ("frames", "flow", "audio") if k in settings}
-    path.write_text(yaml.safe_dump(preset, sort_keys=False))
+    atomic_write_text(path, yaml.safe_dump(preset, sort_keys=False))
     return path
 
 
@@ -88,18 +87,19 @@ def localize_all(checkpoint: Path, videos: list[Path], out: Path, every: int,
     return done, failed
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     p = make_parser("apps.demo_real", "The pipeline and localize over a folder of real videos: "
                     "keyframe heat maps, overlay videos and OUT/summary.md (clips accepted, clips "
                     "rejected with their reasons).", """\
-  # the real clips next to the project, with the checkpoint `make demo` trained
-  %(prog)s --output demo_out/real
-  # your own folder and weights
+  # a folder of videos, with the checkpoint `make demo` trained
+  %(prog)s --videos MY_VIDEOS --output demo_out/real
+  # your own weights
   %(prog)s --output OUT --videos MY_VIDEOS --checkpoint RUN/checkpoints/best.pt
 """)
     g = p.add_argument_group("inputs and outputs")
     g.add_argument("--output", default="demo_out/real", metavar="OUT", help="folder for every output")
-    g.add_argument("--videos", type=Path, default=DEFAULT_VIDEOS, metavar="DIR", help="folder of real video files")
+    g.add_argument("--videos", type=Path, required=True, metavar="DIR", help="folder of real video files")
     g.add_argument("--checkpoint", type=Path, default=None, metavar="CKPT",
                    help="model to localise with (default: the one `make demo` trained, else a short "
                         "synthetic training)")
@@ -109,9 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     a = parse_args(p, argv)
     out = Path(a.output).resolve()
     if not a.videos.is_dir():
-        print(f"[demo-real] no real footage at {a.videos}: nothing to do (the project does not "
-              f"need it; pass --videos DIR to use your own)")
-        return 0
+        raise fail(f"--videos {a.videos}: not a folder; give the folder that holds the video files")
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = ensure_checkpoint(a.checkpoint, out)
     shards = make_shards_from_folder(a.videos, out / "shards", out / "logs",
@@ -134,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["", f"Rejections by reason: {dict(reasons)}", "", "## Keyframe heat maps", ""]
     lines += [f"![{c}](localize/{c}_keyframe.png)" for c in pictures]
     summary = out / "summary.md"
-    summary.write_text("\n".join(lines) + "\n")
+    atomic_write_text(summary, "\n".join(lines) + "\n")
     print(f"[demo-real] {len(accepted)} accepted, {len(failures)} rejected, {len(pictures)} localised")
     for f in failures:
         print(f"  rejected {f.get('id')}: {f.get('reason')} ({f.get('detail', '')})")

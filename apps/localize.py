@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import bisect
-import json
 import shutil
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from typing import Any, Iterator
 import cv2
 import numpy as np
 
+from htf.io import atomic_write_json
 from htf.pictures import display_size, heatmap_figure, save_png
 from eval.runner import ModelPredictor
 from htf.cli import (RERUN, WRITABLE, add_config_options, command, fail, make_parser, parse_args,
@@ -177,7 +177,7 @@ def localize(model: Any, video: str, output_dir: str | Path, every: int | None =
         fps = float(sample.meta.fps or 25.0)
         path = write_overlay_video(video, maps, fps, (w, h), out / f"{stem}_overlay.mp4", alpha)
         result.update({"overlay_video": path.name, "every": every, "analysed_frames": indices})
-    (out / f"{stem}_localize.json").write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(out / f"{stem}_localize.json", result, indent=2)
     return result
 
 

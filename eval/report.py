@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from htf.io import atomic_write_text
 from htf.metrics import AUC_THRESHOLDS, SUCCESS_THRESHOLD, auc, success_curve
 
 SUMMARY_KEYS: tuple[tuple[str, str], ...] = (
@@ -260,6 +261,6 @@ def write_report(metrics: dict[str, Any], output_dir: str | os.PathLike,
     plot_success_curves(methods, out / CURVES_PNG)
     plot_ciou_histogram(methods, out / HISTOGRAM_PNG)
     md, page = out / "report.md", out / "report.html"
-    md.write_text(markdown(metrics, others))
-    page.write_text(html_report(metrics, others))
+    atomic_write_text(md, markdown(metrics, others))
+    atomic_write_text(page, html_report(metrics, others))
     return md, page

@@ -29,29 +29,34 @@ def replace_into_place(tmp: Path, path: str | os.PathLike) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield the temporary path to write; when the block succeeds it replaces ``path``."""
+def atomic_path(path: str | os.PathLike, durable: bool = True) -> Iterator[Path]:
+    """Yield the temporary path to write; when the block succeeds it replaces ``path``.
+    ``durable=False`` skips the syncs, for live status files that a power cut may lose."""
     tmp = temp_path(path)
     try:
         yield tmp
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
+        if durable:
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    replace_into_place(tmp, path)
+    if durable:
+        replace_into_place(tmp, path)
+    else:
+        os.replace(tmp, path)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    with atomic_path(path) as tmp:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, durable: bool = True) -> Path:
+    with atomic_path(path, durable) as tmp:
         tmp.write_bytes(data)
     return Path(path)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode())
+def atomic_write_text(path: str | os.PathLike, text: str, durable: bool = True) -> Path:
+    return atomic_write_bytes(path, text.encode(), durable)
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any, **dumps_args: Any) -> Path:
+def atomic_write_json(path: str | os.PathLike, obj: Any, *, durable: bool = True, **dumps_args: Any) -> Path:
     """``json.dumps(obj, **dumps_args)`` and a final newline."""
-    return atomic_write_text(path, json.dumps(obj, **dumps_args) + "\n")
+    return atomic_write_text(path, json.dumps(obj, **dumps_args) + "\n", durable)

@@ -23,9 +23,14 @@ from pipeline.errors import ClipError, Failure
 
 @dataclass
 class ClipInput:
+    """A clip found in the input folder; the run adds what the keyframe map and the
+    annotations say of it."""
     id: str
     video: str
     audio: Optional[str] = None
+    keyframe_index: Optional[int] = None
+    keyframe_entry: Optional[int] = None
+    boxes: Optional[list] = None
 
 
 @dataclass

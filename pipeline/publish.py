@@ -15,6 +15,7 @@ import os
 import re
 from pathlib import Path
 
+from htf.io import atomic_write_json
 from htf.shards import filesystem, scheme
 
 MANIFEST = ".published.json"       # name -> [size, mtime_ns] at the last publish, per URL
@@ -68,9 +69,7 @@ def publish(folder: Path, url: str, prefix: str) -> dict[str, int]:
         uploaded += 1
     removed = _remove_stale_shards(fs, root, prefix, {p.name for p in files})
     manifests[url] = sent
-    tmp = manifest_path.with_name(MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifests, indent=1) + "\n")
-    os.replace(tmp, manifest_path)
+    atomic_write_json(manifest_path, manifests, indent=1)
     return {"uploaded": uploaded, "unchanged": len(order) - uploaded, "removed": removed}
 
 

@@ -16,12 +16,12 @@ import sys
 import time
 from collections import Counter
 from contextlib import closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
 from htf.config import save_config
-from htf.io import atomic_write_text
+from htf.io import atomic_write_json, atomic_write_text
 from htf.lists import read_split_list
 from pipeline.annotations import Annotations, load_annotations, load_keyframes
 from pipeline.config import PipelineConfig
@@ -30,7 +30,7 @@ from pipeline.executors import TaskFn, execute
 from pipeline.flow import check_flow_method
 from pipeline.index import discover
 from pipeline.pack import assemble_shard, merge_sizes, samples_per_shard, shard_name
-from pipeline.tasks import ClipJob, Task, TaskResult, clips_fingerprint, hung_limit_raised, part_path, work_dir
+from pipeline.tasks import Task, TaskResult, clips_fingerprint, hung_limit_raised, part_path, work_dir
 
 # Automatic task size: about this many tasks per worker (the last ones finish close
 # together), but no more clips per task than this (progress, memory, a killed task's loss).
@@ -86,8 +86,7 @@ def plan_tasks(cfg: PipelineConfig, inputs: RunInputs, stage: str) -> tuple[list
     if annotations is not None:
         warnings.extend(annotations.warnings)
     keyframes = load_keyframes(inputs.keyframes) if inputs.keyframes else {}
-    jobs = [ClipJob(id=c.id, video=c.video, audio=c.audio,
-                    keyframe_index=keyframes.get(c.id, {}).get("index"),
+    jobs = [replace(c, keyframe_index=keyframes.get(c.id, {}).get("index"),
                     keyframe_entry=keyframes.get(c.id, {}).get("entry"),
                     boxes=annotations.boxes.get(c.id) if annotations else None)
             for c in found.clips]
@@ -180,9 +179,9 @@ def run_pipeline(cfg: PipelineConfig, inputs: RunInputs, stage: str = "pack",
     summary = _finish(out, cfg, stage, shards, plan_failures, warnings)
     summary.clips_in = n_clips + sum(1 for f in plan_failures if f.reason != "duplicate_id")
     summary.seconds = time.time() - start
-    (out / f"summary_{cfg.pack.prefix}_{stage}.json").write_text(json.dumps(
-        {**{k: v for k, v in summary.__dict__.items() if k not in ("failures", "warnings")},
-         "failures": dict(summary.failures), "warnings": dict(summary.warnings)}, indent=1))
+    atomic_write_json(out / f"summary_{cfg.pack.prefix}_{stage}.json", {
+        **{k: v for k, v in summary.__dict__.items() if k not in ("failures", "warnings")},
+        "failures": dict(summary.failures), "warnings": dict(summary.warnings)}, indent=1)
     return summary
 
 
@@ -288,11 +287,9 @@ def _load_finished_shard(group: list[Task]) -> Optional[dict[str, Any]]:
 
 
 def _save_shard_manifest(group: list[Task], results: list[TaskResult], failures: list[dict], written: int) -> None:
-    path = shard_manifest_path(group[0])
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"fingerprint": _shard_fingerprint(group), "written": written,
-                               "failures": failures, "tasks": [r.as_record() for r in results]}))
-    os.replace(tmp, path)
+    atomic_write_json(shard_manifest_path(group[0]), {
+        "fingerprint": _shard_fingerprint(group), "written": written, "failures": failures,
+        "tasks": [r.as_record() for r in results]})
 
 
 def _finish(out: Path, cfg: PipelineConfig, stage: str, shards: _Shards, plan_failures: list[Failure],

@@ -15,7 +15,6 @@ they take milliseconds, so they are not stored); ``pack`` (and ``run``) writes t
 from __future__ import annotations
 
 import json
-import os
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from htf.io import atomic_write_json
 from pipeline import watchdog
 from pipeline.audio import audio_feature
 from pipeline.cache import ArrayCache
@@ -31,22 +31,12 @@ from pipeline.config import PipelineConfig, _digest, content_fingerprint, flow_c
 from pipeline.decode import DecodedClip, decode_clip
 from pipeline.errors import ClipError, ClipTimeout, failure_record
 from pipeline.flow import is_learned
-from pipeline.index import open_container, probe_container
+from pipeline.index import ClipInput, open_container, probe_container
 from pipeline.pack import PartWriter, part_is_whole, sample_members
 from pipeline.process import assemble_sample, clip_flows, frame_count_warning
 
 
-@dataclass
-class ClipJob:
-    id: str
-    video: str
-    audio: Optional[str] = None
-    keyframe_index: Optional[int] = None
-    keyframe_entry: Optional[int] = None
-    boxes: Optional[list] = None
-
-
-def clips_fingerprint(clips: list[ClipJob], cfg: PipelineConfig, box_format: Optional[str]) -> str:
+def clips_fingerprint(clips: list[ClipInput], cfg: PipelineConfig, box_format: Optional[str]) -> str:
     """Changes when the clips or the sample-defining settings change."""
     rows = [[c.id, c.video, c.audio, c.keyframe_index, c.keyframe_entry, c.boxes] for c in clips]
     return _digest({"clips": rows, "content": content_fingerprint(cfg), "box_format": box_format})
@@ -57,7 +47,7 @@ class Task:
     index: int              # the shard this task's clips belong to
     prefix: str
     stage: str
-    clips: list[ClipJob]
+    clips: list[ClipInput]
     cfg: PipelineConfig
     output: str
     cache_dir: str
@@ -141,9 +131,7 @@ def load_finished(task: Task) -> Optional[TaskResult]:
 def _save_manifest(task: Task, result: TaskResult) -> None:
     path = manifest_path(task)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(result.as_record()))
-    os.replace(tmp, path)
+    atomic_write_json(path, result.as_record())
 
 
 # ------------------------------------------------------------------------------- running
@@ -154,7 +142,7 @@ class _ClipFailed(Exception):
         self.record = record
 
 
-def _guard(clip: ClipJob, stage: str, seconds: float, fn, *args, **kwargs):
+def _guard(clip: ClipInput, stage: str, seconds: float, fn, *args, **kwargs):
     """Run one clip step; any failure becomes a failure record naming clip, stage, file."""
     try:
         with watchdog.time_limit(seconds):
@@ -178,7 +166,7 @@ class _Run:
     writer: Optional[PartWriter]
     done: int = 0           # clips finished (written or failed), for the progress display
 
-    def announce(self, clip: ClipJob, stage: str, seconds: float) -> None:
+    def announce(self, clip: ClipInput, stage: str, seconds: float) -> None:
         watchdog.announce(self.task, clip.id, stage, seconds, self.done, len(self.result.failures))
 
     def fail(self, record: dict[str, Any]) -> None:
@@ -220,10 +208,10 @@ def run_task(task: Task) -> TaskResult:
     return result
 
 
-def _run_batch(run: _Run, clips: list[ClipJob]) -> None:
+def _run_batch(run: _Run, clips: list[ClipInput]) -> None:
     """Clips one after the other, except the flow: one call for the batch (learned methods)."""
     task, limit = run.task, run.task.cfg.run.clip_timeout_s
-    decoded: list[tuple[ClipJob, DecodedClip]] = []
+    decoded: list[tuple[ClipInput, DecodedClip]] = []
     for clip in clips:
         run.announce(clip, "decode", 2 * limit)        # index + decode
         try:
@@ -254,7 +242,7 @@ def _run_batch(run: _Run, clips: list[ClipJob]) -> None:
         run.done += 1
 
 
-def _pack_one(run: _Run, clip: ClipJob, d: DecodedClip, flow: np.ndarray) -> None:
+def _pack_one(run: _Run, clip: ClipInput, d: DecodedClip, flow: np.ndarray) -> None:
     """Audio feature, then (pack) the sample's bytes, built whole, then one append. The
     clip's time limit covers the computing but never the write: a signal in the middle of
     a write would leave half a sample behind."""
@@ -271,14 +259,14 @@ def _pack_one(run: _Run, clip: ClipJob, d: DecodedClip, flow: np.ndarray) -> Non
                                          f"writing the sample failed: {err}", clip.video)) from None
 
 
-def _sample_bytes(task: Task, clip: ClipJob, d: DecodedClip, flow: np.ndarray,
+def _sample_bytes(task: Task, clip: ClipInput, d: DecodedClip, flow: np.ndarray,
                   spec: np.ndarray) -> tuple[str, bytes]:
     sample = assemble_sample(clip.id, d, flow, task.cfg, clip.boxes,
                              task.box_format if clip.boxes is not None else None, clip.video, spec)
     return sample_members(sample)
 
 
-def _probe_and_decode(task: Task, clip: ClipJob, result: TaskResult) -> Optional[DecodedClip]:
+def _probe_and_decode(task: Task, clip: ClipInput, result: TaskResult) -> Optional[DecodedClip]:
     """Index record and (past the index stage) decoded frames and audio of one clip, from
     one open of the file: the probe's container is reused for the seek and the audio."""
     cfg, limit = task.cfg, task.cfg.run.clip_timeout_s
@@ -298,7 +286,7 @@ def _probe_and_decode(task: Task, clip: ClipJob, result: TaskResult) -> Optional
         container.close()
 
 
-def _flows(run: _Run, decoded: list[tuple[ClipJob, DecodedClip]]) -> list[Optional[np.ndarray]]:
+def _flows(run: _Run, decoded: list[tuple[ClipInput, DecodedClip]]) -> list[Optional[np.ndarray]]:
     task, result, cache = run.task, run.result, run.flow_cache
     flows: list[Optional[np.ndarray]] = [cache.get(c.id, d.keyframe_index) for c, d in decoded]
     todo = [i for i, f in enumerate(flows) if f is None]

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Optional, Protocol
 
+from htf.io import atomic_write_json
 from pipeline.errors import ClipTimeout, failure_record
 
 
@@ -97,12 +98,10 @@ def announce(task: Task, clip_id: str, stage: str, seconds: float, done: int, fa
     of its clips are finished, ``failed`` of them failed" (the progress display reads it)."""
     if not _enabled:
         return
-    path = step_path(task)
-    tmp = path.with_name(f".{path.name}.tmp")
     grace = min(STEP_GRACE_S, task.cfg.run.clip_timeout_s)
-    tmp.write_text(json.dumps({"pid": os.getpid(), "id": clip_id, "stage": stage, "done": done,
-                               "failed": failed, "deadline": time.time() + seconds + grace}))
-    os.replace(tmp, path)
+    atomic_write_json(step_path(task), {"pid": os.getpid(), "id": clip_id, "stage": stage, "done": done,
+                                        "failed": failed, "deadline": time.time() + seconds + grace},
+                      durable=False)     # a live status: rewritten at every clip step
 
 
 # ----------------------------------------------------------------------- parent side

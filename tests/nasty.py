@@ -65,27 +65,26 @@ def moving_texture(path: Path, dx: int, dy: int, width: int = 96, height: int = 
     return path
 
 
-def truncated(folder: Path, name: str = "truncated.mp4", keep: float = 0.6) -> Path:
-    """The first ``keep`` of a 3 s fragmented MP4: the header still promises 75 frames."""
+def _cut(folder: Path, name: str, keep: float, movflags: str) -> Path:
+    """The first ``keep`` of a 3 s MP4 written with ``movflags``."""
     full = folder / f".full_{name}"
-    clip(full, seconds=3.0, extra=["-movflags", "frag_keyframe+empty_moov", "-g", "5"])
+    clip(full, seconds=3.0, extra=["-movflags", movflags, "-g", "5"])
     data = full.read_bytes()
     full.unlink()
     path = folder / name
     path.write_bytes(data[:int(len(data) * keep)])
     return path
+
+
+def truncated(folder: Path, name: str = "truncated.mp4", keep: float = 0.6) -> Path:
+    """A fragmented MP4 cut at ``keep``: the header still promises 75 frames."""
+    return _cut(folder, name, keep, "frag_keyframe+empty_moov")
 
 
 def truncated_with_header(folder: Path, name: str = "truncated_moov.mp4", keep: float = 0.6) -> Path:
-    """A 3 s MP4 with its index first (faststart) cut at ``keep``: the index lists 75
+    """An MP4 with its index first (faststart) cut at ``keep``: the index lists 75
     frames, the file holds fewer."""
-    full = folder / f".full_{name}"
-    clip(full, seconds=3.0, extra=["-movflags", "+faststart", "-g", "5"])
-    data = full.read_bytes()
-    full.unlink()
-    path = folder / name
-    path.write_bytes(data[:int(len(data) * keep)])
-    return path
+    return _cut(folder, name, keep, "+faststart")
 
 
 def rotated(folder: Path, name: str = "rotated.mov", degrees: int = 90) -> Path:

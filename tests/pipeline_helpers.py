@@ -4,7 +4,6 @@ from __future__ import annotations
 import functools
 import json
 import shutil
-import subprocess
 import tarfile
 import tempfile
 from pathlib import Path
@@ -32,10 +31,6 @@ def small_config(*overrides: str) -> PipelineConfig:
     base = ["frames.short_side=64", "frames.max_long_side=128", "pack.samples_per_shard=2",
             "run.progress=false", "audio.n_mels=32"]
     return load_config(PipelineConfig, None, base + list(overrides))
-
-
-def ffmpeg(*args: str) -> None:
-    subprocess.run(["ffmpeg", "-v", "error", "-y", *args], check=True)
 
 
 def copy_world(src: Path, dst: Path) -> Path:
@@ -81,19 +76,15 @@ def assert_process_group_ends(group: int, seconds: float = 10.0) -> None:
     raise AssertionError(f"a process of group {group} outlived its run")
 
 
-def run_task_stuck_in_native_code_on(task, stuck_id: str):
-    """``run_task`` in a worker, except that decoding clip ``stuck_id`` never returns and
-    ignores the per-clip alarm, as a demuxer looping inside C would: one native call that
-    does not come back to Python, with the alarm blocked in this thread (in a process with
-    other threads it lands on one of those, and Python would run its handler here only
-    after the call returned)."""
+def _run_task_with(task, clip_id: str, on_decode):
+    """``run_task`` with ``on_decode()`` called when decoding of clip ``clip_id`` starts."""
     import pipeline.tasks as tasks
 
     original = tasks.decode_clip
 
     def decode(path, *args, **kwargs):
-        if Path(path).stem == stuck_id:
-            _block_natively()
+        if Path(path).stem == clip_id:
+            on_decode()
         return original(path, *args, **kwargs)
 
     tasks.decode_clip = decode
@@ -101,6 +92,15 @@ def run_task_stuck_in_native_code_on(task, stuck_id: str):
         return tasks.run_task(task)
     finally:
         tasks.decode_clip = original
+
+
+def run_task_stuck_in_native_code_on(task, stuck_id: str):
+    """``run_task`` in a worker, except that decoding clip ``stuck_id`` never returns and
+    ignores the per-clip alarm, as a demuxer looping inside C would: one native call that
+    does not come back to Python, with the alarm blocked in this thread (in a process with
+    other threads it lands on one of those, and Python would run its handler here only
+    after the call returned)."""
+    return _run_task_with(task, stuck_id, _block_natively)
 
 
 def _block_natively() -> None:
@@ -117,20 +117,7 @@ def run_task_dying_on(task, dying_id: str):
     clip ``dying_id`` (as when the kernel kills it for memory)."""
     import os
 
-    import pipeline.tasks as tasks
-
-    original = tasks.decode_clip
-
-    def decode(path, *args, **kwargs):
-        if Path(path).stem == dying_id:
-            os._exit(9)
-        return original(path, *args, **kwargs)
-
-    tasks.decode_clip = decode
-    try:
-        return tasks.run_task(task)
-    finally:
-        tasks.decode_clip = original
+    return _run_task_with(task, dying_id, lambda: os._exit(9))
 
 
 class _HalfWritingFile:

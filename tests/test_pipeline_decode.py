@@ -12,7 +12,8 @@ from pipeline.decode import decode_clip, official_keyframe_from_entry, stored_si
 from pipeline.errors import ClipError
 from pipeline.process import process_clip
 from apps.synth import WorldConfig, keyframe_index, plan_clip, render_frames
-from tests.pipeline_helpers import ffmpeg, small_config, world
+from tests.nasty import ffmpeg
+from tests.pipeline_helpers import small_config, world
 
 
 def test_default_keyframe_is_the_synthetic_worlds_middle_frame_with_the_object_in_its_box():

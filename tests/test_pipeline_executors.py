@@ -12,7 +12,8 @@ import pytest
 
 from pipeline.runner import RunInputs, plan_tasks, run_pipeline
 from tests import pipeline_helpers as helpers
-from tests.pipeline_helpers import failures, ffmpeg, read_shards, shard_bytes, small_config, world
+from tests.nasty import ffmpeg
+from tests.pipeline_helpers import failures, read_shards, shard_bytes, small_config, world
 
 ONE_SHARD = "pack.samples_per_shard=6"      # the 6 clips of the test world in one shard
 ONE_TASK = "run.task_clips=6"               # ... and in one task

@@ -10,7 +10,8 @@ import yaml
 
 from pipeline.__main__ import main
 from pipeline.runner import RunInputs, run_pipeline
-from tests.pipeline_helpers import failures, ffmpeg, read_shards, shard_bytes, small_config, world
+from tests.nasty import ffmpeg
+from tests.pipeline_helpers import failures, read_shards, shard_bytes, small_config, world
 
 CONTRACT_META_KEYS = {"id", "source", "keyframe_index", "keyframe_time", "fps", "frame_count",
                       "orig_size", "frame_size", "boxes", "box_format", "pipeline"}
@@ -138,7 +139,8 @@ def test_clips_a_keyframe_map_or_box_file_leaves_out_are_named_in_warnings(tmp_p
 def test_workers_take_the_biggest_tasks_first_and_missing_files_count_as_empty(tmp_path: Path):
     from pipeline.config import PipelineConfig
     from pipeline.runner import largest_first
-    from pipeline.tasks import ClipJob, Task
+    from pipeline.index import ClipInput
+    from pipeline.tasks import Task
 
     def task(index: int, sizes: list[int]) -> Task:
         clips = []
@@ -146,7 +148,7 @@ def test_workers_take_the_biggest_tasks_first_and_missing_files_count_as_empty(t
             path = tmp_path / f"{index}_{j}.mp4"
             if size >= 0:
                 path.write_bytes(b"x" * size)
-            clips.append(ClipJob(id=path.stem, video=str(path)))
+            clips.append(ClipInput(id=path.stem, video=str(path)))
         return Task(index=index, prefix="train", stage="pack", clips=clips, cfg=PipelineConfig(),
                     output=str(tmp_path), cache_dir=str(tmp_path))
 
