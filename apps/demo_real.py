@@ -20,8 +20,8 @@ from pathlib import Path
 
 import yaml
 
-from htf.io import atomic_write_text
 from htf.cli import command, fail, make_parser, parse_args
+from htf.io import atomic_write_text
 from apps.demo import REPO, DemoPlan, make_shards, make_shards_from_folder, make_world, train_model
 
 DEFAULT_CHECKPOINT = REPO / "demo_out" / "runs" / "htf" / "checkpoints" / "best.pt"

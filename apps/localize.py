@@ -29,12 +29,12 @@ from typing import Any, Iterator
 import cv2
 import numpy as np
 
-from htf.io import atomic_write_json
-from htf.pictures import display_size, heatmap_figure, save_png
 from eval.runner import ModelPredictor
 from htf.cli import (RERUN, WRITABLE, add_config_options, command, fail, make_parser, parse_args,
                      reported_errors, resolve_config)
 from htf.config import ConfigError, load_config
+from htf.io import atomic_write_json
+from htf.pictures import display_size, heatmap_figure, save_png
 from htf.sample import sample_key
 from htf.settings import upgrade_settings
 

@@ -1,4 +1,4 @@
-"""Streaming shards with webdataset: resampled training stream, one-pass validation stream.
+"""Streaming shards: resampled training stream, one-pass validation stream.
 
 Training (in the style of open_clip's ``training/data.py``): every (rank, worker) pair is
 one *slot*. When there are at least as many shards as slots, each slot owns a disjoint
