@@ -13,6 +13,7 @@ released ``vgg.pth`` and the ``htf-official`` pipeline settings) for meaningful 
 """
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from collections import Counter
@@ -87,8 +88,7 @@ def localize_all(checkpoint: Path, videos: list[Path], out: Path, every: int,
     return done, failed
 
 
-@command
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = make_parser("apps.demo_real", "The pipeline and localize over a folder of real videos: "
                     "keyframe heat maps, overlay videos and OUT/summary.md (clips accepted, clips "
                     "rejected with their reasons).", """\
@@ -106,7 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--every", type=int, default=10, metavar="K", help="overlay video: heat map every K frames")
     g.add_argument("--videos-with-overlay", type=int, default=2, metavar="N",
                    help="how many clips also get a whole-clip overlay video")
-    a = parse_args(p, argv)
+    return p
+
+
+@command
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(build_parser(), argv)
     out = Path(a.output).resolve()
     if not a.videos.is_dir():
         raise fail(f"--videos {a.videos}: not a folder; give the folder that holds the video files")

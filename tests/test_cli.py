@@ -21,6 +21,7 @@ COMMANDS = {
     "eval": ("eval.__main__", [], "default 0", "eval"),
     "apps.localize": ("apps.localize", [], "(default: cpu)", None),
     "apps.demo": ("apps.demo", [], "(default: 1000)", None),
+    "apps.demo_real": ("apps.demo_real", [], "(default: 10)", None),
 }
 
 
@@ -156,3 +157,13 @@ def test_localize_print_config_shows_the_checkpoints_settings_after_set(tmp_path
     assert main(["--checkpoint", str(ckpt), "--set", "flow.device=cuda", "--print-config"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["flow"]["device"] == "cuda"
+
+
+def test_demo_real_without_a_folder_of_videos_stops_with_one_error_line(tmp_path, capsys):
+    from apps.demo_real import main
+
+    missing = tmp_path / "no_such_folder"
+    assert main(["--videos", str(missing), "--output", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: --videos {missing}: not a folder; give the folder that holds the video files"]
+    assert not (tmp_path / "out").exists()
