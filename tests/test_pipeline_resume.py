@@ -23,10 +23,18 @@ def _command(out: Path, workers: int = 1) -> list[str]:
             "--output", str(out), *SLOW_RUN, "--workers", str(workers)]
 
 
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """The shards of an uninterrupted run."""
+    out = tmp_path_factory.mktemp("reference") / "out"
+    subprocess.run(_command(out), check=True, capture_output=True)
+    return out
+
+
 @pytest.mark.parametrize("workers", [1, 2])
-def test_killed_run_resumes_to_the_same_shards_without_recomputing_cached_flow(tmp_path: Path, workers: int):
-    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
-    subprocess.run(_command(reference), check=True, capture_output=True)
+def test_killed_run_resumes_to_the_same_shards_without_recomputing_cached_flow(tmp_path: Path, workers: int,
+                                                                             reference: Path):
+    resumed = tmp_path / "resumed"
 
     proc = subprocess.Popen(_command(resumed, workers), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
