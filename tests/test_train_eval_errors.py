@@ -114,6 +114,26 @@ def test_missing_imagenet_weights_give_only_the_message(tmp_path):
     assert len(done.stderr.strip().splitlines()) == 1
 
 
+def test_training_on_shards_with_no_usable_sample_stops_naming_them(tmp_path):
+    (tmp_path / "data").mkdir()
+    with wds.TarWriter(str(tmp_path / "data" / "train-000000.tar")) as sink:
+        for i in range(3):
+            raw = encode_sample(synthetic_sample(i))
+            raw["flow.npy"] = b"damaged"
+            sink.write(raw)
+    cmd = [sys.executable, "-m", "train", "--config", "tiny", "--train-shards",
+           str(tmp_path / "data" / "train-*.tar"), "--output", str(tmp_path / "run")]
+    for item in [*TINY, "data.workers=1", "model.vision_weights=null", "model.flow_weights=null",
+                 "data.expect_settings={}"]:
+        cmd += ["--set", item]
+    done = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert "none of the first 1000 training samples read from train-000000.tar" in _one_error_line(done.stderr)
+    warnings = [line for line in done.stdout.splitlines() if line.startswith("warning: skipped")]
+    assert len(warnings) == 3            # each damaged sample named once, not at every pass
+
+
 def test_ctrl_c_in_training_says_how_to_resume(tmp_path):
     train = write_shards(tmp_path / "data", "train", [8])
     cmd = [sys.executable, "-m", "train", "--config", "tiny", "--train-shards", train, "--output",

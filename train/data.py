@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import random
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -119,6 +119,17 @@ def _warn(failure: ReadFailure) -> None:
     print(f"warning: skipped: {where}: {failure.reason}", flush=True)
 
 
+def _warn_once() -> Callable[[ReadFailure], None]:
+    """``_warn`` for a resampled stream, which meets the same damage again and again."""
+    seen: set[tuple[str, str]] = set()
+
+    def warn(failure: ReadFailure) -> None:
+        if (failure.shard, failure.key) not in seen:
+            seen.add((failure.shard, failure.key))
+            _warn(failure)
+    return warn
+
+
 class NoUsableSamplesError(ShardSettingsError):
     """No shard of a slot gives a sample the model can take: a resampled stream would draw
     forever. Raised in a loader worker, it reaches the main process with the worker's
@@ -205,26 +216,27 @@ class TrainStream(IterableDataset):
         slot = self.rank * workers + worker
         return self.urls[slot::slots] if len(self.urls) >= slots else self.urls
 
-    def _raw_samples(self, subset: list[str], rng: random.Random,
-                     progress: _SlotProgress) -> Iterator[dict[str, Any]]:
+    def _raw_samples(self, subset: list[str], rng: random.Random, progress: _SlotProgress,
+                     warn: Callable[[ReadFailure], None] = _warn) -> Iterator[dict[str, Any]]:
         """Shards drawn at random with replacement, expanded into raw samples, forever."""
         while True:
             url = rng.choice(subset)
             count = 0
-            for raw in readable_raw_samples([url], _warn):
+            for raw in readable_raw_samples([url], warn):
                 count += 1
                 yield raw
             progress.shard_done(url, count)
 
-    def _arrays(self, raw: dict[str, Any], np_rng: np.random.Generator) -> tuple[torch.Tensor, ...] | None:
+    def _arrays(self, raw: dict[str, Any], np_rng: np.random.Generator,
+                warn: Callable[[ReadFailure], None]) -> tuple[torch.Tensor, ...] | None:
         """The augmented model inputs of a raw sample, or None after a warning naming it."""
-        sample = decode_or_report(raw, _warn)
+        sample = decode_or_report(raw, warn)
         if sample is None:
             return None
         try:
             return train_arrays(sample, self.model_cfg, self.aug, np_rng)
         except ValueError as err:     # e.g. a spectrogram shorter than the model takes
-            _warn(ReadFailure(shard_name(raw["__url__"]), raw["__key__"], str(err)))
+            warn(ReadFailure(shard_name(raw["__url__"]), raw["__key__"], str(err)))
             return None
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
@@ -233,13 +245,13 @@ class TrainStream(IterableDataset):
         rng = random.Random("-".join(map(str, key)))
         np_rng = np.random.default_rng(key)
         subset = self._subset(worker, workers)
-        progress = _SlotProgress(subset)
-        samples = self._raw_samples(subset, rng, progress)
+        progress, warn = _SlotProgress(subset), _warn_once()
+        samples = self._raw_samples(subset, rng, progress, warn)
         if self.data.shuffle_buffer > 1:
             samples = _buffer_shuffle(samples, self.data.shuffle_buffer, rng)
         batch: list[tuple[torch.Tensor, ...]] = []
         for raw in samples:
-            arrays = self._arrays(raw, np_rng)
+            arrays = self._arrays(raw, np_rng, warn)
             progress.sample_done(arrays is not None)
             if arrays is None:
                 continue
