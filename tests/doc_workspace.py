@@ -17,8 +17,11 @@ The pages name their inputs with placeholders that are real paths here:
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -94,13 +97,22 @@ def make_vggsound_download(root: Path) -> Path:
     return root
 
 
-def prepare_workspace(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in ("configs", "metadata"):
-        (folder / name).symlink_to(ROOT / name, target_is_directory=True)
+@functools.lru_cache(maxsize=None)
+def _workspace_template() -> Path:
+    """The workspace's files, made once per test process (the pages copy it)."""
+    folder = Path(tempfile.mkdtemp(prefix="htf_doc_ws_"))
     plant_imagenet_weights(folder / "torch-home")
     save_official_weights(folder / "flickr.pth", seed=1)
     save_official_weights(folder / "vgg.pth", seed=2)
     make_flickr_download(folder / "RAW_FLICKR")
     make_vggsound_download(folder / "RAW_VGGSOUND")
+    return folder
+
+
+def prepare_workspace(folder: Path) -> Path:
+    """A fresh user's working directory: the downloads, weights and the repository's
+    configs/ and metadata/ (linked)."""
+    shutil.copytree(_workspace_template(), folder)
+    for name in ("configs", "metadata"):
+        (folder / name).symlink_to(ROOT / name, target_is_directory=True)
     return folder
