@@ -55,15 +55,26 @@ def test_training_curves_are_drawn_from_each_runs_metrics_log(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 
 
-@pytest.mark.slow
-def test_miniature_demo_runs_every_stage_and_writes_the_report(tmp_path):
+def _miniature_plan(output):
+    from apps.demo import DemoPlan
+
+    return DemoPlan(output=output, n=24, seed=3, nproc=2, heatmaps=1,
+                    train_overrides=["train.steps=4", "data.batch_size=4", "data.val_batch_size=4"])
+
+
+@pytest.fixture(scope="module")
+def miniature_demo(tmp_path_factory):
     """The whole main job at toy scale: world, pipeline, two torchrun trainings, five
     evaluations, report. Numbers at this scale mean nothing; the wiring is what is tested."""
-    from apps.demo import DemoPlan, run_demo
+    from apps.demo import run_demo
 
-    plan = DemoPlan(output=tmp_path / "demo", n=24, seed=1, nproc=2, heatmaps=1,
-                    train_overrides=["train.steps=2", "data.batch_size=4", "data.val_batch_size=4"])
-    summary = run_demo(plan)
+    plan = _miniature_plan(tmp_path_factory.mktemp("demo") / "demo")
+    return plan, run_demo(plan)
+
+
+@pytest.mark.slow
+def test_miniature_demo_runs_every_stage_and_writes_the_report(miniature_demo):
+    plan, summary = miniature_demo
     assert set(summary["results"]) == {"htf", "noflow", "center", "flow", "random"}
     for m in summary["results"].values():
         assert 0.0 <= m["ciou_at_0.5"] <= 1.0 and m["n"] == len((plan.output / "world" / "test.txt").read_text().split())
@@ -74,15 +85,11 @@ def test_miniature_demo_runs_every_stage_and_writes_the_report(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_miniature_demos_with_the_same_seed_give_the_same_metrics(tmp_path):
-    from apps.demo import DemoPlan, run_demo
+def test_a_second_miniature_demo_with_the_same_seed_gives_the_same_metrics(miniature_demo, tmp_path):
+    from apps.demo import run_demo
 
-    def once(folder):
-        plan = DemoPlan(output=tmp_path / folder, n=24, seed=3, nproc=2, heatmaps=0,
-                        train_overrides=["train.steps=4", "data.batch_size=4", "data.val_batch_size=4"])
-        return run_demo(plan)["results"]
-
-    first, second = once("a"), once("b")
+    first = miniature_demo[1]["results"]
+    second = run_demo(_miniature_plan(tmp_path / "again"))["results"]
     for method in first:
         for key in ("ciou_at_0.5", "mean_ciou", "auc"):
             assert first[method][key] == pytest.approx(second[method][key], abs=1e-6), (method, key)
