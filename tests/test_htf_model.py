@@ -284,7 +284,7 @@ def _flow_matters(model) -> None:
         nn.init.normal_(conv.weight, std=0.5)
 
 
-def _inputs(batch: int = 2):
+def _clip_inputs(batch: int = 2):
     torch.manual_seed(2)
     return torch.randn(batch, 3, 112, 112), 3 * torch.randn(batch, 2, 112, 112), torch.randn(batch, 1, 64, 100)
 
@@ -294,7 +294,7 @@ def test_closed_flow_gate_gives_exactly_the_no_flow_map_of_the_same_weights():
     _flow_matters(gated)
     plain = _htf("none")
     plain.load_state_dict(gated.state_dict(), strict=False)     # the shared vision and audio nets
-    image, flow, spec = _inputs()
+    image, flow, spec = _clip_inputs()
     with torch.no_grad():
         closed = gated(image, flow, spec)["map"]
         gated.flow_gate.fill_(1.0)
@@ -323,7 +323,7 @@ def _dropped(model, image, flow, spec) -> torch.Tensor:
 def test_flow_dropout_drops_the_flow_path_for_about_its_fraction_of_clips_in_training_only():
     model = _htf("maxpool", flow_local=True, flow_dropout=0.5)
     _flow_matters(model)
-    image, flow, spec = _inputs(64)
+    image, flow, spec = _clip_inputs(64)
     dropped = _dropped(model, image, flow, spec)
     assert 16 <= int(dropped.sum()) <= 48
     model.eval()
@@ -336,7 +336,7 @@ def test_flow_dropout_drops_the_flow_path_for_about_its_fraction_of_clips_in_tra
 def test_without_flow_dropout_no_clip_is_dropped():
     model = _htf("maxpool", flow_local=True)
     _flow_matters(model)
-    assert not _dropped(model, *_inputs(16)).any()
+    assert not _dropped(model, *_clip_inputs(16)).any()
 
 
 def test_flow_dropout_must_be_a_fraction_below_one():
