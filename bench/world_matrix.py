@@ -9,8 +9,11 @@ are rewritten from every finished cell, so a partial matrix is always on disk an
 which cells ran.
 
     python bench/world_matrix.py [--worlds demo,indep,indep-same,distractors] [--sizes 1000,400]
-                                 [--seeds 0,1,2] [--work bench/world_runs] [--max-cells N]
-                                 [--report-only]
+                                 [--seeds 0,1,2] [--work DIR] [--max-cells N] [--report-only]
+
+Every cell records the preset it was trained with (the SHA-256 of configs/train/tiny.yaml and
+the commit); the default work folder is one per preset (bench/world_runs/preset-<sha>), and a
+work folder holding cells of another preset is refused, so one table never mixes presets.
 
 Cells run seed-major (every world and size at seed 0, then seed 1, ...) so the first hours
 cover every world. Writes ``bench/results_worlds.json`` (every cell and the summary) and
@@ -19,9 +22,11 @@ cover every world. Writes ``bench/results_worlds.json`` (every cell and the summ
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,6 +42,24 @@ from apps.synth import WORLDS  # noqa: E402
 DEFAULT_WORLDS = ("demo", "indep", "indep-same", "distractors")
 METHODS = (("htf", "HTF"), ("noflow", "no flow"), ("flow", "flow magnitude"), ("center", "center"))
 MIN_SEEDS = 3   # fewer seeds: a measurement, not yet the claim (apps.demo defines the claim's margins)
+PRESET = ROOT / "configs" / "train" / "tiny.yaml"    # the training preset of apps.demo
+
+
+def preset_id(path: Path = PRESET) -> str:
+    """The preset a cell is trained with, as the first 12 hex digits of its file's SHA-256."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+
+def git_commit() -> str:
+    """The checkout's commit (with '+dirty' when files differ from it), or 'unknown'."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
 
 
 def cell_name(world: str, n: int, seed: int) -> str:
@@ -49,7 +72,9 @@ def run_cell(work: Path, world: str, n: int, seed: int) -> dict[str, Any]:
     plan = DemoPlan(output=out.resolve(), n=n, seed=seed, world=world, heatmaps=0)
     summary = run_demo(plan)
     results = json.loads((out / "results.json").read_text())
-    cell = {"world": world, "n": n, "seed": seed, "results": results["results"],
+    cell = {"world": world, "n": n, "seed": seed, "preset": {"file": str(PRESET.relative_to(ROOT)),
+                                                             "sha256": preset_id(), "commit": git_commit()},
+            "results": results["results"],
             "by_kind": results["by_kind"], "seconds": summary["seconds"],
             "selected": _selected_on_val(out / "runs" / "htf")}
     for heavy in ("world/video", "shards"):
@@ -65,7 +90,7 @@ def _selected_on_val(run: Path) -> dict[str, Any]:
     if not best:
         return {}
     v = best[-1]
-    return {k: v[k] for k in ("step", "ciou_at_0.5", "auc", "motion_prior_weight") if k in v}
+    return {k: v[k] for k in ("step", "ciou_at_0.5", "auc", "flow_gate", "motion_prior_weight") if k in v}
 
 
 # ---------------------------------------------------------------------------- summary
@@ -94,6 +119,7 @@ def summarize_row(cells: list[dict[str, Any]]) -> dict[str, Any]:
         row["same_htf"] = _mean_sd([c["by_kind"]["htf"]["same"]["ciou_at_0.5"] for c in same])
         row["same_noflow"] = _mean_sd([c["by_kind"]["noflow"]["same"]["ciou_at_0.5"] for c in same])
         row["motion_tells"] = row["same_htf"][0] - row["same_noflow"][0] >= MOTION_MARGIN - 1e-9
+    row["flow_gates"] = [c["selected"].get("flow_gate") for c in cells]
     row["motion_prior_weights"] = [c["selected"].get("motion_prior_weight") for c in cells]
     row["enough_seeds"] = len(cells) >= MIN_SEEDS
     return row
@@ -109,11 +135,22 @@ def _check(ok: bool | None) -> str:
     return "—" if ok is None else ("yes" if ok else "**no**")
 
 
-def write_results(work: Path, planned: list[tuple[str, int, int]], json_path: Path, md_path: Path) -> list[dict]:
+def cell_preset(path: Path) -> str | None:
+    """The preset SHA a finished cell was trained with; None: not finished; 'unrecorded': made
+    before cells recorded their preset."""
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text()).get("preset", {}).get("sha256", "unrecorded")
+
+
+def write_results(work: Path, planned: list[tuple[str, int, int]], json_path: Path, md_path: Path,
+                  preset: str | None = None) -> list[dict]:
+    """Summaries of the finished cells made with ``preset`` (default: the current one)."""
+    preset = preset or preset_id()
     cells = {}
     for world, n, seed in planned:
         path = work / cell_name(world, n, seed) / "cell.json"
-        if path.is_file():
+        if path.is_file() and cell_preset(path) == preset:
             cells[cell_name(world, n, seed)] = json.loads(path.read_text())
     rows = []
     for world, n in dict.fromkeys((w, n) for w, n, _ in planned):
@@ -121,23 +158,32 @@ def write_results(work: Path, planned: list[tuple[str, int, int]], json_path: Pa
         if group:
             rows.append(summarize_row(group))
     missing = [cell_name(*p) for p in planned if cell_name(*p) not in cells]
-    json_path.write_text(json.dumps({"cells": cells, "rows": rows, "not_run": missing,
+    commits = sorted({c["preset"]["commit"] for c in cells.values()})
+    json_path.write_text(json.dumps({"preset": {"file": str(PRESET.relative_to(ROOT)), "sha256": preset,
+                                                "commits": commits},
+                                     "cells": cells, "rows": rows, "not_run": missing,
                                      "goal": {"noflow_tolerance": NOFLOW_TOLERANCE,
                                               "baseline_margin": BASELINE_MARGIN,
                                               "motion_margin": MOTION_MARGIN, "min_seeds": MIN_SEEDS}},
                                     indent=1))
-    md_path.write_text(render_markdown(rows, missing))
+    md_path.write_text(render_markdown(rows, missing, preset, commits))
     return rows
 
 
-def render_markdown(rows: list[dict[str, Any]], missing: list[str]) -> str:
+def _choices(values: list[Any]) -> str:
+    return ", ".join(f"{v:g}" for v in values if v is not None) or "—"
+
+
+def render_markdown(rows: list[dict[str, Any]], missing: list[str], preset: str, commits: list[str]) -> str:
     lines = ["# World x method matrix (test cIoU@0.5, mean ± sd over seeds)", "",
              "Written by `python bench/world_matrix.py`; every cell is one `apps.demo --world NAME` run "
-             "(tiny preset, 120 steps, selection on the val split only).", "",
+             "(selection on the val split only). Every row was made with one preset: "
+             f"`configs/train/tiny.yaml` of SHA-256 `{preset}…`"
+             + (f" (commit {', '.join(commits)})" if commits else "") + ".", "",
              "| world | clips | seeds | HTF | no flow | flow magnitude | center | HTF − no flow | "
              "HTF − best baseline | same-class clips: HTF / no flow | never costs (≥ −0.02) | "
-             "beats baselines (≥ +0.15) | motion tells (≥ +0.10) | prior weight (val) |",
-             "|" + "---|" * 14]
+             "beats baselines (≥ +0.15) | motion tells (≥ +0.10) | flow gate (val) | prior weight (val) |",
+             "|" + "---|" * 15]
     for r in rows:
         seeds = ",".join(str(s) for s in r["seeds"]) + ("" if r["enough_seeds"] else " (< 3)")
         same = (f"{r['same_htf'][0]:.3f} / {r['same_noflow'][0]:.3f} (n={r['same_class_n']})"
@@ -146,7 +192,7 @@ def render_markdown(rows: list[dict[str, Any]], missing: list[str]) -> str:
                      f"{_fmt(r['flow'])} | {_fmt(r['center'])} | {_fmt(r['htf_minus_noflow'], True)} | "
                      f"{_fmt(r['htf_minus_best_baseline'], True)} | {same} | {_check(r['never_costs'])} | "
                      f"{_check(r['beats_baselines'])} | {_check(r.get('motion_tells'))} | "
-                     f"{', '.join(f'{w:g}' for w in r['motion_prior_weights'] if w is not None) or '—'} |")
+                     f"{_choices(r.get('flow_gates', []))} | {_choices(r['motion_prior_weights'])} |")
     lines += ["", "A row with fewer than 3 seeds is a measurement, not yet a claim."]
     if missing:
         lines += ["", f"Cells not run yet ({len(missing)}; rerun the script to complete them): "
@@ -159,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--worlds", default=",".join(DEFAULT_WORLDS))
     p.add_argument("--sizes", default="1000,400")
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--work", default=str(ROOT / "bench" / "world_runs"), help="one folder per cell")
+    p.add_argument("--work", default=None,
+                   help="one folder per cell (default: bench/world_runs/preset-<sha of tiny.yaml>)")
     p.add_argument("--max-cells", type=int, default=None, help="stop after running this many cells")
     p.add_argument("--report-only", action="store_true", help="rewrite the results from finished cells")
     p.add_argument("--out", default=str(ROOT / "bench" / "results_worlds"), help="results path without suffix")
@@ -176,7 +223,15 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --sizes and --seeds take comma-separated integers", file=sys.stderr)
         return 2
     planned = [(w, n, s) for s in seeds for n in sizes for w in worlds]
-    work, out = Path(a.work), Path(a.out)
+    preset = preset_id()
+    work = Path(a.work) if a.work else ROOT / "bench" / "world_runs" / f"preset-{preset}"
+    out = Path(a.out)
+    foreign = [cell_name(*p) for p in planned
+               if cell_preset(work / cell_name(*p) / "cell.json") not in (None, preset)]
+    if foreign:
+        print(f"error: {work} holds cells made with another preset ({', '.join(foreign[:3])}); this run "
+              f"uses configs/train/tiny.yaml {preset}: pass another --work", file=sys.stderr)
+        return 2
     json_path, md_path = out.with_suffix(".json"), out.with_suffix(".md")
     ran = 0
     for world, n, seed in planned:

@@ -205,6 +205,10 @@ class HTFModel(nn.Module):
             # Chosen on the validation split by the trainer (train.motion_prior_grid), never
             # by the loss; starts at 0, so the map begins as the plain cosine map.
             self.register_buffer("motion_prior_weight", torch.zeros(()))
+        if cfg.flow != "none" and cfg.flow_gate:
+            # Chosen on the validation split by the trainer (train.flow_gate_min_gain); starts
+            # closed, so an unvalidated model is the no-flow model of its weights.
+            self.register_buffer("flow_gate", torch.zeros(()))
         if cfg.flow != "none" and cfg.attention_value_init == "zero":
             # Residual branch starts at zero: the model begins as the no-flow model and
             # adds flow context only as far as it helps (from-scratch training on a CPU).
@@ -235,16 +239,38 @@ class HTFModel(nn.Module):
                  spec: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(attended visual map [B, C, 7, 7], audio vector [B, C]), both L2-normalised, float32."""
         img = self.imgnet(image)
-        if self.cfg.flow != "none":
+        if self.flow_enabled():
             if flow is None:
                 raise ValueError(f"model has flow '{self.cfg.flow}' but no flow was given")
-            flow_features = self.flownet(flow)
-            img = img + self.flowatt(img, flow_features)
-            if self.cfg.flow_local:
-                local = self.flow_local_conv(self._local_flow(flow, flow_features))
-                img = F.normalize(img.float(), dim=1) + local.float()
+            img = self._add_flow(img, flow)
         aud = self.audnet(spec)
         return F.normalize(img.float(), dim=1), F.normalize(aud.float(), dim=1)
+
+    def flow_enabled(self) -> bool:
+        """False when the flow path is skipped: no flow, or evaluation with the gate closed."""
+        if self.cfg.flow == "none":
+            return False
+        return self.training or not hasattr(self, "flow_gate") or float(self.flow_gate) > 0
+
+    def _flow_keep(self, batch: int, device: torch.device) -> torch.Tensor | None:
+        """Training with ``flow_dropout``: a per-clip factor [B, 1, 1, 1] on the flow path, 0
+        for a dropped clip (probability ``flow_dropout``), else 1. Otherwise None (every clip
+        keeps its flow; a closed gate skips the path before this is asked)."""
+        if self.training and self.cfg.flow_dropout > 0:
+            return (torch.rand(batch, 1, 1, 1, device=device) >= self.cfg.flow_dropout).float()
+        return None
+
+    def _add_flow(self, img: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+        """The visual map with the flow path's attention (and local term) added; a clip whose
+        keep factor is 0 gets its visual map back (the same map after normalisation)."""
+        keep = self._flow_keep(img.shape[0], img.device)
+        flow_features = self.flownet(flow)
+        attended = self.flowatt(img, flow_features)
+        img = img + (attended if keep is None else attended * keep)
+        if self.cfg.flow_local:
+            local = self.flow_local_conv(self._local_flow(flow, flow_features)).float()
+            img = F.normalize(img.float(), dim=1) + (local if keep is None else local * keep)
+        return img
 
     def forward(self, image: torch.Tensor, flow: torch.Tensor | None, spec: torch.Tensor,
                 return_loss: bool = False) -> dict[str, torch.Tensor]:
@@ -255,7 +281,7 @@ class HTFModel(nn.Module):
         else:
             amap = own_maps(img, aud)
         out["map"] = amap
-        if hasattr(self, "motion_prior_weight") and flow is not None:
+        if hasattr(self, "motion_prior_weight") and flow is not None and self.flow_enabled():
             out["cosine_map"] = amap
             out["motion_saliency"] = motion_saliency(flow)
             out["map"] = amap + self.motion_prior_weight * out["motion_saliency"]

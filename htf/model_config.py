@@ -45,6 +45,14 @@ class ModelConfig:
     # sound-independent "it moves" cue); the trainer picks it on the validation split from
     # train.motion_prior_grid, 0 included, so it is used only as far as it helps there.
     motion_prior: bool = False
+    # Flow dropout: in training, the flow path (attention and local term) is skipped for this
+    # fraction of clips, drawn per clip, so the visual path also learns to localise alone and
+    # "flow off" is a model that was trained to work without flow.
+    flow_dropout: float = 0.0
+    # A gate on the whole flow path at evaluation (the buffer ``flow_gate``, 0 or 1). It starts
+    # closed (0: the map is exactly the no-flow map of the same weights); the trainer opens it
+    # only where flow scores better on the validation split (train.flow_gate_min_gain).
+    flow_gate: bool = False
     width: int = 64                 # ResNet-18 base width: 64 is the standard (and official) net
     image_size: int = 224           # input side S; the backbone stride is S / 7 (32, 16 or 8)
     freeze_vision: bool = True      # official: vision ResNet has requires_grad=False
@@ -66,6 +74,8 @@ class ModelConfig:
             raise ValueError(f"image_size must be one of {sizes} (7x7 map), got {self.image_size}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ValueError("mean and std need 3 values each (std > 0)")
+        if not 0 <= self.flow_dropout < 1:
+            raise ValueError(f"flow_dropout must be in [0, 1), got {self.flow_dropout}")
         if self.audio_frames is not None and self.audio_frames < 1:
             raise ValueError("audio_frames must be >= 1 or null")
 

@@ -274,3 +274,70 @@ def test_motion_prior_weight_is_saved_only_with_the_option_so_official_names_are
     assert "motion_prior_weight" in _htf("maxpool", motion_prior=True).state_dict()
     assert "motion_prior_weight" not in _htf("maxpool").state_dict()
     assert "motion_prior_weight" not in _htf("none", motion_prior=True).state_dict()
+
+
+def _flow_matters(model) -> None:
+    """Non-zero flow branches, so the flow path changes the map when it is used."""
+    torch.manual_seed(1)
+    for conv in (model.flowatt.value_conv, model.flow_local_conv):
+        nn.init.normal_(conv.weight, std=0.5)
+
+
+def _clip_inputs(batch: int = 2):
+    torch.manual_seed(2)
+    return torch.randn(batch, 3, 112, 112), 3 * torch.randn(batch, 2, 112, 112), torch.randn(batch, 1, 64, 100)
+
+
+def test_closed_flow_gate_gives_exactly_the_no_flow_map_of_the_same_weights():
+    gated = _htf("maxpool", flow_local=True, flow_gate=True)
+    _flow_matters(gated)
+    plain = _htf("none")
+    plain.load_state_dict(gated.state_dict(), strict=False)     # the shared vision and audio nets
+    image, flow, spec = _clip_inputs()
+    with torch.no_grad():
+        closed = gated(image, flow, spec)["map"]
+        gated.flow_gate.fill_(1.0)
+        opened = gated(image, flow, spec)["map"]
+        no_flow = plain(image, None, spec)["map"]
+    assert torch.equal(closed, no_flow)
+    assert not torch.allclose(opened, no_flow, atol=1e-3)
+
+
+def test_flow_gate_starts_closed_and_is_saved_only_with_the_option():
+    assert float(_htf("maxpool", flow_gate=True).flow_gate) == 0.0
+    assert "flow_gate" not in _htf("maxpool").state_dict()
+    assert "flow_gate" not in _htf("none", flow_gate=True).state_dict()
+
+
+def _dropped(model, image, flow, spec) -> torch.Tensor:
+    """Per clip: is its training-mode visual map the visual net's alone (flow path dropped)?"""
+    model.train()
+    torch.manual_seed(3)
+    with torch.no_grad():
+        fused, _ = model.features(image, flow, spec)
+        alone = F.normalize(model.imgnet(image), dim=1)      # same batch: same BatchNorm statistics
+    return torch.isclose(fused, alone, atol=1e-5).flatten(1).all(dim=1)
+
+
+def test_flow_dropout_drops_the_flow_path_for_about_its_fraction_of_clips_in_training_only():
+    model = _htf("maxpool", flow_local=True, flow_dropout=0.5)
+    _flow_matters(model)
+    image, flow, spec = _clip_inputs(64)
+    dropped = _dropped(model, image, flow, spec)
+    assert 16 <= int(dropped.sum()) <= 48
+    model.eval()
+    with torch.no_grad():
+        fused, _ = model.features(image, flow, spec)
+        alone = F.normalize(model.imgnet(image), dim=1)
+    assert not torch.isclose(fused, alone, atol=1e-5).flatten(1).all(dim=1).any()   # evaluation keeps flow
+
+
+def test_without_flow_dropout_no_clip_is_dropped():
+    model = _htf("maxpool", flow_local=True)
+    _flow_matters(model)
+    assert not _dropped(model, *_clip_inputs(16)).any()
+
+
+def test_flow_dropout_must_be_a_fraction_below_one():
+    with pytest.raises(ValueError, match="flow_dropout"):
+        ModelConfig(flow="maxpool", flow_dropout=1.0).validate()

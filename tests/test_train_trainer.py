@@ -143,15 +143,17 @@ def test_budget_in_steps_ends_inside_an_epoch_and_validates_at_the_end(data, tmp
     assert [r["step"] for r in records if r["kind"] == "val"] == [2, 3]
 
 
-def _fake_clip(right_moves: bool) -> tuple:
+def _fake_clip(right_moves: bool, without_flow: np.ndarray | None = None) -> "ValClip":
     """Two objects that look alike to the cosine map (the silent right one a little
     brighter); the box is on the left one."""
+    from train.engine import ValClip
+
     cosine = np.zeros((7, 7), np.float32)
     cosine[:, 0:3], cosine[:, 4:7] = 0.9, 1.0
     saliency = np.zeros((7, 7), np.float32)
     moving = slice(4, 7) if right_moves else slice(0, 3)
     saliency[:, moving] = 1.0
-    return cosine, saliency, [[0.0, 0.0, 3 / 7, 1.0]], "vggss"
+    return ValClip(cosine, saliency, without_flow, [[0.0, 0.0, 3 / 7, 1.0]], "vggss")
 
 
 @pytest.mark.parametrize("motion_tells,expect_positive", [(True, True), (False, False)])
@@ -170,6 +172,59 @@ def test_motion_prior_weight_is_chosen_on_validation_and_zero_when_motion_mislea
     assert (metrics["motion_prior_weight"] > 0) == expect_positive
     assert float(model.motion_prior_weight) == metrics["motion_prior_weight"]
     assert set(metrics["motion_prior_scores"]) == {f"{w:g}" for w in cfg.train.motion_prior_grid}
+
+
+def _gated_setup(min_gain: float = 0.0):
+    from htf.config import load_config
+    from htf.metrics import summarize
+    from htf.model import HTFModel
+    from train.config import TrainConfig
+    from train.engine import _scored_ciou
+
+    cfg = load_config(TrainConfig, Path(__file__).parents[1] / "configs/train/tiny.yaml",
+                      ["model.flow_gate=true", "model.motion_prior=false",
+                       f"train.flow_gate_min_gain={min_gain}"])
+    return cfg, HTFModel(cfg.model), (_scored_ciou, summarize)
+
+
+def _map_on(left: bool) -> np.ndarray:
+    """A map that peaks on the left (the sounding object's box) or on the right."""
+    m = np.zeros((7, 7), np.float32)
+    m[:, slice(0, 3) if left else slice(4, 7)] = 1.0
+    return m
+
+
+@pytest.mark.parametrize("flow_on_finds,flow_off_finds,expect_open", [
+    (True, False, True),      # only flow finds the sounder: the gate opens
+    (False, True, False),     # flow misleads: closed
+    (True, True, False),      # a tie: closed (flow must earn its place)
+])
+def test_flow_gate_is_chosen_on_validation_and_ties_stay_closed(flow_on_finds, flow_off_finds, expect_open):
+    from train.engine import _box_metrics
+
+    cfg, model, fns = _gated_setup()
+    clips = [_fake_clip(False, without_flow=_map_on(left=flow_off_finds)) for _ in range(4)]
+    for c in clips:
+        c.cosine = _map_on(left=flow_on_finds)
+    metrics = _box_metrics(model, clips, cfg, fns)
+    assert metrics["flow_gate"] == int(expect_open)
+    assert float(model.flow_gate) == float(expect_open)
+    chosen = clips[0].cosine if expect_open else clips[0].without_flow
+    assert metrics["ciou_at_0.5"] == fns[1]([fns[0](chosen, c.boxes, c.box_format) for c in clips])["ciou_at_0.5"]
+
+
+def test_flow_gate_stays_closed_when_flow_gains_less_than_the_minimum():
+    from train.engine import _box_metrics
+
+    cfg, model, fns = _gated_setup(min_gain=0.5)
+    # flow on finds the sounder in 3 of 4 clips, flow off in 2: a gain of 0.25 AUC-ish, under 0.5
+    clips = [_fake_clip(False, without_flow=_map_on(left=i < 2)) for i in range(4)]
+    for i, c in enumerate(clips):
+        c.cosine = _map_on(left=i < 3)
+    metrics = _box_metrics(model, clips, cfg, fns)
+    on, off = metrics["flow_gate_scores"]["on"], metrics["flow_gate_scores"]["off"]
+    assert 0 < on - off < 0.5
+    assert metrics["flow_gate"] == 0 and float(model.flow_gate) == 0.0
 
 
 def _event_tags(run: Path) -> tuple[set[str], set[str], set[str], set[str]]:

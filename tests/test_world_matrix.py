@@ -10,13 +10,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import world_matrix as wm  # noqa: E402
 
 
-def _cell(world, n, seed, htf, noflow, flow, same=None):
+def _cell(world, n, seed, htf, noflow, flow, same=None, preset=None):
     m = lambda c: {"ciou_at_0.5": c, "mean_ciou": c, "auc": c, "n": 200}  # noqa: E731
     by_kind = {}
     if same is not None:
         by_kind = {"htf": {"same": {"ciou_at_0.5": same[0], "n": 60}},
                    "noflow": {"same": {"ciou_at_0.5": same[1], "n": 60}}}
-    return {"world": world, "n": n, "seed": seed, "by_kind": by_kind, "selected": {"motion_prior_weight": 0.1},
+    return {"world": world, "n": n, "seed": seed, "by_kind": by_kind, "selected": {"flow_gate": 1},
+            "preset": {"file": "configs/train/tiny.yaml", "sha256": preset or wm.preset_id(), "commit": "abc1234"},
             "results": {"htf": m(htf), "noflow": m(noflow), "flow": m(flow), "center": m(0.0), "random": m(0.0)}}
 
 
@@ -54,3 +55,27 @@ def test_partial_matrix_lists_the_cells_not_run_and_the_demo_report_reads_it(tmp
 def test_unknown_world_is_refused_with_one_error_line(capsys):
     assert wm.main(["--worlds", "nope", "--report-only"]) == 2
     assert capsys.readouterr().err.startswith("error: unknown world")
+
+
+def _write_cell(work: Path, cell: dict) -> None:
+    folder = work / wm.cell_name(cell["world"], cell["n"], cell["seed"])
+    folder.mkdir(parents=True)
+    (folder / "cell.json").write_text(json.dumps(cell))
+
+
+def test_results_use_only_cells_of_the_current_preset_and_name_it(tmp_path):
+    _write_cell(tmp_path, _cell("indep", 400, 0, 0.8, 0.7, 0.5))
+    _write_cell(tmp_path, _cell("indep", 400, 1, 0.1, 0.7, 0.5, preset="0123456789ab"))
+    rows = wm.write_results(tmp_path, [("indep", 400, 0), ("indep", 400, 1)], tmp_path / "r.json", tmp_path / "r.md")
+    assert rows[0]["seeds"] == [0] and rows[0]["htf"] == (0.8, None)
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["preset"]["sha256"] == wm.preset_id() and data["preset"]["commits"] == ["abc1234"]
+    assert wm.preset_id() in (tmp_path / "r.md").read_text()
+
+
+def test_a_work_folder_with_cells_of_another_preset_is_refused(tmp_path, capsys):
+    _write_cell(tmp_path, _cell("indep", 400, 0, 0.8, 0.7, 0.5, preset="0123456789ab"))
+    args = ["--worlds", "indep", "--sizes", "400", "--seeds", "0", "--work", str(tmp_path),
+            "--out", str(tmp_path / "r")]
+    assert wm.main(args) == 2
+    assert capsys.readouterr().err.startswith("error: ") and not (tmp_path / "r.md").exists()

@@ -253,18 +253,22 @@ def validate(model: HTFModel, urls: list[str], cfg: TrainConfig, info: du.DistIn
              pictures: list[np.ndarray] | None = None) -> dict[str, Any]:
     """Validation loss (batches of >= 2) and, for clips with boxes, cIoU@0.5 / mean cIoU / AUC.
 
-    With ``model.motion_prior`` the metrics are computed for every weight of
-    ``train.motion_prior_grid``; the best one by ``train.select_metric`` (ties: the smaller)
-    is set on the model and reported as ``motion_prior_weight``. With a ``pictures`` list,
-    rank 0 appends the heat-map figures of its first VAL_PICTURES clips with boxes (the same
-    picture as the evaluator's report)."""
+    Val-chosen settings (the model's buffers), picked by ``train.select_metric`` and set on
+    the model: with ``model.flow_gate`` the gate (flow off is scored too and wins ties; flow
+    opens only for a gain above ``train.flow_gate_min_gain``), reported as ``flow_gate``;
+    with ``model.motion_prior`` the weight on ``train.motion_prior_grid`` (ties: the smaller),
+    reported as ``motion_prior_weight``. The loss is the flow-on model's. With a
+    ``pictures`` list, rank 0 appends the heat-map figures of its first VAL_PICTURES clips
+    with boxes (the same picture as the evaluator's report)."""
     was_training = model.training
     model.eval()
+    gated = hasattr(model, "flow_gate")
     metrics_fns = (_scored_ciou, summarize)
     loss_sum, loss_n, clips = 0.0, 0, []
     for batch, metas in val_loader(urls, cfg.model, cfg.data, info.rank, info.world):
         image, flow, spec = (batch[k].to(info.device) for k in ("image", "flow", "spec"))
-        with autocast(cfg, info.device):
+        off = _maps_without_flow(model, image, flow, spec) if gated else None
+        with autocast(cfg, info.device), _gate_open(model):
             out = model(image, flow, spec, return_loss=image.shape[0] > 1)
         if "loss" in out:
             loss_sum += float(out["loss"]) * image.shape[0]
@@ -274,8 +278,8 @@ def validate(model: HTFModel, urls: list[str], cfg: TrainConfig, info: du.DistIn
         saliency = out["motion_saliency"].float().cpu().numpy() if "motion_saliency" in out else None
         for i, meta in enumerate(metas):
             if meta["boxes"]:
-                clips.append((cosine[i], None if saliency is None else saliency[i],
-                              meta["boxes"], meta["box_format"]))
+                clips.append(ValClip(cosine[i], None if saliency is None else saliency[i],
+                                     None if off is None else off[i], meta["boxes"], meta["box_format"]))
                 if pictures is not None and info.is_main and len(pictures) < VAL_PICTURES:
                     score = metrics_fns[0](maps[i], meta["boxes"], meta["box_format"])
                     pictures.append(_val_picture(batch["image"][i], maps[i], meta, score, cfg))
@@ -290,22 +294,73 @@ def validate(model: HTFModel, urls: list[str], cfg: TrainConfig, info: du.DistIn
     return metrics
 
 
-def _box_metrics(model: HTFModel, clips: list[tuple], cfg: TrainConfig, fns: tuple[Any, Any]) -> dict[str, Any]:
-    """Box metrics of the map; with a motion prior, of the best weight on the grid (set on the model)."""
+@dataclass
+class ValClip:
+    """One val clip with boxes: its map with flow (before any motion prior), its motion
+    saliency (motion prior only), its map with the flow gate closed (flow gate only)."""
+    cosine: np.ndarray
+    saliency: np.ndarray | None
+    without_flow: np.ndarray | None
+    boxes: Any
+    box_format: str
+
+
+@contextlib.contextmanager
+def _gate_open(model: HTFModel):
+    """The flow gate (if any) open for the duration; its value is restored afterwards."""
+    if not hasattr(model, "flow_gate"):
+        yield
+        return
+    saved = model.flow_gate.clone()
+    model.flow_gate.fill_(1.0)
+    try:
+        yield
+    finally:
+        model.flow_gate.copy_(saved)
+
+
+def _maps_without_flow(model: HTFModel, image: torch.Tensor, flow: torch.Tensor,
+                       spec: torch.Tensor) -> np.ndarray:
+    """The maps of the same weights with the flow gate closed."""
+    saved = model.flow_gate.clone()
+    model.flow_gate.fill_(0.0)
+    try:
+        return model(image, flow, spec)["map"].float().cpu().numpy()
+    finally:
+        model.flow_gate.copy_(saved)
+
+
+def _box_metrics(model: HTFModel, clips: list[ValClip], cfg: TrainConfig, fns: tuple[Any, Any]) -> dict[str, Any]:
+    """Box metrics of the map with the val-chosen settings (set on the model): the flow gate
+    (closed unless flow gains more than train.flow_gate_min_gain), the motion prior's weight."""
     clip_ciou, summarize = fns
-    if clips[0][1] is None:
-        return summarize([clip_ciou(cos, boxes, fmt) for cos, _, boxes, fmt in clips])
+
+    def scored(map_of: Any) -> tuple[float, dict[str, Any]]:
+        summary = summarize([clip_ciou(map_of(c), c.boxes, c.box_format) for c in clips])
+        return selection_score({**summary, "loss": 0.0}, cfg.train.select_metric)[1], summary
+
+    extra: dict[str, Any] = {}
+    prior = hasattr(model, "motion_prior_weight") and clips[0].saliency is not None
+    weights = sorted(cfg.train.motion_prior_grid) if prior else [0.0]
     best: tuple[float, float, dict[str, Any]] | None = None
-    scores = {}
-    for weight in sorted(cfg.train.motion_prior_grid):
-        summary = summarize([clip_ciou(cos + weight * sal, boxes, fmt) for cos, sal, boxes, fmt in clips])
-        _, score = selection_score({**summary, "loss": 0.0}, cfg.train.select_metric)
-        scores[f"{weight:g}"] = round(score, 6)
+    prior_scores = {}
+    for weight in weights:     # flow on, each prior weight; ties: the smaller weight
+        score, summary = scored(lambda c, w=weight: c.cosine + w * c.saliency if w else c.cosine)
+        prior_scores[f"{weight:g}"] = round(score, 6)
         if best is None or score > best[0]:
             best = (score, weight, summary)
-    _, weight, summary = best
-    model.motion_prior_weight.fill_(weight)
-    return {**summary, "motion_prior_weight": weight, "motion_prior_scores": scores}
+    score, weight, summary = best
+    if hasattr(model, "flow_gate") and clips[0].without_flow is not None:
+        off_score, off_summary = scored(lambda c: c.without_flow)
+        gate_open = score > off_score + cfg.train.flow_gate_min_gain
+        model.flow_gate.fill_(1.0 if gate_open else 0.0)
+        extra = {"flow_gate": int(gate_open), "flow_gate_scores": {"off": round(off_score, 6), "on": round(score, 6)}}
+        if not gate_open:
+            summary, weight = off_summary, 0.0
+    if prior:
+        model.motion_prior_weight.fill_(weight)
+        extra.update(motion_prior_weight=weight, motion_prior_scores=prior_scores)
+    return {**summary, **extra}
 
 
 def _val_picture(image: torch.Tensor, map7: np.ndarray, meta: dict[str, Any], ciou: float,
