@@ -40,6 +40,7 @@ from apps.demo import (BASELINE_MARGIN, BASELINES, MOTION_MARGIN, NOFLOW_TOLERAN
 from apps.synth import WORLDS  # noqa: E402
 
 DEFAULT_WORLDS = ("demo", "indep", "indep-same", "distractors")
+DEFAULT_SIZES, DEFAULT_SEEDS = (1000, 400), (0, 1, 2)
 METHODS = (("htf", "HTF"), ("noflow", "no flow"), ("flow", "flow magnitude"), ("center", "center"))
 MIN_SEEDS = 3   # fewer seeds: a measurement, not yet the claim (apps.demo defines the claim's margins)
 PRESET = ROOT / "configs" / "train" / "tiny.yaml"    # the training preset of apps.demo
@@ -144,8 +145,9 @@ def cell_preset(path: Path) -> str | None:
 
 
 def write_results(work: Path, planned: list[tuple[str, int, int]], json_path: Path, md_path: Path,
-                  preset: str | None = None) -> list[dict]:
-    """Summaries of the finished cells made with ``preset`` (default: the current one)."""
+                  preset: str | None = None, page: Path | None = None) -> list[dict]:
+    """Summaries of the finished cells made with ``preset`` (default: the current one); with
+    ``page``, its table between the matrix markers is replaced too."""
     preset = preset or preset_id()
     cells = {}
     for world, n, seed in planned:
@@ -166,8 +168,26 @@ def write_results(work: Path, planned: list[tuple[str, int, int]], json_path: Pa
                                               "baseline_margin": BASELINE_MARGIN,
                                               "motion_margin": MOTION_MARGIN, "min_seeds": MIN_SEEDS}},
                                     indent=1))
-    md_path.write_text(render_markdown(rows, missing, preset, commits))
+    markdown = render_markdown(rows, missing, preset, commits)
+    md_path.write_text(markdown)
+    if page is not None:
+        update_page(page, markdown)
     return rows
+
+
+PAGE_BEGIN = "<!-- matrix table: copied from bench/results_worlds.md -->"
+PAGE_END = "<!-- end of matrix table -->"
+
+
+def update_page(page: Path, markdown: str) -> None:
+    """Put the table (and the list of cells not run) between the markers of ``page``."""
+    text = page.read_text()
+    if PAGE_BEGIN not in text or PAGE_END not in text:
+        raise SystemExit(f"error: {page} has no matrix markers ({PAGE_BEGIN} ... {PAGE_END})")
+    kept = [line for line in markdown.splitlines() if line.startswith(("|", "Cells not run yet"))]
+    head, rest = text.split(PAGE_BEGIN, 1)
+    tail = rest.split(PAGE_END, 1)[1]
+    page.write_text(head + PAGE_BEGIN + "\n" + "\n".join(kept) + "\n" + PAGE_END + tail)
 
 
 def _choices(values: list[Any]) -> str:
@@ -203,13 +223,15 @@ def render_markdown(rows: list[dict[str, Any]], missing: list[str], preset: str,
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python bench/world_matrix.py", description=__doc__.split("\n")[0])
     p.add_argument("--worlds", default=",".join(DEFAULT_WORLDS))
-    p.add_argument("--sizes", default="1000,400")
-    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--sizes", default=",".join(map(str, DEFAULT_SIZES)))
+    p.add_argument("--seeds", default=",".join(map(str, DEFAULT_SEEDS)))
     p.add_argument("--work", default=None,
                    help="one folder per cell (default: bench/world_runs/preset-<sha of tiny.yaml>)")
     p.add_argument("--max-cells", type=int, default=None, help="stop after running this many cells")
     p.add_argument("--report-only", action="store_true", help="rewrite the results from finished cells")
     p.add_argument("--out", default=str(ROOT / "bench" / "results_worlds"), help="results path without suffix")
+    p.add_argument("--page", default=str(ROOT / "docs" / "train.md"),
+                   help="page whose matrix table is rewritten with the results ('' for none)")
     a = p.parse_args(argv)
     worlds = [w for w in a.worlds.split(",") if w]
     unknown = [w for w in worlds if w not in WORLDS]
@@ -223,6 +245,11 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --sizes and --seeds take comma-separated integers", file=sys.stderr)
         return 2
     planned = [(w, n, s) for s in seeds for n in sizes for w in worlds]
+    # The results always cover the whole default matrix: a run limited to some cells must
+    # not drop the other finished cells from the table.
+    everything = [(w, n, s) for s in DEFAULT_SEEDS for n in DEFAULT_SIZES for w in DEFAULT_WORLDS]
+    reported = everything + [c for c in planned if c not in everything]
+    page = Path(a.page) if a.page else None
     preset = preset_id()
     work = Path(a.work) if a.work else ROOT / "bench" / "world_runs" / f"preset-{preset}"
     out = Path(a.out)
@@ -244,8 +271,8 @@ def main(argv: list[str] | None = None) -> int:
         run_cell(work, world, n, seed)
         ran += 1
         print(f"[matrix] cell {cell_name(world, n, seed)} done in {time.time() - t0:.0f} s", flush=True)
-        write_results(work, planned, json_path, md_path)
-    rows = write_results(work, planned, json_path, md_path)
+        write_results(work, reported, json_path, md_path, page=page)
+    rows = write_results(work, reported, json_path, md_path, page=page)
     print(f"[matrix] {len(rows)} row(s) with results -> {md_path}")
     return 0
 

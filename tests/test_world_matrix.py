@@ -79,3 +79,16 @@ def test_a_work_folder_with_cells_of_another_preset_is_refused(tmp_path, capsys)
             "--out", str(tmp_path / "r")]
     assert wm.main(args) == 2
     assert capsys.readouterr().err.startswith("error: ") and not (tmp_path / "r.md").exists()
+
+
+def test_the_page_table_between_the_markers_is_rewritten_and_the_rest_kept(tmp_path):
+    (tmp_path / "indep-1000-s0").mkdir()
+    (tmp_path / "indep-1000-s0" / "cell.json").write_text(json.dumps(_cell("indep", 1000, 0, 0.8, 0.7, 0.5)))
+    page = tmp_path / "train.md"
+    page.write_text(f"before\n{wm.PAGE_BEGIN}\n| old table |\n{wm.PAGE_END}\nafter\n")
+    wm.write_results(tmp_path, [("indep", 1000, 0), ("indep", 1000, 1)], tmp_path / "r.json",
+                     tmp_path / "r.md", page=page)
+    text = page.read_text()
+    assert text.startswith("before\n") and text.endswith(f"{wm.PAGE_END}\nafter\n")
+    assert "| old table |" not in text and "| indep | 1000 | 0 (< 3) | 0.800 |" in text
+    assert "Cells not run yet (1; rerun the script to complete them): indep-1000-s1" in text
