@@ -160,15 +160,14 @@ def _fake_clip(right_moves: bool, without_flow: np.ndarray | None = None) -> "Va
 def test_motion_prior_weight_is_chosen_on_validation_and_zero_when_motion_misleads(motion_tells, expect_positive):
     from htf.config import load_config
     from train.config import TrainConfig
-    from htf.metrics import summarize
-    from train.engine import _box_metrics, _scored_ciou
+    from train.engine import _box_metrics
     from htf.model import HTFModel
 
     cfg = load_config(TrainConfig, Path(__file__).parents[1] / "configs/train/tiny.yaml",
                       ["model.motion_prior=true"])
     model = HTFModel(cfg.model)
     clips = [_fake_clip(right_moves=not motion_tells) for _ in range(4)]
-    metrics = _box_metrics(model, clips, cfg, (_scored_ciou, summarize))
+    metrics = _box_metrics(model, clips, cfg)
     assert (metrics["motion_prior_weight"] > 0) == expect_positive
     assert float(model.motion_prior_weight) == metrics["motion_prior_weight"]
     assert set(metrics["motion_prior_scores"]) == {f"{w:g}" for w in cfg.train.motion_prior_grid}
@@ -206,7 +205,7 @@ def test_flow_gate_is_chosen_on_validation_and_ties_stay_closed(flow_on_finds, f
     clips = [_fake_clip(False, without_flow=_map_on(left=flow_off_finds)) for _ in range(4)]
     for c in clips:
         c.cosine = _map_on(left=flow_on_finds)
-    metrics = _box_metrics(model, clips, cfg, fns)
+    metrics = _box_metrics(model, clips, cfg)
     assert metrics["flow_gate"] == int(expect_open)
     assert float(model.flow_gate) == float(expect_open)
     chosen = clips[0].cosine if expect_open else clips[0].without_flow
@@ -221,7 +220,7 @@ def test_flow_gate_stays_closed_when_flow_gains_less_than_the_minimum():
     clips = [_fake_clip(False, without_flow=_map_on(left=i < 2)) for i in range(4)]
     for i, c in enumerate(clips):
         c.cosine = _map_on(left=i < 3)
-    metrics = _box_metrics(model, clips, cfg, fns)
+    metrics = _box_metrics(model, clips, cfg)
     on, off = metrics["flow_gate_scores"]["on"], metrics["flow_gate_scores"]["off"]
     assert 0 < on - off < 0.5
     assert metrics["flow_gate"] == 0 and float(model.flow_gate) == 0.0

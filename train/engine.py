@@ -263,12 +263,11 @@ def validate(model: HTFModel, urls: list[str], cfg: TrainConfig, info: du.DistIn
     was_training = model.training
     model.eval()
     gated = hasattr(model, "flow_gate")
-    metrics_fns = (_scored_ciou, summarize)
     loss_sum, loss_n, clips = 0.0, 0, []
     for batch, metas in val_loader(urls, cfg.model, cfg.data, info.rank, info.world):
         image, flow, spec = (batch[k].to(info.device) for k in ("image", "flow", "spec"))
         off = _maps_without_flow(model, image, flow, spec) if gated else None
-        with autocast(cfg, info.device), _gate_open(model):
+        with autocast(cfg, info.device), _gate(model, 1.0):
             out = model(image, flow, spec, return_loss=image.shape[0] > 1)
         if "loss" in out:
             loss_sum += float(out["loss"]) * image.shape[0]
@@ -281,7 +280,7 @@ def validate(model: HTFModel, urls: list[str], cfg: TrainConfig, info: du.DistIn
                 clips.append(ValClip(cosine[i], None if saliency is None else saliency[i],
                                      None if off is None else off[i], meta["boxes"], meta["box_format"]))
                 if pictures is not None and info.is_main and len(pictures) < VAL_PICTURES:
-                    score = metrics_fns[0](maps[i], meta["boxes"], meta["box_format"])
+                    score = _scored_ciou(maps[i], meta["boxes"], meta["box_format"])
                     pictures.append(_val_picture(batch["image"][i], maps[i], meta, score, cfg))
     model.train(was_training)
     gathered = du.gather_objects((loss_sum, loss_n, clips), info)
@@ -290,7 +289,7 @@ def validate(model: HTFModel, urls: list[str], cfg: TrainConfig, info: du.DistIn
     all_clips = [c for g in gathered for c in g[2]]
     metrics: dict[str, Any] = {"loss": loss_sum / loss_n if loss_n else float("nan")}
     if all_clips:
-        metrics.update(_box_metrics(model, all_clips, cfg, metrics_fns))
+        metrics.update(_box_metrics(model, all_clips, cfg))
     return metrics
 
 
@@ -306,13 +305,13 @@ class ValClip:
 
 
 @contextlib.contextmanager
-def _gate_open(model: HTFModel):
-    """The flow gate (if any) open for the duration; its value is restored afterwards."""
+def _gate(model: HTFModel, value: float):
+    """The flow gate (if any) set to ``value`` for the duration, then restored."""
     if not hasattr(model, "flow_gate"):
         yield
         return
     saved = model.flow_gate.clone()
-    model.flow_gate.fill_(1.0)
+    model.flow_gate.fill_(value)
     try:
         yield
     finally:
@@ -322,21 +321,15 @@ def _gate_open(model: HTFModel):
 def _maps_without_flow(model: HTFModel, image: torch.Tensor, flow: torch.Tensor,
                        spec: torch.Tensor) -> np.ndarray:
     """The maps of the same weights with the flow gate closed."""
-    saved = model.flow_gate.clone()
-    model.flow_gate.fill_(0.0)
-    try:
+    with _gate(model, 0.0):
         return model(image, flow, spec)["map"].float().cpu().numpy()
-    finally:
-        model.flow_gate.copy_(saved)
 
 
-def _box_metrics(model: HTFModel, clips: list[ValClip], cfg: TrainConfig, fns: tuple[Any, Any]) -> dict[str, Any]:
+def _box_metrics(model: HTFModel, clips: list[ValClip], cfg: TrainConfig) -> dict[str, Any]:
     """Box metrics of the map with the val-chosen settings (set on the model): the flow gate
     (closed unless flow gains more than train.flow_gate_min_gain), the motion prior's weight."""
-    clip_ciou, summarize = fns
-
     def scored(map_of: Any) -> tuple[float, dict[str, Any]]:
-        summary = summarize([clip_ciou(map_of(c), c.boxes, c.box_format) for c in clips])
+        summary = summarize([_scored_ciou(map_of(c), c.boxes, c.box_format) for c in clips])
         return selection_score({**summary, "loss": 0.0}, cfg.train.select_metric)[1], summary
 
     extra: dict[str, Any] = {}
