@@ -95,7 +95,8 @@ def test_ctrl_c_says_how_to_resume_without_traceback(tmp_path):
                             env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 60
-    while not list(out.glob("pipeline_config*.yaml")) and time.time() < deadline:
+    # Once a worker is in a clip (its step file exists): Ctrl-C in the middle of the work.
+    while not list(out.glob(".work/*/*.step")) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=60)
