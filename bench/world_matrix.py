@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 from apps.demo import (BASELINE_MARGIN, BASELINES, MOTION_MARGIN, NOFLOW_TOLERANCE,  # noqa: E402
                        DemoPlan, run_demo)
 from apps.synth import WORLDS  # noqa: E402
+from htf.io import atomic_write_text  # noqa: E402
 
 DEFAULT_WORLDS = ("demo", "indep", "indep-same", "distractors")
 DEFAULT_SIZES, DEFAULT_SEEDS = (1000, 400), (0, 1, 2)
@@ -80,7 +81,7 @@ def run_cell(work: Path, world: str, n: int, seed: int) -> dict[str, Any]:
             "selected": _selected_on_val(out / "runs" / "htf")}
     for heavy in ("world/video", "shards"):
         shutil.rmtree(out / heavy, ignore_errors=True)
-    (out / "cell.json").write_text(json.dumps(cell, indent=1))
+    atomic_write_text(out / "cell.json", json.dumps(cell, indent=1))
     return cell
 
 
@@ -161,7 +162,7 @@ def write_results(work: Path, planned: list[tuple[str, int, int]], json_path: Pa
             rows.append(summarize_row(group))
     missing = [cell_name(*p) for p in planned if cell_name(*p) not in cells]
     commits = sorted({c["preset"]["commit"] for c in cells.values()})
-    json_path.write_text(json.dumps({"preset": {"file": str(PRESET.relative_to(ROOT)), "sha256": preset,
+    atomic_write_text(json_path, json.dumps({"preset": {"file": str(PRESET.relative_to(ROOT)), "sha256": preset,
                                                 "commits": commits},
                                      "cells": cells, "rows": rows, "not_run": missing,
                                      "goal": {"noflow_tolerance": NOFLOW_TOLERANCE,
@@ -169,10 +170,25 @@ def write_results(work: Path, planned: list[tuple[str, int, int]], json_path: Pa
                                               "motion_margin": MOTION_MARGIN, "min_seeds": MIN_SEEDS}},
                                     indent=1))
     markdown = render_markdown(rows, missing, preset, commits)
-    md_path.write_text(markdown)
+    atomic_write_text(md_path, markdown)
     if page is not None:
         update_page(page, markdown)
     return rows
+
+
+def recover_cells(json_path: Path, work: Path, preset: str) -> int:
+    """Put the finished cells the committed results hold back into ``work``: the work folder is
+    not in git, so a fresh clone continues the matrix instead of dropping them from the table."""
+    if not json_path.is_file():
+        return 0
+    recovered = 0
+    for name, cell in json.loads(json_path.read_text()).get("cells", {}).items():
+        target = work / name / "cell.json"
+        if cell.get("preset", {}).get("sha256") == preset and not target.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(target, json.dumps(cell, indent=1))
+            recovered += 1
+    return recovered
 
 
 PAGE_BEGIN = "<!-- matrix table: copied from bench/results_worlds.md -->"
@@ -187,7 +203,7 @@ def update_page(page: Path, markdown: str) -> None:
     kept = [line for line in markdown.splitlines() if line.startswith(("|", "Cells not run yet"))]
     head, rest = text.split(PAGE_BEGIN, 1)
     tail = rest.split(PAGE_END, 1)[1]
-    page.write_text(head + PAGE_BEGIN + "\n" + "\n".join(kept) + "\n" + PAGE_END + tail)
+    atomic_write_text(page, head + PAGE_BEGIN + "\n" + "\n".join(kept) + "\n" + PAGE_END + tail)
 
 
 def _choices(values: list[Any]) -> str:
@@ -260,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
               f"uses configs/train/tiny.yaml {preset}: pass another --work", file=sys.stderr)
         return 2
     json_path, md_path = out.with_suffix(".json"), out.with_suffix(".md")
+    recovered = recover_cells(json_path, work, preset)
+    if recovered:
+        print(f"[matrix] {recovered} finished cell(s) taken from {json_path} (the work folder lacked them)")
     ran = 0
     for world, n, seed in planned:
         if a.report_only or (a.max_cells is not None and ran >= a.max_cells):

@@ -92,3 +92,15 @@ def test_the_page_table_between_the_markers_is_rewritten_and_the_rest_kept(tmp_p
     assert text.startswith("before\n") and text.endswith(f"{wm.PAGE_END}\nafter\n")
     assert "| old table |" not in text and "| indep | 1000 | 0 (< 3) | 0.800 |" in text
     assert "Cells not run yet (1; rerun the script to complete them): indep-1000-s1" in text
+
+
+def test_a_fresh_work_folder_continues_from_the_cells_the_results_file_holds(tmp_path):
+    kept, foreign = _cell("indep", 400, 0, 0.8, 0.7, 0.5), _cell("indep", 400, 1, 0.1, 0.7, 0.5, preset="0123456789ab")
+    results = tmp_path / "r.json"
+    results.write_text(json.dumps({"cells": {"indep-400-s0": kept, "indep-400-s1": foreign}}))
+    work = tmp_path / "work"
+    assert wm.recover_cells(results, work, wm.preset_id()) == 1
+    assert json.loads((work / "indep-400-s0" / "cell.json").read_text()) == kept
+    assert not (work / "indep-400-s1").exists()
+    rows = wm.write_results(work, [("indep", 400, 0), ("indep", 400, 1)], results, tmp_path / "r.md")
+    assert rows[0]["seeds"] == [0] and rows[0]["htf"] == (0.8, None)
