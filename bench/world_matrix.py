@@ -2,7 +2,7 @@
 
 Each cell is one ``apps.demo`` run (world, pipeline, HTF and no-flow under torchrun, the
 evaluator on the test split, training-free baselines) for a (world, clips, seed); model
-selection, the motion prior's weight included, is on the val split only. The script is
+selection, the flow gate included, is on the val split only. The script is
 resumable: a finished cell is never rerun, an interrupted one continues where it stopped
 (world clips, pipeline tasks and training resume), and after every cell the results files
 are rewritten from every finished cell, so a partial matrix is always on disk and says
@@ -17,7 +17,8 @@ work folder holding cells of another preset is refused, so one table never mixes
 
 Cells run seed-major (every world and size at seed 0, then seed 1, ...) so the first hours
 cover every world. Writes ``bench/results_worlds.json`` (every cell and the summary) and
-``bench/results_worlds.md`` (the table docs/train.md shows).
+``bench/results_worlds.md``, and the tables of docs/train.md and README.md between their
+matrix markers.
 """
 from __future__ import annotations
 
@@ -86,13 +87,13 @@ def run_cell(work: Path, world: str, n: int, seed: int) -> dict[str, Any]:
 
 
 def _selected_on_val(run: Path) -> dict[str, Any]:
-    """The HTF checkpoint the trainer kept: its step, val metrics and motion prior weight."""
+    """The HTF checkpoint the trainer kept: its step, val metrics and flow gate."""
     vals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"val"' in line]
     best = [v for v in vals if v.get("best")]
     if not best:
         return {}
     v = best[-1]
-    return {k: v[k] for k in ("step", "ciou_at_0.5", "auc", "flow_gate", "motion_prior_weight") if k in v}
+    return {k: v[k] for k in ("step", "ciou_at_0.5", "auc", "flow_gate") if k in v}
 
 
 # ---------------------------------------------------------------------------- summary
@@ -122,7 +123,6 @@ def summarize_row(cells: list[dict[str, Any]]) -> dict[str, Any]:
         row["same_noflow"] = _mean_sd([c["by_kind"]["noflow"]["same"]["ciou_at_0.5"] for c in same])
         row["motion_tells"] = row["same_htf"][0] - row["same_noflow"][0] >= MOTION_MARGIN - 1e-9
     row["flow_gates"] = [c["selected"].get("flow_gate") for c in cells]
-    row["motion_prior_weights"] = [c["selected"].get("motion_prior_weight") for c in cells]
     row["enough_seeds"] = len(cells) >= MIN_SEEDS
     return row
 
@@ -146,9 +146,11 @@ def cell_preset(path: Path) -> str | None:
 
 
 def write_results(work: Path, planned: list[tuple[str, int, int]], json_path: Path, md_path: Path,
-                  preset: str | None = None, page: Path | None = None) -> list[dict]:
+                  preset: str | None = None, page: Path | None = None,
+                  readme: Path | None = None) -> list[dict]:
     """Summaries of the finished cells made with ``preset`` (default: the current one); with
-    ``page``, its table between the matrix markers is replaced too."""
+    ``page`` (docs/train.md) and ``readme``, their tables between the matrix markers are
+    replaced too."""
     preset = preset or preset_id()
     cells = {}
     for world, n, seed in planned:
@@ -172,7 +174,10 @@ def write_results(work: Path, planned: list[tuple[str, int, int]], json_path: Pa
     markdown = render_markdown(rows, missing, preset, commits)
     atomic_write_text(md_path, markdown)
     if page is not None:
-        update_page(page, markdown)
+        kept = [line for line in markdown.splitlines() if line.startswith(("|", "Cells not run yet"))]
+        update_between(page, PAGE_BEGIN, PAGE_END, kept)
+    if readme is not None:
+        update_between(readme, README_BEGIN, README_END, render_readme_table(rows))
     return rows
 
 
@@ -193,17 +198,36 @@ def recover_cells(json_path: Path, work: Path, preset: str) -> int:
 
 PAGE_BEGIN = "<!-- matrix table: copied from bench/results_worlds.md -->"
 PAGE_END = "<!-- end of matrix table -->"
+README_BEGIN = "<!-- matrix: from bench/results_worlds.json -->"
+README_END = "<!-- end of matrix -->"
 
 
-def update_page(page: Path, markdown: str) -> None:
-    """Put the table (and the list of cells not run) between the markers of ``page``."""
+def update_between(page: Path, begin: str, end: str, lines: list[str]) -> None:
+    """Replace what lies between the markers ``begin`` and ``end`` of ``page`` by ``lines``."""
     text = page.read_text()
-    if PAGE_BEGIN not in text or PAGE_END not in text:
-        raise SystemExit(f"error: {page} has no matrix markers ({PAGE_BEGIN} ... {PAGE_END})")
-    kept = [line for line in markdown.splitlines() if line.startswith(("|", "Cells not run yet"))]
-    head, rest = text.split(PAGE_BEGIN, 1)
-    tail = rest.split(PAGE_END, 1)[1]
-    atomic_write_text(page, head + PAGE_BEGIN + "\n" + "\n".join(kept) + "\n" + PAGE_END + tail)
+    if begin not in text or end not in text:
+        raise SystemExit(f"error: {page} has no matrix markers ({begin} ... {end})")
+    head, rest = text.split(begin, 1)
+    tail = rest.split(end, 1)[1]
+    atomic_write_text(page, head + begin + "\n" + "\n".join(lines) + "\n" + end + tail)
+
+
+def _claim(row: dict[str, Any]) -> str:
+    holds = row["never_costs"] and row["beats_baselines"] and row.get("motion_tells") is not False
+    text = "holds" if holds else "does not hold"
+    return text if row["enough_seeds"] else f"{text} ({len(row['seeds'])} seed{'s' * (len(row['seeds']) > 1)})"
+
+
+def render_readme_table(rows: list[dict[str, Any]]) -> list[str]:
+    """The README's short table: each method's score, the val-chosen gates and the claim."""
+    lines = ["| world | seeds | HTF | no flow | flow magnitude | center | same-class clips: HTF / no flow "
+             "| flow gate (val) | claim |", "|" + "---|" * 9]
+    for r in rows:
+        same = f"{r['same_htf'][0]:.3f} / {r['same_noflow'][0]:.3f}" if "same_htf" in r else "—"
+        lines.append(f"| `{r['world']}` ({r['n']}) | {','.join(str(s) for s in r['seeds'])} | {_fmt(r['htf'])} | "
+                     f"{_fmt(r['noflow'])} | {_fmt(r['flow'])} | {_fmt(r['center'])} | {same} | "
+                     f"{_choices(r.get('flow_gates', []))} | {_claim(r)} |")
+    return lines
 
 
 def _choices(values: list[Any]) -> str:
@@ -218,8 +242,8 @@ def render_markdown(rows: list[dict[str, Any]], missing: list[str], preset: str,
              + (f" (commit {', '.join(commits)})" if commits else "") + ".", "",
              "| world | clips | seeds | HTF | no flow | flow magnitude | center | HTF − no flow | "
              "HTF − best baseline | same-class clips: HTF / no flow | never costs (≥ −0.02) | "
-             "beats baselines (≥ +0.15) | motion tells (≥ +0.10) | flow gate (val) | prior weight (val) |",
-             "|" + "---|" * 15]
+             "beats baselines (≥ +0.15) | motion tells (≥ +0.10) | flow gate (val) |",
+             "|" + "---|" * 14]
     for r in rows:
         seeds = ",".join(str(s) for s in r["seeds"]) + ("" if r["enough_seeds"] else " (< 3)")
         same = (f"{r['same_htf'][0]:.3f} / {r['same_noflow'][0]:.3f} (n={r['same_class_n']})"
@@ -228,7 +252,7 @@ def render_markdown(rows: list[dict[str, Any]], missing: list[str], preset: str,
                      f"{_fmt(r['flow'])} | {_fmt(r['center'])} | {_fmt(r['htf_minus_noflow'], True)} | "
                      f"{_fmt(r['htf_minus_best_baseline'], True)} | {same} | {_check(r['never_costs'])} | "
                      f"{_check(r['beats_baselines'])} | {_check(r.get('motion_tells'))} | "
-                     f"{_choices(r.get('flow_gates', []))} | {_choices(r['motion_prior_weights'])} |")
+                     f"{_choices(r.get('flow_gates', []))} |")
     lines += ["", "A row with fewer than 3 seeds is a measurement, not yet a claim."]
     if missing:
         lines += ["", f"Cells not run yet ({len(missing)}; rerun the script to complete them): "
@@ -248,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(ROOT / "bench" / "results_worlds"), help="results path without suffix")
     p.add_argument("--page", default=str(ROOT / "docs" / "train.md"),
                    help="page whose matrix table is rewritten with the results ('' for none)")
+    p.add_argument("--readme", default=str(ROOT / "README.md"),
+                   help="README whose short matrix table is rewritten ('' for none)")
     a = p.parse_args(argv)
     worlds = [w for w in a.worlds.split(",") if w]
     unknown = [w for w in worlds if w not in WORLDS]
@@ -266,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     everything = [(w, n, s) for s in DEFAULT_SEEDS for n in DEFAULT_SIZES for w in DEFAULT_WORLDS]
     reported = everything + [c for c in planned if c not in everything]
     page = Path(a.page) if a.page else None
+    readme = Path(a.readme) if a.readme else None
     preset = preset_id()
     work = Path(a.work) if a.work else ROOT / "bench" / "world_runs" / f"preset-{preset}"
     out = Path(a.out)
@@ -290,8 +317,8 @@ def main(argv: list[str] | None = None) -> int:
         run_cell(work, world, n, seed)
         ran += 1
         print(f"[matrix] cell {cell_name(world, n, seed)} done in {time.time() - t0:.0f} s", flush=True)
-        write_results(work, reported, json_path, md_path, page=page)
-    rows = write_results(work, reported, json_path, md_path, page=page)
+        write_results(work, reported, json_path, md_path, page=page, readme=readme)
+    rows = write_results(work, reported, json_path, md_path, page=page, readme=readme)
     print(f"[matrix] {len(rows)} row(s) with results -> {md_path}")
     return 0
 

@@ -201,10 +201,6 @@ class HTFModel(nn.Module):
             self.flow_local_conv = nn.Conv2d(dim if cfg.flow == "cnn" else 4, dim, 1)
             nn.init.zeros_(self.flow_local_conv.weight)
             nn.init.zeros_(self.flow_local_conv.bias)
-        if cfg.flow != "none" and cfg.motion_prior:
-            # Chosen on the validation split by the trainer (train.motion_prior_grid), never
-            # by the loss; starts at 0, so the map begins as the plain cosine map.
-            self.register_buffer("motion_prior_weight", torch.zeros(()))
         if cfg.flow != "none" and cfg.flow_gate:
             # Chosen on the validation split by the trainer (train.flow_gate_min_gain); starts
             # closed, so an unvalidated model is the no-flow model of its weights.
@@ -281,23 +277,7 @@ class HTFModel(nn.Module):
         else:
             amap = own_maps(img, aud)
         out["map"] = amap
-        if hasattr(self, "motion_prior_weight") and flow is not None and self.flow_enabled():
-            out["cosine_map"] = amap
-            out["motion_saliency"] = motion_saliency(flow)
-            out["map"] = amap + self.motion_prior_weight * out["motion_saliency"]
         return out
-
-
-# Flow speed (pixels of the model's input per frame) below which a clip counts as still: the
-# saliency of a still clip stays near 0 instead of stretching flow noise to 1.
-STILL_SPEED = 0.25
-
-
-def motion_saliency(flow: torch.Tensor) -> torch.Tensor:
-    """[B, 2, S, S] flow -> [B, 7, 7]: each cell's top speed over the clip's top speed (0..1)."""
-    speed = F.adaptive_max_pool2d(flow.float().norm(dim=1, keepdim=True), MAP_SIZE)[:, 0]
-    top = speed.flatten(1).amax(dim=1).clamp_min(STILL_SPEED)
-    return speed / top[:, None, None]
 
 
 # ------------------------------------------------------------------------------- loading

@@ -40,11 +40,6 @@ class ModelConfig:
     flow: Literal["cnn", "maxpool", "none"] = "cnn"   # none = audio-visual baseline (ablation)
     attention_value_init: Literal["default", "zero"] = "default"  # zero: flow branch starts silent
     flow_local: bool = False        # also add each location's own flow features (see HTFModel)
-    # A motion prior on the map: map = cosine map + w * (how fast each place moves, relative to
-    # the clip's fastest). w is not learned by the loss (a contrastive loss cannot learn a
-    # sound-independent "it moves" cue); the trainer picks it on the validation split from
-    # train.motion_prior_grid, 0 included, so it is used only as far as it helps there.
-    motion_prior: bool = False
     # Flow dropout: in training, the flow path (attention and local term) is skipped for this
     # fraction of clips, drawn per clip, so the visual path also learns to localise alone and
     # "flow off" is a model that was trained to work without flow.

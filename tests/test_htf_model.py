@@ -243,39 +243,6 @@ def test_checkpoints_saved_with_the_former_attention_option_load_when_official(t
         load_model(tmp_path / "query.pt")
 
 
-def test_motion_prior_adds_its_weight_times_relative_speed_to_the_cosine_map():
-    model = _htf("maxpool", motion_prior=True)
-    model.motion_prior_weight.fill_(0.3)
-    image, spec = torch.randn(1, 3, 112, 112), torch.randn(1, 1, 64, 100)
-    flow = torch.zeros(1, 2, 112, 112)
-    flow[:, 0, 16:32, 16:32] = 2.0                              # top-left cell moves fastest
-    flow[:, 1, 80:96, 80:96] = 1.0                              # another moves at half the speed
-    with torch.no_grad():
-        out = model(image, flow, spec)
-    assert out["motion_saliency"][0, 1, 1] == pytest.approx(1.0)
-    assert out["motion_saliency"][0, 5, 5] == pytest.approx(0.5)
-    assert out["motion_saliency"][0, 3, 3] == 0.0
-    assert torch.allclose(out["map"], out["cosine_map"] + 0.3 * out["motion_saliency"])
-
-
-def test_motion_prior_leaves_a_still_clip_and_the_loss_alone():
-    model = _htf("maxpool", motion_prior=True)
-    image, spec = torch.randn(2, 3, 112, 112), torch.randn(2, 1, 64, 100)
-    flow = 0.01 * torch.randn(2, 2, 112, 112)                  # flow noise only: nothing moves
-    with torch.no_grad():
-        before = model(image, flow, spec, return_loss=True)
-        model.motion_prior_weight.fill_(0.5)
-        after = model(image, flow, spec, return_loss=True)
-    assert float(after["motion_saliency"].max()) < 0.2
-    assert torch.equal(before["loss"], after["loss"])
-
-
-def test_motion_prior_weight_is_saved_only_with_the_option_so_official_names_are_unchanged():
-    assert "motion_prior_weight" in _htf("maxpool", motion_prior=True).state_dict()
-    assert "motion_prior_weight" not in _htf("maxpool").state_dict()
-    assert "motion_prior_weight" not in _htf("none", motion_prior=True).state_dict()
-
-
 def _flow_matters(model) -> None:
     """Non-zero flow branches, so the flow path changes the map when it is used."""
     torch.manual_seed(1)

@@ -143,34 +143,11 @@ def test_budget_in_steps_ends_inside_an_epoch_and_validates_at_the_end(data, tmp
     assert [r["step"] for r in records if r["kind"] == "val"] == [2, 3]
 
 
-def _fake_clip(right_moves: bool, without_flow: np.ndarray | None = None) -> "ValClip":
-    """Two objects that look alike to the cosine map (the silent right one a little
-    brighter); the box is on the left one."""
+def _fake_clip(with_flow: np.ndarray, without_flow: np.ndarray) -> "ValClip":
+    """A val clip whose box is on the left object."""
     from train.engine import ValClip
 
-    cosine = np.zeros((7, 7), np.float32)
-    cosine[:, 0:3], cosine[:, 4:7] = 0.9, 1.0
-    saliency = np.zeros((7, 7), np.float32)
-    moving = slice(4, 7) if right_moves else slice(0, 3)
-    saliency[:, moving] = 1.0
-    return ValClip(cosine, saliency, without_flow, [[0.0, 0.0, 3 / 7, 1.0]], "vggss")
-
-
-@pytest.mark.parametrize("motion_tells,expect_positive", [(True, True), (False, False)])
-def test_motion_prior_weight_is_chosen_on_validation_and_zero_when_motion_misleads(motion_tells, expect_positive):
-    from htf.config import load_config
-    from train.config import TrainConfig
-    from train.engine import _box_metrics
-    from htf.model import HTFModel
-
-    cfg = load_config(TrainConfig, Path(__file__).parents[1] / "configs/train/tiny.yaml",
-                      ["model.motion_prior=true"])
-    model = HTFModel(cfg.model)
-    clips = [_fake_clip(right_moves=not motion_tells) for _ in range(4)]
-    metrics = _box_metrics(model, clips, cfg)
-    assert (metrics["motion_prior_weight"] > 0) == expect_positive
-    assert float(model.motion_prior_weight) == metrics["motion_prior_weight"]
-    assert set(metrics["motion_prior_scores"]) == {f"{w:g}" for w in cfg.train.motion_prior_grid}
+    return ValClip(with_flow, without_flow, [[0.0, 0.0, 3 / 7, 1.0]], "vggss")
 
 
 def _gated_setup(min_gain: float = 0.0):
@@ -181,8 +158,7 @@ def _gated_setup(min_gain: float = 0.0):
     from train.engine import _scored_ciou
 
     cfg = load_config(TrainConfig, Path(__file__).parents[1] / "configs/train/tiny.yaml",
-                      ["model.flow_gate=true", "model.motion_prior=false",
-                       f"train.flow_gate_min_gain={min_gain}"])
+                      ["model.flow_gate=true", f"train.flow_gate_min_gain={min_gain}"])
     return cfg, HTFModel(cfg.model), (_scored_ciou, summarize)
 
 
@@ -202,13 +178,11 @@ def test_flow_gate_is_chosen_on_validation_and_ties_stay_closed(flow_on_finds, f
     from train.engine import _box_metrics
 
     cfg, model, fns = _gated_setup()
-    clips = [_fake_clip(False, without_flow=_map_on(left=flow_off_finds)) for _ in range(4)]
-    for c in clips:
-        c.cosine = _map_on(left=flow_on_finds)
+    clips = [_fake_clip(_map_on(left=flow_on_finds), _map_on(left=flow_off_finds)) for _ in range(4)]
     metrics = _box_metrics(model, clips, cfg)
     assert metrics["flow_gate"] == int(expect_open)
     assert float(model.flow_gate) == float(expect_open)
-    chosen = clips[0].cosine if expect_open else clips[0].without_flow
+    chosen = clips[0].with_flow if expect_open else clips[0].without_flow
     assert metrics["ciou_at_0.5"] == fns[1]([fns[0](chosen, c.boxes, c.box_format) for c in clips])["ciou_at_0.5"]
 
 
@@ -217,9 +191,7 @@ def test_flow_gate_stays_closed_when_flow_gains_less_than_the_minimum():
 
     cfg, model, fns = _gated_setup(min_gain=0.5)
     # flow on finds the sounder in 3 of 4 clips, flow off in 2: a gain of 0.25 AUC-ish, under 0.5
-    clips = [_fake_clip(False, without_flow=_map_on(left=i < 2)) for i in range(4)]
-    for i, c in enumerate(clips):
-        c.cosine = _map_on(left=i < 3)
+    clips = [_fake_clip(_map_on(left=i < 3), _map_on(left=i < 2)) for i in range(4)]
     metrics = _box_metrics(model, clips, cfg)
     on, off = metrics["flow_gate_scores"]["on"], metrics["flow_gate_scores"]["off"]
     assert 0 < on - off < 0.5

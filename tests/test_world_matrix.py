@@ -104,3 +104,17 @@ def test_a_fresh_work_folder_continues_from_the_cells_the_results_file_holds(tmp
     assert not (work / "indep-400-s1").exists()
     rows = wm.write_results(work, [("indep", 400, 0), ("indep", 400, 1)], results, tmp_path / "r.md")
     assert rows[0]["seeds"] == [0] and rows[0]["htf"] == (0.8, None)
+
+
+def test_the_readme_table_gives_each_row_its_claim_and_names_single_seed_rows(tmp_path):
+    for seed in (0, 1, 2):
+        _write_cell(tmp_path, _cell("demo", 400, seed, 0.9, 0.6, 0.5, same=(0.8, 0.3)))
+    _write_cell(tmp_path, _cell("distractors", 1000, 0, 0.6, 0.7, 0.3))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{wm.README_BEGIN}\n| stale |\n{wm.README_END}\nrest\n")
+    wm.write_results(tmp_path, [("demo", 400, s) for s in (0, 1, 2)] + [("distractors", 1000, 0)],
+                     tmp_path / "r.json", tmp_path / "r.md", readme=readme)
+    text = readme.read_text()
+    assert "| stale |" not in text and text.startswith("intro\n") and text.endswith(f"{wm.README_END}\nrest\n")
+    assert "| `demo` (400) | 0,1,2 | 0.900 ± 0.000 | 0.600 ± 0.000 | 0.500 ± 0.000 | 0.000 ± 0.000 | 0.800 / 0.300 | 1, 1, 1 | holds |" in text
+    assert "| `distractors` (1000) | 0 | 0.600 | 0.700 | 0.300 | 0.000 | — | 1 | does not hold (1 seed) |" in text

@@ -92,10 +92,6 @@ class LoopConfig:
     # Copy checkpoints, metrics, config and rank logs here after each checkpoint (s3://, gs://);
     # the run folder stays the source of truth (resume reads it).
     sync_url: str | None = None
-    # Candidate weights of model.motion_prior, chosen at each validation by select_metric
-    # (ties: the smaller weight); the chosen one is saved with the checkpoint.
-    motion_prior_grid: list[float] = field(default_factory=lambda: [0.0, 0.05, 0.1, 0.2, 0.3, 0.5])
-
     # model.flow_gate opens (flow used at evaluation) only where the flow-on score on the val
     # split beats the flow-off score of the same weights by more than this (select_metric units).
     flow_gate_min_gain: float = 0.0
@@ -105,9 +101,6 @@ class LoopConfig:
             raise ValueError(f"train.flow_gate_min_gain must be >= 0, got {self.flow_gate_min_gain}")
         if self.epochs < 1 or self.save_every_steps < 1 or self.log_every_steps < 1:
             raise ValueError("epochs, save_every_steps and log_every_steps must be >= 1")
-        if not self.motion_prior_grid or min(self.motion_prior_grid) < 0:
-            raise ValueError(f"train.motion_prior_grid must be a non-empty list of weights >= 0, "
-                             f"got {self.motion_prior_grid}")
         if self.steps is not None and self.steps < 1:
             raise ValueError(f"train.steps must be >= 1 or null, got {self.steps}")
 

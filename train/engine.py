@@ -253,11 +253,9 @@ def validate(model: HTFModel, urls: list[str], cfg: TrainConfig, info: du.DistIn
              pictures: list[np.ndarray] | None = None) -> dict[str, Any]:
     """Validation loss (batches of >= 2) and, for clips with boxes, cIoU@0.5 / mean cIoU / AUC.
 
-    Val-chosen settings (the model's buffers), picked by ``train.select_metric`` and set on
-    the model: with ``model.flow_gate`` the gate (flow off is scored too and wins ties; flow
-    opens only for a gain above ``train.flow_gate_min_gain``), reported as ``flow_gate``;
-    with ``model.motion_prior`` the weight on ``train.motion_prior_grid`` (ties: the smaller),
-    reported as ``motion_prior_weight``. The loss is the flow-on model's. With a
+    With ``model.flow_gate`` the gate is chosen here by ``train.select_metric`` and set on the
+    model (flow off is scored too and wins ties; flow opens only for a gain above
+    ``train.flow_gate_min_gain``), reported as ``flow_gate``. The loss is the flow-on model's. With a
     ``pictures`` list, rank 0 appends the heat-map figures of its first VAL_PICTURES clips
     with boxes (the same picture as the evaluator's report)."""
     was_training = model.training
@@ -273,12 +271,9 @@ def validate(model: HTFModel, urls: list[str], cfg: TrainConfig, info: du.DistIn
             loss_sum += float(out["loss"]) * image.shape[0]
             loss_n += image.shape[0]
         maps = out["map"].float().cpu().numpy()
-        cosine = out.get("cosine_map", out["map"]).float().cpu().numpy()
-        saliency = out["motion_saliency"].float().cpu().numpy() if "motion_saliency" in out else None
         for i, meta in enumerate(metas):
             if meta["boxes"]:
-                clips.append(ValClip(cosine[i], None if saliency is None else saliency[i],
-                                     None if off is None else off[i], meta["boxes"], meta["box_format"]))
+                clips.append(ValClip(maps[i], None if off is None else off[i], meta["boxes"], meta["box_format"]))
                 if pictures is not None and info.is_main and len(pictures) < VAL_PICTURES:
                     score = _scored_ciou(maps[i], meta["boxes"], meta["box_format"])
                     pictures.append(_val_picture(batch["image"][i], maps[i], meta, score, cfg))
@@ -295,10 +290,8 @@ def validate(model: HTFModel, urls: list[str], cfg: TrainConfig, info: du.DistIn
 
 @dataclass
 class ValClip:
-    """One val clip with boxes: its map with flow (before any motion prior), its motion
-    saliency (motion prior only), its map with the flow gate closed (flow gate only)."""
-    cosine: np.ndarray
-    saliency: np.ndarray | None
+    """One val clip with boxes: its map with flow, and with the flow gate closed (flow gate only)."""
+    with_flow: np.ndarray
     without_flow: np.ndarray | None
     boxes: Any
     box_format: str
@@ -326,34 +319,20 @@ def _maps_without_flow(model: HTFModel, image: torch.Tensor, flow: torch.Tensor,
 
 
 def _box_metrics(model: HTFModel, clips: list[ValClip], cfg: TrainConfig) -> dict[str, Any]:
-    """Box metrics of the map with the val-chosen settings (set on the model): the flow gate
-    (closed unless flow gains more than train.flow_gate_min_gain), the motion prior's weight."""
+    """Box metrics of the map with the val-chosen flow gate (set on the model): closed unless
+    flow gains more than train.flow_gate_min_gain."""
     def scored(map_of: Any) -> tuple[float, dict[str, Any]]:
         summary = summarize([_scored_ciou(map_of(c), c.boxes, c.box_format) for c in clips])
         return selection_score({**summary, "loss": 0.0}, cfg.train.select_metric)[1], summary
 
-    extra: dict[str, Any] = {}
-    prior = hasattr(model, "motion_prior_weight") and clips[0].saliency is not None
-    weights = sorted(cfg.train.motion_prior_grid) if prior else [0.0]
-    best: tuple[float, float, dict[str, Any]] | None = None
-    prior_scores = {}
-    for weight in weights:     # flow on, each prior weight; ties: the smaller weight
-        score, summary = scored(lambda c, w=weight: c.cosine + w * c.saliency if w else c.cosine)
-        prior_scores[f"{weight:g}"] = round(score, 6)
-        if best is None or score > best[0]:
-            best = (score, weight, summary)
-    score, weight, summary = best
-    if hasattr(model, "flow_gate") and clips[0].without_flow is not None:
-        off_score, off_summary = scored(lambda c: c.without_flow)
-        gate_open = score > off_score + cfg.train.flow_gate_min_gain
-        model.flow_gate.fill_(1.0 if gate_open else 0.0)
-        extra = {"flow_gate": int(gate_open), "flow_gate_scores": {"off": round(off_score, 6), "on": round(score, 6)}}
-        if not gate_open:
-            summary, weight = off_summary, 0.0
-    if prior:
-        model.motion_prior_weight.fill_(weight)
-        extra.update(motion_prior_weight=weight, motion_prior_scores=prior_scores)
-    return {**summary, **extra}
+    score, summary = scored(lambda c: c.with_flow)
+    if not (hasattr(model, "flow_gate") and clips[0].without_flow is not None):
+        return summary
+    off_score, off_summary = scored(lambda c: c.without_flow)
+    gate_open = score > off_score + cfg.train.flow_gate_min_gain
+    model.flow_gate.fill_(1.0 if gate_open else 0.0)
+    return {**(summary if gate_open else off_summary), "flow_gate": int(gate_open),
+            "flow_gate_scores": {"off": round(off_score, 6), "on": round(score, 6)}}
 
 
 def _val_picture(image: torch.Tensor, map7: np.ndarray, meta: dict[str, Any], ciou: float,
