@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from htf.cli import command, make_parser, parse_args
+from htf.io import atomic_write_json, atomic_write_text
 from apps.synth import WORLDS, generate_world, world_config
 from eval.baselines import BASELINES
 
@@ -317,7 +318,7 @@ def write_report(plan: DemoPlan, results: dict[str, dict[str, Any]], seconds: di
     md += ["## Wall time per stage", "", "| stage | seconds |", "|---|---|"]
     md += [f"| {k} | {s:.0f} |" for k, s in seconds.items()]
     md_path = out / "report.md"
-    md_path.write_text("\n".join(md) + "\n")
+    atomic_write_text(md_path, "\n".join(md) + "\n")
 
     e = html.escape
     body = [f"<p>World {e(plan.world)}, {plan.n} clips, seed {plan.seed}; the test split is never used for training or "
@@ -346,11 +347,11 @@ def write_report(plan: DemoPlan, results: dict[str, dict[str, Any]], seconds: di
     body.append("<h2>Wall time</h2>" + html_table([["stage", "seconds"]] + [[k, f"{s:.0f}"] for k, s in seconds.items()]))
     body.append(links([("report.md", "report.md"), ("results.json", "results.json")]))
     html_path = out / "report.html"
-    html_path.write_text(html_page("Hear The Flow demo on the synthetic world", body))
-    (out / "results.json").write_text(json.dumps({"world": plan.world, "results": {k: {m: results[k][m] for m in
-                                                  ("ciou_at_0.5", "mean_ciou", "auc", "n")} for k in results},
-                                                  "by_kind": by_kind or {}, "verdict": v, "seconds": seconds},
-                                                 indent=1))
+    atomic_write_text(html_path, html_page("Hear The Flow demo on the synthetic world", body))
+    atomic_write_json(out / "results.json", {
+        "world": plan.world, "by_kind": by_kind or {}, "verdict": v, "seconds": seconds,
+        "results": {k: {m: results[k][m] for m in ("ciou_at_0.5", "mean_ciou", "auc", "n")} for k in results}},
+        indent=1)
     return md_path, html_path
 
 

@@ -25,7 +25,6 @@ Output (``python -m apps.synth --output DIR --n N --seed S``)::
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -41,7 +40,7 @@ import numpy as np
 
 from htf.cli import command, fail, make_parser, parse_args
 from htf.config import dump_config, save_config
-from htf.io import atomic_path
+from htf.io import atomic_path, atomic_write_json, atomic_write_text
 
 
 @dataclass(frozen=True)
@@ -592,13 +591,12 @@ def generate_world(cfg: WorldConfig, out_dir: str | os.PathLike, progress: bool 
         plans = [_make_one(j) for j in jobs]
     boxes = [{"file": p["id"], "class": CLASSES[p["objects"][p["sounding"]]["class"]].name,
               "bbox": [sounding_box(p, cfg)]} for p in plans]
-    (out / "boxes.json").write_text(json.dumps(boxes))
-    (out / "world.json").write_text(json.dumps({"classes": [asdict(c) for c in CLASSES],
-                                                "keyframe_index": keyframe_index(cfg),
-                                                "clips": plans}))
+    atomic_write_json(out / "boxes.json", boxes)
+    atomic_write_json(out / "world.json", {"classes": [asdict(c) for c in CLASSES],
+                                           "keyframe_index": keyframe_index(cfg), "clips": plans})
     splits = split_ids([p["id"] for p in plans], cfg.split, cfg.seed)
     for name, ids in splits.items():
-        (out / f"{name}.txt").write_text("".join(i + "\n" for i in ids))
+        atomic_write_text(out / f"{name}.txt", "".join(i + "\n" for i in ids))
     save_config(cfg, out / "synth_config.yaml")
     return {"dir": str(out), "clips": len(plans), "seconds": time.time() - start,
             **{f"n_{k}": len(v) for k, v in splits.items()}}

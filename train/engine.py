@@ -23,13 +23,14 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from htf.config import dump_config, save_config, to_dict
+from htf.io import atomic_path, atomic_write_json
+from htf.metrics import clip_ciou, summarize
+from htf.model import HTFModel, checkpoint_payload, load_model
+from htf.shards import count_samples, expand_shards
 from train import checkpoint as ckpt
 from train import distributed as du
 from train.config import TrainConfig
-from htf.metrics import clip_ciou, summarize
-from htf.shards import count_samples, expand_shards
 from train.data import TrainStream, check_shard_settings, first_sample, train_loader, val_loader
-from htf.model import HTFModel, checkpoint_payload, load_model
 
 
 class NonFiniteLossError(RuntimeError):
@@ -595,9 +596,8 @@ def closing_block(output: Path, state: RunState, cfg: TrainConfig, seconds: floa
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
 
 
 def _validate_and_select(model: HTFModel, val_urls: list[str], cfg: TrainConfig, info: du.DistInfo,
@@ -621,4 +621,4 @@ def _write_rank_summary(output: Path, info: du.DistInfo, state: RunState, steps_
     # node: torchrun's agent (group) rank, so a multi-node run shows every node took part.
     summary = {"rank": info.rank, "world_size": info.world, "node": int(os.environ.get("GROUP_RANK", 0)),
                "local_rank": info.local_rank, "final_step": state.step, "steps_run": steps_run}
-    (output / "logs" / f"rank{info.rank}.json").write_text(json.dumps(summary) + "\n")
+    atomic_write_json(output / "logs" / f"rank{info.rank}.json", summary)
