@@ -10,6 +10,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from htf.interrupts import normal_ctrl_c, quiet_ctrl_c_while_starting
+
+if __name__ == "__main__":      # a Ctrl-C while the modules below load ends quietly
+    quiet_ctrl_c_while_starting()
+
 from eval.baselines import BASELINES
 from eval.config import EvalConfig
 from eval.report import write_report
@@ -117,4 +122,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    normal_ctrl_c()
     sys.exit(main())

@@ -30,13 +30,16 @@ class CommandExit(Exception):
 
 
 def command(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
-    """Decorate a ``main(argv) -> int``: a :class:`CommandExit` becomes its return value."""
+    """Decorate a ``main(argv) -> int``: a :class:`CommandExit` becomes its return value; a
+    Ctrl-C the command does not handle itself (e.g. while it reads its config) one line."""
     @functools.wraps(main)
     def wrapper(argv: list[str] | None = None) -> int:
         try:
             return main(argv)
         except CommandExit as done:
             return done.code
+        except KeyboardInterrupt:
+            return fail("interrupted", 130).code
     return wrapper
 
 

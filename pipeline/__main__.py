@@ -13,6 +13,11 @@ import os
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
+from htf.interrupts import normal_ctrl_c, quiet_ctrl_c_while_starting  # noqa: E402
+
+if __name__ == "__main__":      # a Ctrl-C while the modules below load ends quietly
+    quiet_ctrl_c_while_starting()
+
 import argparse  # noqa: E402
 import socket  # noqa: E402
 import sys  # noqa: E402
@@ -200,4 +205,5 @@ class OutputFolderError(ValueError):
 
 
 if __name__ == "__main__":
+    normal_ctrl_c()
     sys.exit(main())

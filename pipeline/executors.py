@@ -26,11 +26,13 @@ import os
 import pickle
 import signal
 import sys
+import threading
 import traceback
 from collections import deque
 from multiprocessing.connection import Connection, wait as wait_connections
 from typing import Any, Callable, Iterator, Optional, Protocol
 
+from htf.interrupts import ctrl_c_deferred, start_children_ignoring_ctrl_c
 from pipeline import watchdog
 from pipeline.tasks import Task, TaskResult, run_task
 
@@ -111,13 +113,19 @@ def _portable(err: BaseException) -> BaseException:
 
 
 class _Worker:
-    def __init__(self, context) -> None:
+    def __init__(self, context, started: list[_Worker]) -> None:
         self.conn, child = context.Pipe()
         self.process = context.Process(target=_worker_main, args=(child,), daemon=True)
-        self.process.start()
+        # A Ctrl-C must not cut a start in half: a worker the executor does not know of
+        # would keep the fork server, and close(), waiting.
+        with ctrl_c_deferred():
+            started.append(self)
+            self.process.start()
         child.close()
 
     def kill(self) -> None:
+        if self.process.pid is None:        # never started
+            return
         self.process.kill()
         self.process.join()
         self.conn.close()
@@ -146,14 +154,16 @@ class LocalExecutor:
         else:
             self._context = multiprocessing.get_context("forkserver")
             self._context.set_forkserver_preload(["pipeline.tasks"])
+            start_children_ignoring_ctrl_c(_start_fork_server)
         self._use_cuda = use_cuda
         self.slots = max(1, workers)
         self._idle: list[_Worker] = []
         self._busy: dict[int, _Worker] = {}
+        self._started: list[_Worker] = []
         self._ids = itertools.count()
 
     def submit(self, fn: TaskFn, task: Task) -> int:
-        worker = self._idle.pop() if self._idle else _Worker(self._context)
+        worker = self._idle.pop() if self._idle else _Worker(self._context, self._started)
         handle = next(self._ids)
         self._busy[handle] = worker
         worker.conn.send((fn, task))
@@ -169,6 +179,7 @@ class LocalExecutor:
                 status, payload = conn.recv()
             except (EOFError, OSError):
                 worker.kill()
+                self._started.remove(worker)
                 finished.append((handle, WorkerDied(f"exit code {worker.process.exitcode}")))
                 continue
             self._idle.append(worker)
@@ -176,17 +187,31 @@ class LocalExecutor:
         return finished
 
     def cancel(self, handle: int) -> None:
-        self._busy.pop(handle).kill()
+        worker = self._busy.pop(handle)
+        worker.kill()
+        self._started.remove(worker)
 
     def close(self) -> None:
-        for worker in self._busy.values():
-            worker.kill()
         for worker in self._idle:
             worker.stop()
+        for worker in self._started:
+            if worker not in self._idle and worker.process.exitcode is None:
+                worker.kill()       # busy, or started when a Ctrl-C came
         self._busy.clear()
         self._idle.clear()
+        self._started.clear()
         if not self._use_cuda:
             _stop_fork_server()
+
+
+def _start_fork_server() -> None:
+    from multiprocessing import forkserver
+
+    forkserver.ensure_running()
+
+
+# Seconds the fork server gets to end after its workers were stopped.
+FORK_SERVER_STOP_S = 10.0
 
 
 def _stop_fork_server() -> None:
@@ -195,12 +220,22 @@ def _stop_fork_server() -> None:
     ``time`` and getrusage see the whole run."""
     from multiprocessing import forkserver
 
-    stop = getattr(forkserver._forkserver, "_stop", None)    # CPython >= 3.8
-    if stop is not None:
-        try:
-            stop()
-        except OSError:
-            pass
+    server = forkserver._forkserver
+    stop = getattr(server, "_stop", None)                   # CPython >= 3.8
+    pid = getattr(server, "_forkserver_pid", None)
+    if stop is None or pid is None:
+        return
+    # It waits for every process it forked; one that escaped close() (killed parent, a
+    # Ctrl-C at the wrong instant) must not hang the run's end: past the bound the server
+    # is killed, and its workers with it (they die with their parent).
+    timer = threading.Timer(FORK_SERVER_STOP_S, os.kill, (pid, signal.SIGKILL))
+    timer.start()
+    try:
+        stop()
+    except OSError:
+        pass
+    finally:
+        timer.cancel()
 
 
 # ------------------------------------------------------------------------------- Ray

@@ -4,6 +4,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from htf.interrupts import normal_ctrl_c, quiet_ctrl_c_while_starting
+
+if __name__ == "__main__":      # a Ctrl-C while the modules below load ends quietly
+    quiet_ctrl_c_while_starting()
+
 from htf.cli import add_config_options, command, make_parser, parse_args, reported_errors, resolve_config
 from htf.config import ConfigError
 from train.config import TrainConfig
@@ -82,4 +87,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    normal_ctrl_c()
     sys.exit(main())
