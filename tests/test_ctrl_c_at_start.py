@@ -36,17 +36,29 @@ def test_a_ctrl_c_while_the_modules_load_is_one_line_and_exit_code_130():
     assert done.stderr == STARTING_MESSAGE
 
 
-def test_children_started_ignoring_ctrl_c_ignore_it_and_the_parent_gets_its_handler_back():
-    before = signal.getsignal(signal.SIGINT)
+@pytest.fixture
+def ctrl_c_raises():
+    """SIGINT handled as in an interactive command (a test runner started in the background
+    inherits it ignored)."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+def report_sigint_of_a_child() -> str:
+    return subprocess.run([sys.executable, "-c", REPORT_SIGINT], capture_output=True, text=True).stdout.strip()
+
+
+def test_children_started_ignoring_ctrl_c_ignore_it_and_the_parent_gets_its_handler_back(ctrl_c_raises):
+    assert report_sigint_of_a_child() == "False"
     seen = []
-    start_children_ignoring_ctrl_c(lambda: seen.append(
-        subprocess.run([sys.executable, "-c", REPORT_SIGINT], capture_output=True, text=True).stdout.strip()))
+    start_children_ignoring_ctrl_c(lambda: seen.append(report_sigint_of_a_child()))
     assert seen == ["True"]
-    assert signal.getsignal(signal.SIGINT) is before
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_the_fork_server_and_its_workers_ignore_ctrl_c_from_their_first_instruction():
+def test_the_fork_server_and_its_workers_ignore_ctrl_c_from_their_first_instruction(ctrl_c_raises):
     from multiprocessing import forkserver
 
     executor = LocalExecutor(1)
@@ -69,7 +81,7 @@ def test_close_ends_a_worker_that_was_started_but_never_handed_a_task():
     assert time.monotonic() - t0 < 8
 
 
-def test_a_deferred_ctrl_c_lets_the_block_finish_then_interrupts():
+def test_a_deferred_ctrl_c_lets_the_block_finish_then_interrupts(ctrl_c_raises):
     finished = []
     with pytest.raises(KeyboardInterrupt):
         with ctrl_c_deferred():
