@@ -28,7 +28,11 @@ exit $status
 """
 FAKE_SCONTROL = """#!/bin/bash
 [ "$1 $2" = "show hostnames" ] || { echo "fake scontrol: only 'show hostnames'" >&2; exit 2; }
-printf '127.0.0.1\\n127.0.0.2\\n'
+# One line per write, as a long node list comes: a reader that stops after the first line
+# would make the second write a SIGPIPE.
+echo 127.0.0.1
+sleep 0.2
+echo 127.0.0.2
 """
 
 
