@@ -113,12 +113,18 @@ def test_a_pipeline_run_interrupted_at_any_early_moment_ends_without_a_traceback
     os.killpg(proc.pid, signal.SIGINT)
     interrupted = time.monotonic()
     try:
-        _, err = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=60)
         # Every worker it started was stopped: the fork server did not have to be killed.
         assert time.monotonic() - interrupted < FORK_SERVER_STOP_S - 2, err
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode in (0, 130), err          # 0: the run was over before the Ctrl-C
     assert "Traceback" not in err and "Fatal Python error" not in err, err
-    assert proc.returncode == 0 or err.strip().splitlines()[-1].startswith("error: interrupted")
+    finished = "8 written" in out
+    if proc.returncode in (0, -signal.SIGINT):
+        # The run was over before the Ctrl-C, or it landed while the interpreter was exiting
+        # (Python gives SIGINT back its default action then): the report was written either way.
+        assert finished, (out, err)
+    else:
+        assert proc.returncode == 130, (out, err)
+        assert err.strip().splitlines()[-1].startswith("error: interrupted")
