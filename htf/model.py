@@ -205,6 +205,9 @@ class HTFModel(nn.Module):
             # Chosen on the validation split by the trainer (train.flow_gate_min_gain); starts
             # closed, so an unvalidated model is the no-flow model of its weights.
             self.register_buffer("flow_gate", torch.zeros(()))
+        if cfg.flow_fallback == "twin":
+            self.twin = HTFModel(dataclasses.replace(cfg, flow="none", flow_local=False, flow_dropout=0.0,
+                                                     flow_gate=False, flow_fallback="shared"))
         if cfg.flow != "none" and cfg.attention_value_init == "zero":
             # Residual branch starts at zero: the model begins as the no-flow model and
             # adds flow context only as far as it helps (from-scratch training on a CPU).
@@ -234,6 +237,8 @@ class HTFModel(nn.Module):
     def features(self, image: torch.Tensor, flow: torch.Tensor | None,
                  spec: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(attended visual map [B, C, 7, 7], audio vector [B, C]), both L2-normalised, float32."""
+        if hasattr(self, "twin") and not self.flow_enabled():
+            return self.twin.features(image, None, spec)
         img = self.imgnet(image)
         if self.flow_enabled():
             if flow is None:
@@ -272,8 +277,10 @@ class HTFModel(nn.Module):
                 return_loss: bool = False) -> dict[str, torch.Tensor]:
         img, aud = self.features(image, flow, spec)
         out: dict[str, torch.Tensor] = {"image_features": img, "audio_features": aud}
-        if return_loss:    # the loss sees the features only, never the motion prior
+        if return_loss:
             out["loss"], amap = localization_loss(img, aud, self.cfg.loss, training=self.training)
+            if self.training and hasattr(self, "twin"):   # the fallback learns on the same batch
+                out["loss"] = out["loss"] + self.twin(image, None, spec, return_loss=True)["loss"]
         else:
             amap = own_maps(img, aud)
         out["map"] = amap

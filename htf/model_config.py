@@ -48,6 +48,11 @@ class ModelConfig:
     # closed (0: the map is exactly the no-flow map of the same weights); the trainer opens it
     # only where flow scores better on the validation split (train.flow_gate_min_gain).
     flow_gate: bool = False
+    # What a closed gate runs. shared: the same weights without the flow path (pair it with
+    # flow_dropout so they learn to work alone). twin: a second, flow-free network held in the
+    # same model (its own visual and audio nets), trained beside it on every batch with its
+    # own loss; the gate then chooses on val between a flow net and a real no-flow net.
+    flow_fallback: Literal["shared", "twin"] = "shared"
     width: int = 64                 # ResNet-18 base width: 64 is the standard (and official) net
     image_size: int = 224           # input side S; the backbone stride is S / 7 (32, 16 or 8)
     freeze_vision: bool = True      # official: vision ResNet has requires_grad=False
@@ -71,6 +76,9 @@ class ModelConfig:
             raise ValueError("mean and std need 3 values each (std > 0)")
         if not 0 <= self.flow_dropout < 1:
             raise ValueError(f"flow_dropout must be in [0, 1), got {self.flow_dropout}")
+        if self.flow_fallback == "twin" and (self.flow == "none" or not self.flow_gate):
+            raise ValueError("flow_fallback 'twin' is what a closed flow gate runs: it needs a flow "
+                             "model (flow: cnn or maxpool) with flow_gate: true")
         if self.audio_frames is not None and self.audio_frames < 1:
             raise ValueError("audio_frames must be >= 1 or null")
 

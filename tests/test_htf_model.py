@@ -308,3 +308,33 @@ def test_without_flow_dropout_no_clip_is_dropped():
 def test_flow_dropout_must_be_a_fraction_below_one():
     with pytest.raises(ValueError, match="flow_dropout"):
         ModelConfig(flow="maxpool", flow_dropout=1.0).validate()
+
+
+def test_a_closed_gate_with_a_twin_fallback_gives_the_twins_no_flow_map():
+    model = _htf("maxpool", flow_local=True, flow_gate=True, flow_fallback="twin")
+    _flow_matters(model)
+    image, flow, spec = _clip_inputs()
+    with torch.no_grad():
+        closed = model(image, flow, spec)["map"]
+        twin = model.twin(image, None, spec)["map"]
+        model.flow_gate.fill_(1.0)
+        opened = model(image, flow, spec)["map"]
+    assert model.twin.cfg.flow == "none" and not hasattr(model.twin, "twin")
+    assert torch.equal(closed, twin)
+    assert not torch.allclose(opened, twin, atol=1e-3)
+
+
+def test_the_twin_learns_from_every_training_batch_beside_the_flow_net():
+    model = _htf("maxpool", flow_local=True, flow_gate=True, flow_fallback="twin").train()
+    image, flow, spec = _clip_inputs(4)
+    model(image, flow, spec, return_loss=True)["loss"].backward()
+    for name, p in model.named_parameters():
+        if name.startswith(("twin.", "imgnet.", "audnet.")):
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_a_twin_fallback_needs_a_gated_flow_model():
+    with pytest.raises(ValueError, match="flow_fallback"):
+        ModelConfig(flow="maxpool", flow_fallback="twin").validate()
+    with pytest.raises(ValueError, match="flow_fallback"):
+        ModelConfig(flow="none", flow_gate=True, flow_fallback="twin").validate()

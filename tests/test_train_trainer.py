@@ -126,13 +126,37 @@ def test_flow_local_lr_mult_gives_the_flow_branch_its_own_learning_rate():
     from htf.model import HTFModel
 
     cfg = load_config(TrainConfig, Path(__file__).parents[1] / "configs/train/tiny.yaml",
-                      ["model.flow=maxpool", "model.flow_local=true", "optim.flow_local_lr_mult=10"])
+                      ["model.flow=maxpool", "model.flow_local=true", "model.flow_fallback=shared",
+                       "optim.flow_local_lr_mult=10"])
     model = HTFModel(cfg.model)
     base, flow = build_optimizer(model, cfg).param_groups
     assert flow["lr"] == pytest.approx(10 * base["lr"])
     flow_ids = {id(p) for p in flow["params"]}
     for name, p in model.named_parameters():
         assert (id(p) in flow_ids) == name.startswith("flow_local_conv."), name
+
+
+def test_a_twin_fallback_has_its_own_param_group_and_its_gradients_are_clipped_apart():
+    from htf.config import load_config
+    from htf.model import HTFModel
+    from train.config import TrainConfig
+    from train.engine import build_optimizer, clip_gradients
+
+    cfg = load_config(TrainConfig, Path(__file__).parents[1] / "configs/train/tiny.yaml",
+                      ["model.flow_fallback=twin"])
+    model = HTFModel(cfg.model)
+    optimizer = build_optimizer(model, cfg)
+    twin_group = optimizer.param_groups[-1]
+    assert twin_group["network"] == "twin"
+    assert {id(p) for p in twin_group["params"]} == {id(p) for p in model.twin.parameters()}
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 1e-5)      # the twin's norm is under it
+    for p in model.imgnet.parameters():
+        p.grad = torch.full_like(p, 10.0)        # the flow net's norm is far above the clip
+    clip_gradients(optimizer, 1.0)
+    assert all(torch.all(p.grad == 1e-5) for p in model.twin.parameters())
+    flow_net = [p.grad for n, p in model.named_parameters() if not n.startswith("twin.")]
+    assert torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in flow_net])) == pytest.approx(1.0, rel=1e-4)
 
 
 def test_budget_in_steps_ends_inside_an_epoch_and_validates_at_the_end(data, tmp_path):

@@ -58,16 +58,32 @@ def seed_everything(seed: int, rank: int) -> None:
 
 
 def build_optimizer(model: HTFModel, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Adam; ``flow_local_conv`` is its own group when ``optim.flow_local_lr_mult`` != 1."""
+    """Adam; ``flow_local_conv`` is its own group when ``optim.flow_local_lr_mult`` != 1, and
+    a ``model.flow_fallback: twin`` network is its own group tagged ``network: twin`` (its
+    gradients are clipped apart: two networks, two norms)."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    twin = [p for n, p in named if n.startswith("twin.")]
+    named = [(n, p) for n, p in named if not n.startswith("twin.")]
     local = [p for n, p in named if n.startswith("flow_local_conv.")]
     if cfg.optim.flow_local_lr_mult == 1.0 or not local:
         groups: list[dict] = [{"params": [p for _, p in named]}]
     else:
         groups = [{"params": [p for n, p in named if not n.startswith("flow_local_conv.")]},
                   {"params": local, "lr": cfg.optim.lr * cfg.optim.flow_local_lr_mult}]
+    if twin:
+        groups.append({"params": twin, "network": "twin"})
     return torch.optim.Adam(groups, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                             weight_decay=cfg.optim.weight_decay)
+
+
+def clip_gradients(optimizer: torch.optim.Optimizer, max_norm: float) -> None:
+    """Clip each network's gradient norm to ``max_norm`` (the param groups' ``network`` tag):
+    a twin's gradients neither shrink nor are shrunk by the flow net's."""
+    networks: dict[str, list[torch.Tensor]] = {}
+    for group in optimizer.param_groups:
+        networks.setdefault(group.get("network", "main"), []).extend(group["params"])
+    for params in networks.values():
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
 
 
 def planned_step_count(cfg: TrainConfig, steps_per_epoch: int) -> int:
@@ -228,8 +244,7 @@ def train_step(model: torch.nn.Module, batch: dict[str, torch.Tensor], optimizer
     scaler.scale(loss).backward()
     if cfg.optim.grad_clip:
         scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
-                                       cfg.optim.grad_clip)
+        clip_gradients(optimizer, cfg.optim.grad_clip)
     scaler.step(optimizer)
     scaler.update()
     return mean_loss
