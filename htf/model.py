@@ -203,7 +203,7 @@ class HTFModel(nn.Module):
             nn.init.zeros_(self.flow_local_conv.bias)
         if cfg.flow != "none" and cfg.flow_gate:
             # Chosen on the validation split by the trainer (train.flow_gate_min_gain); starts
-            # closed, so an unvalidated model is the no-flow model of its weights.
+            # closed, so an unvalidated model is the no-flow model of its weights (or its twin).
             self.register_buffer("flow_gate", torch.zeros(()))
         if cfg.flow_fallback == "twin":
             self.twin = HTFModel(dataclasses.replace(cfg, flow="none", flow_local=False, flow_dropout=0.0,
