@@ -205,7 +205,7 @@ class HTFModel(nn.Module):
             # Chosen on the validation split by the trainer (train.flow_gate_min_gain); starts
             # closed, so an unvalidated model is the no-flow model of its weights (or its twin).
             self.register_buffer("flow_gate", torch.zeros(()))
-        if cfg.flow_fallback == "twin":
+        if cfg.flow_fallback == "twin" and hasattr(self, "flow_gate"):
             self.twin = HTFModel(dataclasses.replace(cfg, flow="none", flow_local=False, flow_dropout=0.0,
                                                      flow_gate=False, flow_fallback="shared"))
         if cfg.flow != "none" and cfg.attention_value_init == "zero":

@@ -52,6 +52,7 @@ class ModelConfig:
     # flow_dropout so they learn to work alone). twin: a second, flow-free network held in the
     # same model (its own visual and audio nets), trained beside it on every batch with its
     # own loss; the gate then chooses on val between a flow net and a real no-flow net.
+    # With flow: none there is no flow path, so no gate and no twin (the preset's no-flow run).
     flow_fallback: Literal["shared", "twin"] = "shared"
     width: int = 64                 # ResNet-18 base width: 64 is the standard (and official) net
     image_size: int = 224           # input side S; the backbone stride is S / 7 (32, 16 or 8)
@@ -76,9 +77,9 @@ class ModelConfig:
             raise ValueError("mean and std need 3 values each (std > 0)")
         if not 0 <= self.flow_dropout < 1:
             raise ValueError(f"flow_dropout must be in [0, 1), got {self.flow_dropout}")
-        if self.flow_fallback == "twin" and (self.flow == "none" or not self.flow_gate):
-            raise ValueError("flow_fallback 'twin' is what a closed flow gate runs: it needs a flow "
-                             "model (flow: cnn or maxpool) with flow_gate: true")
+        if self.flow_fallback == "twin" and self.flow != "none" and not self.flow_gate:
+            raise ValueError("flow_fallback 'twin' is what a closed flow gate runs: a flow model "
+                             "(flow: cnn or maxpool) with it needs flow_gate: true")
         if self.audio_frames is not None and self.audio_frames < 1:
             raise ValueError("audio_frames must be >= 1 or null")
 

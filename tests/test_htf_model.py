@@ -336,5 +336,13 @@ def test_the_twin_learns_from_every_training_batch_beside_the_flow_net():
 def test_a_twin_fallback_needs_a_gated_flow_model():
     with pytest.raises(ValueError, match="flow_fallback"):
         ModelConfig(flow="maxpool", flow_fallback="twin").validate()
-    with pytest.raises(ValueError, match="flow_fallback"):
-        ModelConfig(flow="none", flow_gate=True, flow_fallback="twin").validate()
+
+
+def test_a_twin_preset_run_with_flow_none_is_one_plain_no_flow_network():
+    # The preset's no-flow comparison overrides only model.flow; nothing is left to fall back from.
+    cfg = ModelConfig(flow="none", flow_gate=True, flow_fallback="twin")
+    cfg.validate()
+    model = HTFModel(cfg)
+    assert not hasattr(model, "twin") and not hasattr(model, "flow_gate")
+    plain = HTFModel(ModelConfig(flow="none"))
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in plain.parameters())

@@ -159,6 +159,18 @@ def test_a_twin_fallback_has_its_own_param_group_and_its_gradients_are_clipped_a
     assert torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in flow_net])) == pytest.approx(1.0, rel=1e-4)
 
 
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (Path(__file__).parents[1] / "configs/train").glob("*.yaml")))
+def test_every_train_preset_also_loads_as_its_no_flow_comparison(preset):
+    from htf.config import load_config
+    from htf.model import HTFModel
+    from train.config import TrainConfig
+
+    path = Path(__file__).parents[1] / f"configs/train/{preset}.yaml"
+    cfg = load_config(TrainConfig, path, ["model.flow=none", "model.vision_weights=null",
+                                          "model.flow_weights=null"])   # tests never download
+    assert HTFModel(cfg.model).cfg.flow == "none"
+
+
 def test_budget_in_steps_ends_inside_an_epoch_and_validates_at_the_end(data, tmp_path):
     # 11 samples // batch 4 = 2 steps per epoch; 3 steps end one step into the second epoch
     assert main(_args(data[0], tmp_path, data[1], extra=["train.steps=3", "train.epochs=50"])) == 0
