@@ -53,13 +53,19 @@ def preset_id(path: Path = PRESET) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
 
 
-def git_commit() -> str:
-    """The checkout's commit (with '+dirty' when files differ from it), or 'unknown'."""
+# Files whose edits cannot change a cell: the pages and the results this script rewrites
+# after every cell (so a running matrix does not call its own checkout dirty).
+NOT_CODE = (":(exclude)*.md", ":(exclude)bench/results_worlds*.json")
+
+
+def git_commit(root: Path = ROOT) -> str:
+    """The checkout's commit (with '+dirty' when files other than pages and results differ
+    from it), or 'unknown'."""
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
                               text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *NOT_CODE],
+                               cwd=root, capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head + ("+dirty" if dirty else "")

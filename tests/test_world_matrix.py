@@ -118,3 +118,22 @@ def test_the_readme_table_gives_each_row_its_claim_and_names_single_seed_rows(tm
     assert "| stale |" not in text and text.startswith("intro\n") and text.endswith(f"{wm.README_END}\nrest\n")
     assert "| `demo` (400) | 0,1,2 | 0.900 ± 0.000 | 0.600 ± 0.000 | 0.500 ± 0.000 | 0.000 ± 0.000 | 0.800 / 0.300 | 1, 1, 1 | holds |" in text
     assert "| `distractors` (1000) | 0 | 0.600 | 0.700 | 0.300 | 0.000 | — | 1 | does not hold (1 seed) |" in text
+
+
+def test_a_cell_calls_its_checkout_dirty_for_code_edits_not_for_pages_or_results(tmp_path):
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    for name in ("train.py", "README.md", "bench/results_worlds.json"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("v1\n")
+    git("init", "-q")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "v1")
+    (tmp_path / "README.md").write_text("v2\n")              # the matrix rewrites its tables
+    (tmp_path / "bench/results_worlds.json").write_text("v2\n")
+    assert not wm.git_commit(tmp_path).endswith("+dirty")
+    (tmp_path / "train.py").write_text("v2\n")
+    assert wm.git_commit(tmp_path).endswith("+dirty")
