@@ -159,6 +159,34 @@ def test_a_twin_fallback_has_its_own_param_group_and_its_gradients_are_clipped_a
     assert torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in flow_net])) == pytest.approx(1.0, rel=1e-4)
 
 
+def test_a_twin_trained_inside_htf_follows_the_same_no_flow_network_trained_alone():
+    # "A closed twin gate is a model trained without flow": same start, same batches, the same
+    # optimizer and clipping give the same weights, step for step.
+    from htf.config import load_config
+    from htf.model import HTFModel
+    from train.config import TrainConfig
+    from train.engine import build_optimizer, clip_gradients
+
+    tiny = Path(__file__).parents[1] / "configs/train/tiny.yaml"
+    cfg = load_config(TrainConfig, tiny, ["optim.grad_clip=0.01"])   # a clip that bites
+    alone_cfg = load_config(TrainConfig, tiny, ["optim.grad_clip=0.01", "model.flow=none"])
+    torch.manual_seed(0)
+    htf, alone = HTFModel(cfg.model).train(), HTFModel(alone_cfg.model).train()
+    alone.load_state_dict(htf.twin.state_dict())
+    opt_htf, opt_alone = build_optimizer(htf, cfg), build_optimizer(alone, alone_cfg)
+    side = cfg.model.image_size
+    for step in range(3):
+        torch.manual_seed(10 + step)
+        image, flow, spec = torch.randn(4, 3, side, side), torch.randn(4, 2, side, side), torch.randn(4, 1, 64, 100)
+        for model, opt, flow_in in ((htf, opt_htf, flow), (alone, opt_alone, None)):
+            opt.zero_grad()
+            model(image, flow_in, spec, return_loss=True)["loss"].backward()
+            clip_gradients(opt, cfg.optim.grad_clip)
+            opt.step()
+    for (name, a), b in zip(htf.twin.state_dict().items(), alone.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name
+
+
 @pytest.mark.parametrize("preset", sorted(p.stem for p in (Path(__file__).parents[1] / "configs/train").glob("*.yaml")))
 def test_every_train_preset_also_loads_as_its_no_flow_comparison(preset):
     from htf.config import load_config
