@@ -179,6 +179,13 @@ class HTFModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.data_settings: dict[str, Any] | None = None
+        gated = cfg.flow != "none" and cfg.flow_gate
+        if gated and cfg.flow_fallback == "twin":
+            # Built first, so it draws the same random start as a `flow: none` model seeded
+            # alike: with the same batches it *is* that model, and a closed gate is exactly
+            # the no-flow run (tests/test_train_trainer.py compares the two runs).
+            self.twin = HTFModel(dataclasses.replace(cfg, flow="none", flow_local=False, flow_dropout=0.0,
+                                                     flow_gate=False, flow_fallback="shared"))
         stride = cfg.image_size // MAP_SIZE
         dim = cfg.feat_dim
         self.imgnet = ResNetTrunk(3, cfg.width, stride)
@@ -201,13 +208,10 @@ class HTFModel(nn.Module):
             self.flow_local_conv = nn.Conv2d(dim if cfg.flow == "cnn" else 4, dim, 1)
             nn.init.zeros_(self.flow_local_conv.weight)
             nn.init.zeros_(self.flow_local_conv.bias)
-        if cfg.flow != "none" and cfg.flow_gate:
+        if gated:
             # Chosen on the validation split by the trainer (train.flow_gate_min_gain); starts
             # closed, so an unvalidated model is the no-flow model of its weights (or its twin).
             self.register_buffer("flow_gate", torch.zeros(()))
-        if cfg.flow_fallback == "twin" and hasattr(self, "flow_gate"):
-            self.twin = HTFModel(dataclasses.replace(cfg, flow="none", flow_local=False, flow_dropout=0.0,
-                                                     flow_gate=False, flow_fallback="shared"))
         if cfg.flow != "none" and cfg.attention_value_init == "zero":
             # Residual branch starts at zero: the model begins as the no-flow model and
             # adds flow context only as far as it helps (from-scratch training on a CPU).

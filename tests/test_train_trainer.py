@@ -160,8 +160,8 @@ def test_a_twin_fallback_has_its_own_param_group_and_its_gradients_are_clipped_a
 
 
 def test_a_twin_trained_inside_htf_follows_the_same_no_flow_network_trained_alone():
-    # "A closed twin gate is a model trained without flow": same start, same batches, the same
-    # optimizer and clipping give the same weights, step for step.
+    # "A closed twin gate is a model trained without flow": the same seed gives the same start;
+    # same batches, the same optimizer and clipping give the same weights, step for step.
     from htf.config import load_config
     from htf.model import HTFModel
     from train.config import TrainConfig
@@ -171,8 +171,9 @@ def test_a_twin_trained_inside_htf_follows_the_same_no_flow_network_trained_alon
     cfg = load_config(TrainConfig, tiny, ["optim.grad_clip=0.01"])   # a clip that bites
     alone_cfg = load_config(TrainConfig, tiny, ["optim.grad_clip=0.01", "model.flow=none"])
     torch.manual_seed(0)
-    htf, alone = HTFModel(cfg.model).train(), HTFModel(alone_cfg.model).train()
-    alone.load_state_dict(htf.twin.state_dict())
+    htf = HTFModel(cfg.model).train()
+    torch.manual_seed(0)
+    alone = HTFModel(alone_cfg.model).train()
     opt_htf, opt_alone = build_optimizer(htf, cfg), build_optimizer(alone, alone_cfg)
     side = cfg.model.image_size
     for step in range(3):
@@ -185,6 +186,23 @@ def test_a_twin_trained_inside_htf_follows_the_same_no_flow_network_trained_alon
             opt.step()
     for (name, a), b in zip(htf.twin.state_dict().items(), alone.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_a_closed_twin_gate_scores_on_val_exactly_as_the_no_flow_run_of_the_same_seed(data, tmp_path):
+    # Two runs of the trainer, as the demo and the world matrix make them: the twin's val scores
+    # (the gate's 'off' side) are the no-flow run's, every validation, and its weights end equal.
+    twin = ["model.flow=maxpool", "model.flow_local=true", "model.flow_gate=true", "model.flow_fallback=twin"]
+    assert main(_args(data[0], tmp_path / "htf", data[1], extra=twin)) == 0
+    assert main(_args(data[0], tmp_path / "none", data[1], extra=["model.flow=none"])) == 0
+    htf_val = [r for r in _records(tmp_path / "htf") if r["kind"] == "val"]
+    none_val = [r for r in _records(tmp_path / "none") if r["kind"] == "val"]
+    assert [r["step"] for r in htf_val] == [r["step"] for r in none_val] and len(none_val) == 2
+    for with_twin, alone in zip(htf_val, none_val):
+        assert with_twin["flow_gate_scores"]["off"] == round(alone["auc"], 6)
+    htf_weights = ckpt.load(ckpt.latest_path(tmp_path / "htf"))["model"]
+    alone_weights = ckpt.load(ckpt.latest_path(tmp_path / "none"))["model"]
+    for name, weight in alone_weights.items():
+        assert torch.equal(htf_weights[f"twin.{name}"], weight), name
 
 
 @pytest.mark.parametrize("preset", sorted(p.stem for p in (Path(__file__).parents[1] / "configs/train").glob("*.yaml")))
