@@ -180,12 +180,6 @@ class HTFModel(nn.Module):
         self.cfg = cfg
         self.data_settings: dict[str, Any] | None = None
         gated = cfg.flow != "none" and cfg.flow_gate
-        if gated and cfg.flow_fallback == "twin":
-            # Built first, so it draws the same random start as a `flow: none` model seeded
-            # alike: with the same batches it *is* that model, and a closed gate is exactly
-            # the no-flow run (tests/test_train_trainer.py compares the two runs).
-            self.twin = HTFModel(dataclasses.replace(cfg, flow="none", flow_local=False, flow_dropout=0.0,
-                                                     flow_gate=False, flow_fallback="shared"))
         stride = cfg.image_size // MAP_SIZE
         dim = cfg.feat_dim
         self.imgnet = ResNetTrunk(3, cfg.width, stride)
@@ -224,7 +218,21 @@ class HTFModel(nn.Module):
         if cfg.freeze_vision:
             for p in self.imgnet.parameters():
                 p.requires_grad_(False)
+        if gated and cfg.flow_fallback == "twin":
+            self.twin = self._twin_from_the_same_start(cfg)
         self.train()
+
+    def _twin_from_the_same_start(self, cfg: ModelConfig) -> "HTFModel":
+        """The flow-free twin, starting from this model's vision and audio weights. These are
+        the first weights drawn, as in a `flow: none` model seeded alike, so with the same
+        batches the twin *is* the no-flow run (tests/test_train_trainer.py compares the two
+        runs); and with zero-initialised flow branches both networks start as one function,
+        so the gate compares what flow adds, not two random starts."""
+        twin = HTFModel(dataclasses.replace(cfg, flow="none", flow_local=False, flow_dropout=0.0, flow_gate=False,
+                                            flow_fallback="shared", vision_weights=None))   # copied below
+        twin.imgnet.load_state_dict(self.imgnet.state_dict())
+        twin.audnet.load_state_dict(self.audnet.state_dict())
+        return twin
 
     def train(self, mode: bool = True) -> "HTFModel":
         super().train(mode)

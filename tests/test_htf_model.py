@@ -324,6 +324,22 @@ def test_a_closed_gate_with_a_twin_fallback_gives_the_twins_no_flow_map():
     assert not torch.allclose(opened, twin, atol=1e-3)
 
 
+@pytest.mark.parametrize("flow", ["cnn", "maxpool"])
+def test_the_flow_net_and_its_twin_start_as_one_function(flow):
+    # Same vision and audio start, flow branches at zero: the gate compares what flow adds,
+    # not two random starts.
+    model = _htf(flow, flow_local=True, flow_gate=True, flow_fallback="twin", attention_value_init="zero")
+    image, flow_in, spec = _clip_inputs()
+    with torch.no_grad():
+        twin = model(image, flow_in, spec)["map"]
+        model.flow_gate.fill_(1.0)
+        opened = model(image, flow_in, spec)["map"]
+    assert torch.allclose(opened, twin, atol=1e-5)
+    for net in ("imgnet", "audnet"):
+        theirs = getattr(model.twin, net).state_dict()
+        assert all(torch.equal(w, theirs[k]) for k, w in getattr(model, net).state_dict().items())
+
+
 def test_the_twin_learns_from_every_training_batch_beside_the_flow_net():
     model = _htf("maxpool", flow_local=True, flow_gate=True, flow_fallback="twin").train()
     image, flow, spec = _clip_inputs(4)
