@@ -219,16 +219,16 @@ class HTFModel(nn.Module):
             for p in self.imgnet.parameters():
                 p.requires_grad_(False)
         if gated and cfg.flow_fallback == "twin":
-            self.twin = self._twin_from_the_same_start(cfg)
+            self.twin = self._twin_from_the_same_start()
         self.train()
 
-    def _twin_from_the_same_start(self, cfg: ModelConfig) -> "HTFModel":
+    def _twin_from_the_same_start(self) -> "HTFModel":
         """The flow-free twin, starting from this model's vision and audio weights. These are
         the first weights drawn, as in a `flow: none` model seeded alike, so with the same
         batches the twin *is* the no-flow run (tests/test_train_trainer.py compares the two
         runs); and with zero-initialised flow branches both networks start as one function,
         so the gate compares what flow adds, not two random starts."""
-        twin = HTFModel(dataclasses.replace(cfg, flow="none", flow_local=False, flow_dropout=0.0, flow_gate=False,
+        twin = HTFModel(dataclasses.replace(self.cfg, flow="none", flow_local=False, flow_dropout=0.0, flow_gate=False,
                                             flow_fallback="shared", vision_weights=None))   # copied below
         twin.imgnet.load_state_dict(self.imgnet.state_dict())
         twin.audnet.load_state_dict(self.audnet.state_dict())
