@@ -93,13 +93,96 @@ def run_cell(work: Path, world: str, n: int, seed: int) -> dict[str, Any]:
 
 
 def _selected_on_val(run: Path) -> dict[str, Any]:
-    """The HTF checkpoint the trainer kept: its step, val metrics and flow gate."""
-    vals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"val"' in line]
-    best = [v for v in vals if v.get("best")]
+    """The HTF checkpoint the trainer kept: its step, val metrics, flow gate and motion prior."""
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    best = [r for r in records if r.get("kind") == "val" and r.get("best")]
     if not best:
         return {}
-    v = best[-1]
-    return {k: v[k] for k in ("step", "ciou_at_0.5", "auc", "flow_gate") if k in v}
+    chosen = {k: best[-1][k] for k in ("step", "ciou_at_0.5", "auc", "flow_gate") if k in best[-1]}
+    prior = [r for r in records if r.get("kind") == "motion_prior"]
+    if prior:
+        chosen["motion_prior_weight"] = prior[-1]["motion_prior_weight"]
+    return chosen
+
+
+# Model keys that act only after training (train.engine.calibrate_motion_prior): a preset that
+# differs from another only in these trains exactly the same networks.
+AFTER_TRAINING_KEYS = ("motion_prior_weights", "motion_prior_floor")
+
+
+def _preset_at(commit: str) -> dict[str, Any]:
+    import yaml
+
+    text = subprocess.run(["git", "show", f"{commit.split('+')[0]}:{PRESET.relative_to(ROOT)}"], cwd=ROOT,
+                          capture_output=True, text=True, check=True).stdout
+    return yaml.safe_load(text)
+
+
+def trains_the_same(old_commit: str) -> bool:
+    """Does configs/train/tiny.yaml at ``old_commit`` differ from today's only after training?"""
+    import yaml
+
+    old, new = _preset_at(old_commit), yaml.safe_load(PRESET.read_text())
+    for cfg in (old, new):
+        for key in AFTER_TRAINING_KEYS:
+            cfg.get("model", {}).pop(key, None)
+    return old == new
+
+
+def rescore_cell(old: Path, work: Path, world: str, n: int, seed: int) -> dict[str, Any]:
+    """A cell of today's preset from a finished cell of a preset that trains the same networks
+    (trains_the_same): the world and its val and test shards are made again (checked to be the
+    same world), the old HTF best.pt gets today's after-training keys and the trainer's
+    post-training choice on val (calibrate_motion_prior), and HTF is evaluated again on test.
+    The no-flow run (no flow, so no prior) and the baselines keep their results."""
+    import torch
+
+    from apps.demo import clip_kinds, evaluate, make_world, results_by_kind, run_pipeline
+    from htf.config import load_config
+    from htf.model import load_model
+    from train import checkpoint as ckpt
+    from train.config import TrainConfig
+    from train.distributed import DistInfo
+    from train.engine import calibrate_motion_prior
+
+    before = json.loads((old / "cell.json").read_text())
+    out = work / cell_name(world, n, seed)
+    plan = DemoPlan(output=out.resolve(), n=n, seed=seed, world=world, heatmaps=0)
+    made = make_world(plan)
+    if (made / "world.json").read_bytes() != (old / "world" / "world.json").read_bytes():
+        raise SystemExit(f"error: {made} is not the world of {old}; rerun the cell instead")
+    shards = out / "shards"
+    for split in ("val", "test"):
+        run_pipeline(plan.pipeline_config, made, shards, split, plan.nproc, out / "logs" / f"pipeline_{split}.log",
+                     ["--split-list", str(made / f"{split}.txt"), "--annotations", str(made / "boxes.json")])
+    run = out / "runs" / "htf"
+    (run / "checkpoints").mkdir(parents=True, exist_ok=True)
+    saved = ckpt.load(old / "runs" / "htf" / "checkpoints" / "best.pt")
+    today = load_config(TrainConfig, PRESET).model
+    for key in AFTER_TRAINING_KEYS:
+        saved["config"]["model"][key] = getattr(today, key)
+    saved["model"]["motion_prior_weight"] = torch.zeros(())
+    best = ckpt.save_atomic(saved, run / "checkpoints" / "best.pt")
+    cfg = load_config(TrainConfig, base=saved["config"])
+    model = load_model(best)
+    chosen = calibrate_motion_prior(model, [str(p) for p in sorted(shards.glob("val-*.tar"))], cfg, DistInfo())
+    saved["model"]["motion_prior_weight"] = model.motion_prior_weight.detach().clone()
+    saved["best_metrics"] = {**saved.get("best_metrics", {}), **chosen}
+    ckpt.save_atomic(saved, best)
+    metrics = (old / "runs" / "htf" / "metrics.jsonl").read_text()
+    atomic_write_text(run / "metrics.jsonl", metrics + json.dumps({"kind": "motion_prior", "step": saved["step"],
+                                                                   **chosen}) + "\n")
+    results = dict(before["results"], htf=evaluate(plan, shards, "htf", checkpoint=best))
+    by_kind = dict(before["by_kind"], htf=results_by_kind(out / "eval" / "htf", clip_kinds(made)))
+    cell = {"world": world, "n": n, "seed": seed, "preset": {"file": str(PRESET.relative_to(ROOT)),
+                                                             "sha256": preset_id(), "commit": git_commit()},
+            "results": {k: results[k] for k in before["results"]}, "by_kind": by_kind,
+            "seconds": before["seconds"], "selected": _selected_on_val(run),
+            "rescored_from": {"preset": before["preset"], "cell": str(old)}}
+    for heavy in ("world/video", "shards"):
+        shutil.rmtree(out / heavy, ignore_errors=True)
+    atomic_write_text(out / "cell.json", json.dumps(cell, indent=1))
+    return cell
 
 
 # ---------------------------------------------------------------------------- summary
@@ -280,6 +363,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="page whose matrix table is rewritten with the results ('' for none)")
     p.add_argument("--readme", default=str(ROOT / "README.md"),
                    help="README whose short matrix table is rewritten ('' for none)")
+    p.add_argument("--rescore-from", default=None, metavar="DIR",
+                   help="a work folder of a preset that differs from today's only in keys that act after "
+                        "training (model.motion_prior_*): its cells' training runs are kept and only the "
+                        "post-training choice and HTF's test evaluation are redone")
     a = p.parse_args(argv)
     worlds = [w for w in a.worlds.split(",") if w]
     unknown = [w for w in worlds if w not in WORLDS]
@@ -312,6 +399,15 @@ def main(argv: list[str] | None = None) -> int:
     recovered = recover_cells(json_path, work, preset)
     if recovered:
         print(f"[matrix] {recovered} finished cell(s) taken from {json_path} (the work folder lacked them)")
+    rescore_from = Path(a.rescore_from) if a.rescore_from else None
+    if rescore_from is not None:
+        commits = {json.loads(c.read_text())["preset"]["commit"] for c in rescore_from.glob("*/cell.json")}
+        differing = [c for c in commits if not trains_the_same(c)]
+        if not commits or differing:
+            print(f"error: {rescore_from}: " + (f"its preset (commit {differing[0]}) trains other networks than "
+                  f"today's configs/train/tiny.yaml; run the cells instead" if differing else "no finished cell"),
+                  file=sys.stderr)
+            return 2
     ran = 0
     for world, n, seed in planned:
         if a.report_only or (a.max_cells is not None and ran >= a.max_cells):
@@ -320,7 +416,14 @@ def main(argv: list[str] | None = None) -> int:
             continue
         t0 = time.time()
         print(f"[matrix] cell {cell_name(world, n, seed)}", flush=True)
-        run_cell(work, world, n, seed)
+        if rescore_from is not None:
+            old = rescore_from / cell_name(world, n, seed)
+            if not (old / "cell.json").is_file():
+                print(f"[matrix] {old} has no finished cell: skipped", flush=True)
+                continue
+            rescore_cell(old, work, world, n, seed)
+        else:
+            run_cell(work, world, n, seed)
         ran += 1
         print(f"[matrix] cell {cell_name(world, n, seed)} done in {time.time() - t0:.0f} s", flush=True)
         write_results(work, reported, json_path, md_path, page=page, readme=readme)

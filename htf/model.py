@@ -206,6 +206,10 @@ class HTFModel(nn.Module):
             # Chosen on the validation split by the trainer (train.flow_gate_min_gain); starts
             # closed, so an unvalidated model is the no-flow model of its weights (or its twin).
             self.register_buffer("flow_gate", torch.zeros(()))
+        if cfg.flow != "none" and cfg.motion_prior_weights:
+            # Chosen on the validation split after training (train.engine.calibrate_motion_prior);
+            # 0 until then, so the map is the network's own.
+            self.register_buffer("motion_prior_weight", torch.zeros(()))
         if cfg.flow != "none" and cfg.attention_value_init == "zero":
             # Residual branch starts at zero: the model begins as the no-flow model and
             # adds flow context only as far as it helps (from-scratch training on a CPU).
@@ -295,8 +299,32 @@ class HTFModel(nn.Module):
                 out["loss"] = out["loss"] + self.twin(image, None, spec, return_loss=True)["loss"]
         else:
             amap = own_maps(img, aud)
+        if not self.training and flow is not None and self.motion_prior() > 0:
+            amap = with_motion_prior(amap, motion_map(flow, self.cfg.motion_prior_floor), self.motion_prior())
         out["map"] = amap
         return out
+
+    def motion_prior(self) -> float:
+        """The weight of the motion prior added to the map at evaluation (0: none)."""
+        return float(self.motion_prior_weight) if hasattr(self, "motion_prior_weight") else 0.0
+
+
+def motion_map(flow: torch.Tensor, floor: float) -> torch.Tensor:
+    """[B, 2, H, W] flow -> [B, 7, 7] motion in [0, 1]: the magnitude average-pooled to the
+    map's grid, shifted so the stillest cell is 0 and divided by the largest value, or by
+    ``floor`` pixels where nothing moves more (a still clip's noise stays near 0)."""
+    pooled = F.adaptive_avg_pool2d(flow.float().norm(dim=1, keepdim=True), MAP_SIZE)[:, 0]
+    low = pooled.amin(dim=(1, 2), keepdim=True)
+    span = (pooled.amax(dim=(1, 2), keepdim=True) - low).clamp(min=floor)
+    return (pooled - low) / span
+
+
+def with_motion_prior(amap: torch.Tensor, motion: torch.Tensor, weight: float) -> torch.Tensor:
+    """The map min-max scaled to [0, 1] per clip, plus ``weight`` times the motion map: where
+    two places are equally likely by sight and sound, the moving one wins."""
+    low = amap.amin(dim=(1, 2), keepdim=True)
+    span = (amap.amax(dim=(1, 2), keepdim=True) - low).clamp(min=1e-6)
+    return (amap - low) / span + weight * motion.to(amap.dtype)
 
 
 # ------------------------------------------------------------------------------- loading

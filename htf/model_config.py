@@ -54,6 +54,15 @@ class ModelConfig:
     # own loss; the gate then chooses on val between a flow net and a real no-flow net.
     # With flow: none there is no flow path, so no gate and no twin (the preset's no-flow run).
     flow_fallback: Literal["shared", "twin"] = "shared"
+    # A motion prior on the map at evaluation: map' = minmax(map) + w * motion, where motion is
+    # the flow magnitude average-pooled to 7x7, shifted to 0 and divided by its largest value
+    # (at least motion_prior_floor pixels of the S x S input, so a still clip gets almost no
+    # prior). The contrastive loss cannot learn "sounds come from what moves" (it is the same
+    # for every sound), so w is not learned: after training, the trainer picks it on the
+    # validation split from 0 and these candidates (the buffer ``motion_prior_weight``; 0 is
+    # the map itself). Empty: no prior. With flow: none there is no flow, so no prior.
+    motion_prior_weights: list[float] = field(default_factory=list)
+    motion_prior_floor: float = 0.25
     width: int = 64                 # ResNet-18 base width: 64 is the standard (and official) net
     image_size: int = 224           # input side S; the backbone stride is S / 7 (32, 16 or 8)
     freeze_vision: bool = True      # official: vision ResNet has requires_grad=False
@@ -80,6 +89,11 @@ class ModelConfig:
         if self.flow_fallback == "twin" and self.flow != "none" and not self.flow_gate:
             raise ValueError("flow_fallback 'twin' is what a closed flow gate runs: a flow model "
                              "(flow: cnn or maxpool) with it needs flow_gate: true")
+        if any(w <= 0 for w in self.motion_prior_weights):
+            raise ValueError(f"motion_prior_weights must all be > 0 (0, the map alone, is always a "
+                             f"candidate), got {self.motion_prior_weights}")
+        if self.motion_prior_floor <= 0:
+            raise ValueError(f"motion_prior_floor must be > 0 pixels, got {self.motion_prior_floor}")
         if self.audio_frames is not None and self.audio_frames < 1:
             raise ValueError("audio_frames must be >= 1 or null")
 

@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from htf.config import dump_config, save_config, to_dict
 from htf.io import atomic_path, atomic_write_json
 from htf.metrics import clip_ciou, summarize
-from htf.model import HTFModel, checkpoint_payload, load_model
+from htf.model import HTFModel, checkpoint_payload, load_model, motion_map, with_motion_prior
 from htf.shards import count_samples, expand_shards
 from train import checkpoint as ckpt
 from train import distributed as du
@@ -351,6 +351,42 @@ def _box_metrics(model: HTFModel, clips: list[ValClip], cfg: TrainConfig) -> dic
             "flow_gate_scores": {"off": round(off_score, 6), "on": round(score, 6)}}
 
 
+@torch.no_grad()
+def calibrate_motion_prior(model: HTFModel, urls: list[str], cfg: TrainConfig,
+                           info: du.DistInfo) -> dict[str, Any]:
+    """Set ``model.motion_prior_weight`` to the candidate (0, the map alone, or one of
+    ``model.motion_prior_weights``) whose maps score best on the val clips with boxes by
+    ``train.select_metric``: a weight must beat every smaller one, so ties keep the smaller.
+    Collective (every rank's clips count); returns the choice and every candidate's score."""
+    was_training = model.training
+    model.eval()
+    model.motion_prior_weight.zero_()
+    clips = []
+    for batch, metas in val_loader(urls, cfg.model, cfg.data, info.rank, info.world):
+        image, flow, spec = (batch[k].to(info.device) for k in ("image", "flow", "spec"))
+        with autocast(cfg, info.device):
+            maps = model(image, flow, spec)["map"].float().cpu()
+        motion = motion_map(flow, cfg.model.motion_prior_floor).cpu()
+        clips += [(maps[i], motion[i], meta["boxes"], meta["box_format"])
+                  for i, meta in enumerate(metas) if meta["boxes"]]
+    model.train(was_training)
+    clips = [c for part in du.gather_objects(clips, info) for c in part]
+    if not clips:
+        return {"motion_prior_weight": 0.0, "motion_prior_scores": {}}
+    scores: dict[float, float] = {}
+    for weight in [0.0, *sorted(cfg.model.motion_prior_weights)]:
+        cious = [_scored_ciou(with_motion_prior(m[None], mo[None], weight)[0].numpy(), boxes, fmt)
+                 for m, mo, boxes, fmt in clips]
+        scores[weight] = selection_score({**summarize(cious), "loss": 0.0}, cfg.train.select_metric)[1]
+    chosen = 0.0
+    for weight, score in scores.items():
+        if score > scores[chosen]:
+            chosen = weight
+    model.motion_prior_weight.fill_(chosen)
+    return {"motion_prior_weight": chosen,
+            "motion_prior_scores": {str(w): round(s, 6) for w, s in scores.items()}}
+
+
 def _val_picture(image: torch.Tensor, map7: np.ndarray, meta: dict[str, Any], ciou: float,
                  cfg: TrainConfig) -> np.ndarray:
     """The model's input frame (normalisation undone), its map and boxes, as a figure."""
@@ -553,6 +589,8 @@ def _fit(cfg: TrainConfig, train_shards: str, val_shards: str | None, output: Pa
             _validate_and_select(model, val_urls, cfg, info, state, log, output, save)
         save(ckpt.latest_path(output))
     _write_rank_summary(output, info, state, steps_run)
+    if val_urls and hasattr(model, "motion_prior_weight") and state.best_metrics:
+        _calibrate_best(model, val_urls, cfg, info, state, log, output)
     if info.is_main:
         selected_by_validation = ckpt.best_path(output).is_file() and bool(state.best_metrics)
         if not selected_by_validation:
@@ -596,6 +634,8 @@ def closing_block(output: Path, state: RunState, cfg: TrainConfig, seconds: floa
                           if isinstance(best.get(k), float))
         chosen = (f"selected on validation {best.get('selected_on')} (config train.select_metric: "
                   f"{cfg.train.select_metric}) at step {best.get('step')}: {shown}")
+        if "motion_prior_weight" in best:
+            chosen += f"; motion prior weight {best['motion_prior_weight']:g} (chosen on validation after training)"
     else:
         chosen = "a copy of latest.pt: no validation ran (no --val-shards), so nothing was selected"
     lines = [
@@ -630,6 +670,25 @@ def _validate_and_select(model: HTFModel, val_urls: list[str], cfg: TrainConfig,
         + (" (best so far)" if improved else ""))
     if improved:
         save(ckpt.best_path(output))
+
+
+def _calibrate_best(model: HTFModel, val_urls: list[str], cfg: TrainConfig, info: du.DistInfo,
+                    state: RunState, log: Logger, output: Path) -> None:
+    """After training: best.pt's motion prior weight, chosen on val (calibrate_motion_prior) and
+    written into best.pt. Runs again on a resumed finished run, with the same result."""
+    du.barrier(info)      # best.pt is complete on disk
+    best = ckpt.best_path(output)
+    saved = ckpt.load(best, map_location=info.device)
+    model.load_state_dict(saved["model"])
+    chosen = calibrate_motion_prior(model, val_urls, cfg, info)
+    state.best_metrics.update(chosen)
+    log.log("motion_prior", state.step, chosen)
+    log.print(f"motion prior: weight {chosen['motion_prior_weight']:g} chosen on validation "
+              f"{cfg.train.select_metric} (candidates: {chosen['motion_prior_scores'] or 'no val clip has boxes'})")
+    if info.is_main:
+        saved["model"]["motion_prior_weight"] = model.motion_prior_weight.detach().clone()
+        saved["best_metrics"] = state.best_metrics
+        ckpt.save_atomic(saved, best)
 
 
 def _write_rank_summary(output: Path, info: du.DistInfo, state: RunState, steps_run: int) -> None:

@@ -1,0 +1,113 @@
+"""The motion prior: a map-level "sounds come from what moves", weighted on val after training."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import webdataset as wds
+
+from htf.config import load_config
+from htf.metrics import prediction_mask
+from htf.model import HTFModel, load_model, motion_map, with_motion_prior
+from htf.sample import encode_sample
+from tests.train_helpers import synthetic_sample
+from train import checkpoint as ckpt
+from train.__main__ import main
+from train.config import TrainConfig
+
+TINY = ["model.width=8", "model.image_size=56", "model.freeze_vision=false", "model.audio_frames=32",
+        "model.flow=maxpool", "model.vision_weights=null", "model.flow_weights=null",
+        "data.batch_size=4", "data.workers=0", "data.shuffle_buffer=8", "data.val_batch_size=8",
+        "data.expect_settings={}", "train.epochs=1", "train.amp=none"]
+BOX = [0.0, 0.0, 3 / 7, 1.0]      # the left three columns of the 7x7 grid
+
+
+def _flow_on(columns: slice, size: int = 56, speed: float = 3.0) -> torch.Tensor:
+    """[1, 2, size, size] flow moving only in the given 7x7 grid columns."""
+    flow = torch.zeros(1, 2, size, size)
+    cell = size // 7
+    flow[0, 0, :, columns.start * cell:columns.stop * cell] = speed
+    return flow
+
+
+def test_motion_map_is_one_where_things_move_and_zero_where_they_do_not():
+    motion = motion_map(_flow_on(slice(0, 3)), floor=0.25)[0]
+    assert torch.allclose(motion[:, :3], torch.ones(7, 3)) and torch.allclose(motion[:, 3:], torch.zeros(7, 4))
+
+
+def test_motion_under_the_floor_gives_a_faint_prior_and_a_still_clip_none():
+    assert float(motion_map(_flow_on(slice(0, 3), speed=0.05), floor=0.25).max()) == pytest.approx(0.2)
+    assert float(motion_map(torch.zeros(1, 2, 56, 56), floor=0.25).abs().max()) == 0.0
+
+
+def test_weight_zero_predicts_the_map_own_region():
+    amap = torch.randn(1, 7, 7)
+    fused = with_motion_prior(amap, motion_map(_flow_on(slice(4, 7)), 0.25), 0.0)
+    assert np.array_equal(prediction_mask(fused[0].numpy())[1], prediction_mask(amap[0].numpy())[1])
+
+
+def test_of_two_equal_peaks_the_prior_keeps_the_moving_one():
+    amap = torch.zeros(1, 7, 7)
+    amap[0, :, 0:2] = amap[0, :, 5:7] = 1.0           # two same-looking objects, left and right
+    fused = with_motion_prior(amap, motion_map(_flow_on(slice(5, 7)), 0.25), 0.5)[0]
+    assert float(fused[:, 5:7].min()) > float(fused[:, 0:2].max())
+
+
+def _model(weights: str = "[0.5, 2.0]") -> HTFModel:
+    cfg = load_config(TrainConfig, None, TINY + [f"model.motion_prior_weights={weights}"])
+    return HTFModel(cfg.model).eval()
+
+
+def test_the_prior_shapes_evaluation_maps_only_once_its_weight_is_set():
+    model = _model()
+    image, flow, spec = torch.randn(2, 3, 56, 56), _flow_on(slice(0, 3)).repeat(2, 1, 1, 1), torch.randn(2, 1, 64, 32)
+    plain = model(image, flow, spec)["map"]
+    model.motion_prior_weight.fill_(0.5)
+    assert torch.allclose(model(image, flow, spec)["map"], with_motion_prior(plain, motion_map(flow, 0.25), 0.5))
+    model.train()                                   # training never sees it
+    with_weight = model(image, flow, spec)["map"]
+    model.motion_prior_weight.zero_()
+    assert torch.equal(with_weight, model(image, flow, spec)["map"])
+
+
+def test_a_no_flow_model_has_no_prior_even_with_candidates():
+    cfg = load_config(TrainConfig, None, TINY + ["model.flow=none", "model.motion_prior_weights=[1.0]"])
+    assert HTFModel(cfg.model).motion_prior() == 0.0 and not hasattr(HTFModel(cfg.model), "motion_prior_weight")
+
+
+def test_a_candidate_weight_of_zero_or_below_names_the_key():
+    from htf.config import ConfigError
+    with pytest.raises(ConfigError, match="motion_prior_weights"):
+        load_config(TrainConfig, None, TINY + ["model.motion_prior_weights=[0.0, 1.0]"])
+
+
+def _shards(folder: Path, prefix: str, moving_box: bool, n: int) -> str:
+    """Random frames whose box is on the left; the flow moves there (or, misleading, on the right)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{prefix}-000000.tar"
+    with wds.TarWriter(str(path)) as sink:
+        for i in range(n):
+            s = synthetic_sample(i, size=56, seed=3 if prefix == "val" else 0)
+            s.flow = _flow_on(slice(0, 3) if moving_box else slice(4, 7))[0].numpy()
+            s.meta.boxes = [BOX]
+            sink.write(encode_sample(s))
+    return str(path)
+
+
+@pytest.mark.parametrize("moving_box,chosen", [(True, 2.0), (False, 0.0)])
+def test_after_training_the_weight_is_chosen_on_val_and_written_into_best(tmp_path, moving_box, chosen):
+    train = _shards(tmp_path / "data", "train", moving_box, 8)
+    val = _shards(tmp_path / "data", "val", moving_box, 8)
+    argv = ["--train-shards", train, "--val-shards", val, "--output", str(tmp_path / "run")]
+    for item in TINY + ["model.motion_prior_weights=[0.5, 2.0]"]:
+        argv += ["--set", item]
+    assert main(argv) == 0
+    record = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()
+              if '"motion_prior"' in line][-1]
+    assert record["motion_prior_weight"] == chosen and set(record["motion_prior_scores"]) == {"0.0", "0.5", "2.0"}
+    assert load_model(ckpt.best_path(tmp_path / "run")).motion_prior() == chosen
+    assert float(ckpt.load(ckpt.latest_path(tmp_path / "run"))["model"]["motion_prior_weight"]) == 0.0
+    assert f"motion prior weight {chosen:g}" in (tmp_path / "run/train.log").read_text()
