@@ -10,10 +10,16 @@ which cells ran.
 
     python bench/world_matrix.py [--worlds demo,indep,indep-same,distractors] [--sizes 1000,400]
                                  [--seeds 0,1,2] [--work DIR] [--max-cells N] [--report-only]
+                                 [--rescore-from DIR]
 
 Every cell records the preset it was trained with (the SHA-256 of configs/train/tiny.yaml and
 the commit); the default work folder is one per preset (bench/world_runs/preset-<sha>), and a
 work folder holding cells of another preset is refused, so one table never mixes presets.
+
+A preset that differs from an earlier one only in keys that act after training
+(``model.motion_prior_*``) trains the same networks; ``--rescore-from DIR`` makes its cells
+from that preset's finished cells (training runs kept; world, val and test shards remade and
+the world checked to be the same; the post-training choice and HTF's test evaluation redone).
 
 Cells run seed-major (every world and size at seed 0, then seed 1, ...) so the first hours
 cover every world. Writes ``bench/results_worlds.json`` (every cell and the summary) and
@@ -129,21 +135,40 @@ def trains_the_same(old_commit: str) -> bool:
     return old == new
 
 
-def rescore_cell(old: Path, work: Path, world: str, n: int, seed: int) -> dict[str, Any]:
-    """A cell of today's preset from a finished cell of a preset that trains the same networks
-    (trains_the_same): the world and its val and test shards are made again (checked to be the
-    same world), the old HTF best.pt gets today's after-training keys and the trainer's
-    post-training choice on val (calibrate_motion_prior), and HTF is evaluated again on test.
-    The no-flow run (no flow, so no prior) and the baselines keep their results."""
+def with_todays_after_training_choice(old_best: Path, new_best: Path, val_urls: list[str]) -> dict[str, Any]:
+    """``old_best`` as today's preset would have ended it: today's after-training keys in its
+    config, and the trainer's post-training choice on ``val_urls`` (the same function, in one
+    process), written to ``new_best``. Returns the choice and the step."""
     import torch
 
-    from apps.demo import clip_kinds, evaluate, make_world, results_by_kind, run_pipeline
     from htf.config import load_config
     from htf.model import load_model
     from train import checkpoint as ckpt
     from train.config import TrainConfig
     from train.distributed import DistInfo
     from train.engine import calibrate_motion_prior
+
+    saved = ckpt.load(old_best)
+    today = load_config(TrainConfig, PRESET).model
+    for key in AFTER_TRAINING_KEYS:
+        saved["config"]["model"][key] = getattr(today, key)
+    saved["model"]["motion_prior_weight"] = torch.zeros(())
+    ckpt.save_atomic(saved, new_best)
+    model = load_model(new_best)
+    chosen = calibrate_motion_prior(model, val_urls, load_config(TrainConfig, base=saved["config"]), DistInfo())
+    saved["model"]["motion_prior_weight"] = model.motion_prior_weight.detach().clone()
+    saved["best_metrics"] = {**saved.get("best_metrics", {}), **chosen}
+    ckpt.save_atomic(saved, new_best)
+    return {"step": saved["step"], **chosen}
+
+
+def rescore_cell(old: Path, work: Path, world: str, n: int, seed: int) -> dict[str, Any]:
+    """A cell of today's preset from a finished cell of a preset that trains the same networks
+    (trains_the_same): the world and its val and test shards are made again (checked to be the
+    same world), the old HTF best.pt gets today's after-training keys and the trainer's
+    post-training choice on val (calibrate_motion_prior), and HTF is evaluated again on test.
+    The no-flow run (no flow, so no prior) and the baselines keep their results."""
+    from apps.demo import clip_kinds, evaluate, make_world, results_by_kind, run_pipeline
 
     before = json.loads((old / "cell.json").read_text())
     out = work / cell_name(world, n, seed)
@@ -156,22 +181,11 @@ def rescore_cell(old: Path, work: Path, world: str, n: int, seed: int) -> dict[s
         run_pipeline(plan.pipeline_config, made, shards, split, plan.nproc, out / "logs" / f"pipeline_{split}.log",
                      ["--split-list", str(made / f"{split}.txt"), "--annotations", str(made / "boxes.json")])
     run = out / "runs" / "htf"
-    (run / "checkpoints").mkdir(parents=True, exist_ok=True)
-    saved = ckpt.load(old / "runs" / "htf" / "checkpoints" / "best.pt")
-    today = load_config(TrainConfig, PRESET).model
-    for key in AFTER_TRAINING_KEYS:
-        saved["config"]["model"][key] = getattr(today, key)
-    saved["model"]["motion_prior_weight"] = torch.zeros(())
-    best = ckpt.save_atomic(saved, run / "checkpoints" / "best.pt")
-    cfg = load_config(TrainConfig, base=saved["config"])
-    model = load_model(best)
-    chosen = calibrate_motion_prior(model, [str(p) for p in sorted(shards.glob("val-*.tar"))], cfg, DistInfo())
-    saved["model"]["motion_prior_weight"] = model.motion_prior_weight.detach().clone()
-    saved["best_metrics"] = {**saved.get("best_metrics", {}), **chosen}
-    ckpt.save_atomic(saved, best)
+    best = run / "checkpoints" / "best.pt"
+    chosen = with_todays_after_training_choice(old / "runs" / "htf" / "checkpoints" / "best.pt", best,
+                                               [str(p) for p in sorted(shards.glob("val-*.tar"))])
     metrics = (old / "runs" / "htf" / "metrics.jsonl").read_text()
-    atomic_write_text(run / "metrics.jsonl", metrics + json.dumps({"kind": "motion_prior", "step": saved["step"],
-                                                                   **chosen}) + "\n")
+    atomic_write_text(run / "metrics.jsonl", metrics + json.dumps({"kind": "motion_prior", **chosen}) + "\n")
     results = dict(before["results"], htf=evaluate(plan, shards, "htf", checkpoint=best))
     by_kind = dict(before["by_kind"], htf=results_by_kind(out / "eval" / "htf", clip_kinds(made)))
     cell = {"world": world, "n": n, "seed": seed, "preset": {"file": str(PRESET.relative_to(ROOT)),

@@ -111,3 +111,28 @@ def test_after_training_the_weight_is_chosen_on_val_and_written_into_best(tmp_pa
     assert load_model(ckpt.best_path(tmp_path / "run")).motion_prior() == chosen
     assert float(ckpt.load(ckpt.latest_path(tmp_path / "run"))["model"]["motion_prior_weight"]) == 0.0
     assert f"motion prior weight {chosen:g}" in (tmp_path / "run/train.log").read_text()
+
+
+def _train(tmp_path: Path, name: str, train: str, val: str, extra: list[str]) -> Path:
+    argv = ["--train-shards", train, "--val-shards", val, "--output", str(tmp_path / name)]
+    for item in TINY + ["model.flow_gate=true", "model.flow_fallback=twin", "model.flow_local=true"] + extra:
+        argv += ["--set", item]
+    assert main(argv) == 0
+    return tmp_path / name
+
+
+def test_the_prior_leaves_training_and_checkpoint_selection_unchanged(tmp_path):
+    train = _shards(tmp_path / "data", "train", True, 8)
+    val = _shards(tmp_path / "data", "val", True, 8)
+    without = _train(tmp_path, "without", train, val, [])
+    with_prior = _train(tmp_path, "with", train, val, ["model.motion_prior_weights=[1.0]"])
+    records = [[json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
+                if '"val"' in line] for run in (without, with_prior)]
+    drop = ("time",)
+    assert [{k: v for k, v in r.items() if k not in drop} for r in records[0]] == \
+           [{k: v for k, v in r.items() if k not in drop} for r in records[1]]
+    plain = ckpt.load(ckpt.latest_path(without))["model"]
+    prior = ckpt.load(ckpt.latest_path(with_prior))["model"]
+    assert set(prior) - set(plain) == {"motion_prior_weight"}
+    for name, weight in plain.items():
+        assert torch.equal(prior[name], weight), name

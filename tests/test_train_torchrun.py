@@ -46,3 +46,19 @@ def test_two_ranks_do_equal_steps_and_resume_continues_from_the_saved_step(tmp_p
     assert [s["final_step"] for s in summaries] == [4, 4]
     steps = [json.loads(line)["step"] for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
+
+
+@pytest.mark.slow
+def test_two_ranks_choose_the_motion_prior_on_all_val_clips_and_write_it_once(tmp_path):
+    from tests.test_motion_prior import _shards
+
+    train = _shards(tmp_path / "data", "train", True, 8)
+    val = _shards(tmp_path / "data", "val", True, 9)       # odd: the ranks see 5 and 4 clips
+    done = _torchrun(train, tmp_path / "run", "--val-shards", val, "--set", "model.flow=maxpool",
+                     "--set", "model.image_size=56", "--set", "model.motion_prior_weights=[0.5, 2.0]")
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()
+              if '"motion_prior"' in line]
+    assert len(record) == 1 and record[0]["motion_prior_weight"] == 2.0 and record[0]["motion_prior_clips"] == 9
+    best = torch.load(tmp_path / "run/checkpoints/best.pt", weights_only=True)
+    assert float(best["model"]["motion_prior_weight"]) == 2.0 and best["best_metrics"]["motion_prior_weight"] == 2.0

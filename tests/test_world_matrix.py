@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import world_matrix as wm  # noqa: E402
@@ -137,3 +138,51 @@ def test_a_cell_calls_its_checkout_dirty_for_code_edits_not_for_pages_or_results
     assert not wm.git_commit(tmp_path).endswith("+dirty")
     (tmp_path / "train.py").write_text("v2\n")
     assert wm.git_commit(tmp_path).endswith("+dirty")
+
+
+def test_presets_that_differ_only_after_training_train_the_same_networks(monkeypatch, tmp_path):
+    today = tmp_path / "tiny.yaml"
+    today.write_text("model: {flow: maxpool, motion_prior_weights: [0.5, 1.0]}\ntrain: {steps: 120}\n")
+    monkeypatch.setattr(wm, "PRESET", today)
+    monkeypatch.setattr(wm, "_preset_at", lambda commit: {"model": {"flow": "maxpool"}, "train": {"steps": 120}})
+    assert wm.trains_the_same("abc1234")
+    monkeypatch.setattr(wm, "_preset_at", lambda commit: {"model": {"flow": "maxpool"}, "train": {"steps": 60}})
+    assert not wm.trains_the_same("abc1234")
+
+
+def test_rescoring_from_cells_of_a_preset_that_trains_otherwise_is_refused(monkeypatch, tmp_path, capsys):
+    old = tmp_path / "old"
+    _write_cell(old, _cell("indep", 400, 0, 0.8, 0.7, 0.5, preset="0123456789ab"))
+    monkeypatch.setattr(wm, "trains_the_same", lambda commit: False)
+    args = ["--worlds", "indep", "--sizes", "400", "--seeds", "0", "--work", str(tmp_path / "new"),
+            "--out", str(tmp_path / "r"), "--page", "", "--readme", "", "--rescore-from", str(old)]
+    assert wm.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "abc1234" in err and not (tmp_path / "new").exists()
+
+
+def test_an_old_best_checkpoint_given_todays_after_training_choice_is_the_new_run_best(tmp_path):
+    # The equivalence --rescore-from rests on: a run of the preset without the prior, ended
+    # as today's preset ends it, is byte for byte the run of today's preset.
+    from tests.test_motion_prior import TINY, _shards
+    from train import checkpoint as ckpt
+    from train.__main__ import main
+    from htf.config import load_config
+    from train.config import TrainConfig
+
+    train = _shards(tmp_path / "data", "train", True, 8)
+    val = _shards(tmp_path / "data", "val", True, 8)
+    today = load_config(TrainConfig, wm.PRESET).model
+    runs = {}
+    for name, extra in (("old", []), ("new", [f"model.motion_prior_weights={today.motion_prior_weights}"])):
+        argv = ["--train-shards", train, "--val-shards", val, "--output", str(tmp_path / name)]
+        for item in TINY + extra:
+            argv += ["--set", item]
+        assert main(argv) == 0
+        runs[name] = ckpt.load(ckpt.best_path(tmp_path / name))
+    chosen = wm.with_todays_after_training_choice(ckpt.best_path(tmp_path / "old"), tmp_path / "rescored.pt", [val])
+    rescored = ckpt.load(tmp_path / "rescored.pt")
+    assert chosen["motion_prior_weight"] == float(runs["new"]["model"]["motion_prior_weight"]) > 0
+    assert rescored["config"]["model"] == runs["new"]["config"]["model"]
+    for name, weight in runs["new"]["model"].items():
+        assert torch.equal(rescored["model"][name], weight), name

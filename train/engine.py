@@ -372,7 +372,7 @@ def calibrate_motion_prior(model: HTFModel, urls: list[str], cfg: TrainConfig,
     model.train(was_training)
     clips = [c for part in du.gather_objects(clips, info) for c in part]
     if not clips:
-        return {"motion_prior_weight": 0.0, "motion_prior_scores": {}}
+        return {"motion_prior_weight": 0.0, "motion_prior_scores": {}, "motion_prior_clips": 0}
     scores: dict[float, float] = {}
     for weight in [0.0, *sorted(cfg.model.motion_prior_weights)]:
         cious = [_scored_ciou(with_motion_prior(m[None], mo[None], weight)[0].numpy(), boxes, fmt)
@@ -384,7 +384,8 @@ def calibrate_motion_prior(model: HTFModel, urls: list[str], cfg: TrainConfig,
             chosen = weight
     model.motion_prior_weight.fill_(chosen)
     return {"motion_prior_weight": chosen,
-            "motion_prior_scores": {str(w): round(s, 6) for w, s in scores.items()}}
+            "motion_prior_scores": {str(w): round(s, 6) for w, s in scores.items()},
+            "motion_prior_clips": len(clips)}
 
 
 def _val_picture(image: torch.Tensor, map7: np.ndarray, meta: dict[str, Any], ciou: float,
