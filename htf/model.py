@@ -320,11 +320,14 @@ def motion_map(flow: torch.Tensor, floor: float) -> torch.Tensor:
 
 
 def with_motion_prior(amap: torch.Tensor, motion: torch.Tensor, weight: float) -> torch.Tensor:
-    """The map min-max scaled to [0, 1] per clip, plus ``weight`` times the motion map: where
-    two places are equally likely by sight and sound, the moving one wins."""
+    """Per clip, (the map min-max scaled to [0, 1]) + ``weight`` x (the motion map), brought
+    back into the map's own range: where two places are equally likely by sight and sound,
+    the moving one wins, and the values stay cosines (a confidence read from the map keeps
+    its scale). Weight 0 gives the map back."""
     low = amap.amin(dim=(1, 2), keepdim=True)
-    span = (amap.amax(dim=(1, 2), keepdim=True) - low).clamp(min=1e-6)
-    return (amap - low) / span + weight * motion.to(amap.dtype)
+    span = amap.amax(dim=(1, 2), keepdim=True) - low
+    scaled = (amap - low) / span.clamp(min=1e-6)
+    return low + span * (scaled + weight * motion.to(amap.dtype)) / (1.0 + weight)
 
 
 # ------------------------------------------------------------------------------- loading

@@ -54,7 +54,8 @@ class ModelConfig:
     # own loss; the gate then chooses on val between a flow net and a real no-flow net.
     # With flow: none there is no flow path, so no gate and no twin (the preset's no-flow run).
     flow_fallback: Literal["shared", "twin"] = "shared"
-    # A motion prior on the map at evaluation: map' = minmax(map) + w * motion, where motion is
+    # A motion prior on the map at evaluation: map' = minmax(map) + w * motion (rescaled into
+    # the map's own range, htf.model.with_motion_prior), where motion is
     # the flow magnitude average-pooled to 7x7, shifted to 0 and divided by its largest value
     # (at least motion_prior_floor pixels of the S x S input, so a still clip gets almost no
     # prior). The contrastive loss cannot learn "sounds come from what moves" (it is the same

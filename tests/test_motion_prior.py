@@ -136,3 +136,12 @@ def test_the_prior_leaves_training_and_checkpoint_selection_unchanged(tmp_path):
     assert set(prior) - set(plain) == {"motion_prior_weight"}
     for name, weight in plain.items():
         assert torch.equal(prior[name], weight), name
+
+
+def test_the_prior_keeps_the_map_in_its_own_range_and_weight_zero_is_the_map():
+    amap = torch.rand(3, 7, 7) * 0.4 - 0.1
+    motion = motion_map(torch.randn(3, 2, 56, 56), 0.25)
+    fused = with_motion_prior(amap, motion, 2.0)
+    assert (fused >= amap.amin(dim=(1, 2), keepdim=True) - 1e-6).all()
+    assert (fused <= amap.amax(dim=(1, 2), keepdim=True) + 1e-6).all()
+    assert torch.allclose(with_motion_prior(amap, motion, 0.0), amap, atol=1e-6)
