@@ -265,6 +265,32 @@ def plot_training_curves(runs: dict[str, Path], path: Path) -> Path:
     return path
 
 
+def chosen_on_val(run: Path) -> dict[str, Any]:
+    """What the trainer chose on val for a run: the kept checkpoint's step and val metrics, its
+    flow gate, and the motion prior weight chosen after training (where the run has them)."""
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    best = [r for r in records if r.get("kind") == "val" and r.get("best")]
+    if not best:
+        return {}
+    chosen = {k: best[-1][k] for k in ("step", "ciou_at_0.5", "auc", "flow_gate") if k in best[-1]}
+    prior = [r for r in records if r.get("kind") == "motion_prior"]
+    if prior:
+        chosen["motion_prior_weight"] = prior[-1]["motion_prior_weight"]
+    return chosen
+
+
+def _chosen_line(chosen: dict[str, Any]) -> str:
+    """One sentence on HTF's val choices, for the report."""
+    if not chosen:
+        return "HTF: nothing was chosen on val (no validation ran)."
+    parts = [f"checkpoint of step {chosen['step']}"]
+    if "flow_gate" in chosen:
+        parts.append(f"flow gate {'open (the flow net)' if chosen['flow_gate'] else 'closed (the no-flow twin)'}")
+    if "motion_prior_weight" in chosen:
+        parts.append(f"motion prior weight {chosen['motion_prior_weight']:g}")
+    return "HTF, chosen on the val split: " + ", ".join(parts) + "."
+
+
 def _verdict_lines(v: dict[str, Any]) -> list[str]:
     return [f"HTF vs best training-free baseline ({v['best_baseline']}): "
             f"{v['margin_over_best_baseline']:+.3f} cIoU@0.5 (target >= +{BASELINE_MARGIN}: "
@@ -289,6 +315,7 @@ def write_report(plan: DemoPlan, results: dict[str, dict[str, Any]], seconds: di
     table = results_table(results)
     per_kind = kinds_table(by_kind) if by_kind else []
     v = verdict(results)
+    chosen = chosen_on_val(out / "runs" / "htf") if (out / "runs" / "htf" / "metrics.jsonl").is_file() else {}
     labels = dict(ROWS)
     methods = {labels[k]: read_cious(out / "eval" / k / "per_clip.csv") for k, _ in ROWS if k in results}
     success = plot_success_curves(methods, out / "success_curves.png")
@@ -299,7 +326,7 @@ def write_report(plan: DemoPlan, results: dict[str, dict[str, Any]], seconds: di
     md = ["# Hear The Flow demo on the synthetic world", "",
           f"World `{plan.world}`, {plan.n} clips, seed {plan.seed}; test split never used for training "
           f"or model selection.", ""]
-    md += _md_table(table) + [""] + [f"- {line}" for line in _verdict_lines(v)] + [""]
+    md += _md_table(table) + [""] + [f"- {line}" for line in _verdict_lines(v) + [_chosen_line(chosen)]] + [""]
     if per_kind:
         md += ["## cIoU@0.5 by kind of test clip", ""] + _md_table(per_kind) + [""]
     claims, claims_note = matrix_claims(MATRIX_RESULTS)
@@ -323,7 +350,7 @@ def write_report(plan: DemoPlan, results: dict[str, dict[str, Any]], seconds: di
     e = html.escape
     body = [f"<p>World {e(plan.world)}, {plan.n} clips, seed {plan.seed}; the test split is never used for training or "
             "model selection (that is the val split).</p>", html_table(table),
-            "<ul>" + "".join(f"<li>{e(line)}</li>" for line in _verdict_lines(v)) + "</ul>"]
+            "<ul>" + "".join(f"<li>{e(line)}</li>" for line in _verdict_lines(v) + [_chosen_line(chosen)]) + "</ul>"]
     if per_kind:
         body += ["<h2>cIoU@0.5 by kind of test clip</h2>", html_table(per_kind)]
     body += ["<h2>The claim on other worlds</h2>"] + ([html_table(claims)] if claims else []) + [f"<p>{e(claims_note)}</p>"]
@@ -349,7 +376,7 @@ def write_report(plan: DemoPlan, results: dict[str, dict[str, Any]], seconds: di
     html_path = out / "report.html"
     atomic_write_text(html_path, html_page("Hear The Flow demo on the synthetic world", body))
     atomic_write_json(out / "results.json", {
-        "world": plan.world, "by_kind": by_kind or {}, "verdict": v, "seconds": seconds,
+        "world": plan.world, "by_kind": by_kind or {}, "verdict": v, "htf_chosen_on_val": chosen, "seconds": seconds,
         "results": {k: {m: results[k][m] for m in ("ciou_at_0.5", "mean_ciou", "auc", "n")} for k in results}},
         indent=1)
     return md_path, html_path

@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from apps.demo import (BASELINE_MARGIN, BASELINES, MOTION_MARGIN, NOFLOW_TOLERANCE,  # noqa: E402
-                       DemoPlan, run_demo)
+                       DemoPlan, chosen_on_val, run_demo)
 from apps.synth import WORLDS  # noqa: E402
 from htf.io import atomic_write_text  # noqa: E402
 
@@ -91,24 +91,11 @@ def run_cell(work: Path, world: str, n: int, seed: int) -> dict[str, Any]:
                                                              "sha256": preset_id(), "commit": git_commit()},
             "results": results["results"],
             "by_kind": results["by_kind"], "seconds": summary["seconds"],
-            "selected": _selected_on_val(out / "runs" / "htf")}
+            "selected": chosen_on_val(out / "runs" / "htf")}
     for heavy in ("world/video", "shards"):
         shutil.rmtree(out / heavy, ignore_errors=True)
     atomic_write_text(out / "cell.json", json.dumps(cell, indent=1))
     return cell
-
-
-def _selected_on_val(run: Path) -> dict[str, Any]:
-    """The HTF checkpoint the trainer kept: its step, val metrics, flow gate and motion prior."""
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    best = [r for r in records if r.get("kind") == "val" and r.get("best")]
-    if not best:
-        return {}
-    chosen = {k: best[-1][k] for k in ("step", "ciou_at_0.5", "auc", "flow_gate") if k in best[-1]}
-    prior = [r for r in records if r.get("kind") == "motion_prior"]
-    if prior:
-        chosen["motion_prior_weight"] = prior[-1]["motion_prior_weight"]
-    return chosen
 
 
 # Model keys that act only after training (train.engine.calibrate_motion_prior): a preset that
@@ -191,7 +178,7 @@ def rescore_cell(old: Path, work: Path, world: str, n: int, seed: int) -> dict[s
     cell = {"world": world, "n": n, "seed": seed, "preset": {"file": str(PRESET.relative_to(ROOT)),
                                                              "sha256": preset_id(), "commit": git_commit()},
             "results": {k: results[k] for k in before["results"]}, "by_kind": by_kind,
-            "seconds": before["seconds"], "selected": _selected_on_val(run),
+            "seconds": before["seconds"], "selected": chosen_on_val(run),
             "rescored_from": {"preset": before["preset"], "cell": str(old)}}
     for heavy in ("world/video", "shards"):
         shutil.rmtree(out / heavy, ignore_errors=True)

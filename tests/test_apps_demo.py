@@ -55,6 +55,19 @@ def test_training_curves_are_drawn_from_each_runs_metrics_log(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 
 
+def test_what_val_chose_is_read_from_the_run_log_gate_and_motion_prior_included(tmp_path):
+    from apps.demo import _chosen_line, chosen_on_val
+
+    lines = [{"kind": "val", "step": 4, "auc": 0.5, "flow_gate": 1, "best": True},
+             {"kind": "val", "step": 8, "auc": 0.4, "flow_gate": 0, "best": False},
+             {"kind": "motion_prior", "step": 8, "motion_prior_weight": 0.5}]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    chosen = chosen_on_val(tmp_path)
+    assert chosen == {"step": 4, "auc": 0.5, "flow_gate": 1, "motion_prior_weight": 0.5}
+    assert _chosen_line(chosen) == ("HTF, chosen on the val split: checkpoint of step 4, flow gate open "
+                                    "(the flow net), motion prior weight 0.5.")
+
+
 def _miniature_plan(output):
     from apps.demo import DemoPlan
 
@@ -82,6 +95,10 @@ def test_miniature_demo_runs_every_stage_and_writes_the_report(miniature_demo):
         assert (plan.output / name).stat().st_size > 0
     assert (plan.output / "runs" / "htf" / "checkpoints" / "best.pt").is_file()
     assert ROWS[0][1] in (plan.output / "report.md").read_text()
+    # the tiny preset's post-training choice ran under torchrun and the report says what val chose
+    chosen = json.loads((plan.output / "results.json").read_text())["htf_chosen_on_val"]
+    assert chosen["motion_prior_weight"] in (0.0, 0.25, 0.5, 1.0, 2.0) and chosen["flow_gate"] in (0, 1)
+    assert f"motion prior weight {chosen['motion_prior_weight']:g}" in (plan.output / "report.md").read_text()
 
 
 @pytest.mark.slow
