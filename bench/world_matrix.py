@@ -213,6 +213,7 @@ def summarize_row(cells: list[dict[str, Any]]) -> dict[str, Any]:
         row["same_noflow"] = _mean_sd([c["by_kind"]["noflow"]["same"]["ciou_at_0.5"] for c in same])
         row["motion_tells"] = row["same_htf"][0] - row["same_noflow"][0] >= MOTION_MARGIN - 1e-9
     row["flow_gates"] = [c["selected"].get("flow_gate") for c in cells]
+    row["motion_prior_weights"] = [c["selected"].get("motion_prior_weight") for c in cells]
     row["enough_seeds"] = len(cells) >= MIN_SEEDS
     return row
 
@@ -311,12 +312,13 @@ def _claim(row: dict[str, Any]) -> str:
 def render_readme_table(rows: list[dict[str, Any]]) -> list[str]:
     """The README's short table: each method's score, the val-chosen gates and the claim."""
     lines = ["| world | seeds | HTF | no flow | flow magnitude | center | same-class clips: HTF / no flow "
-             "| flow gate (val) | claim |", "|" + "---|" * 9]
+             "| flow gate (val) | motion prior (val) | claim |", "|" + "---|" * 10]
     for r in rows:
         same = f"{r['same_htf'][0]:.3f} / {r['same_noflow'][0]:.3f}" if "same_htf" in r else "—"
         lines.append(f"| `{r['world']}` ({r['n']}) | {','.join(str(s) for s in r['seeds'])} | {_fmt(r['htf'])} | "
                      f"{_fmt(r['noflow'])} | {_fmt(r['flow'])} | {_fmt(r['center'])} | {same} | "
-                     f"{_choices(r.get('flow_gates', []))} | {_claim(r)} |")
+                     f"{_choices(r.get('flow_gates', []))} | {_choices(r.get('motion_prior_weights', []))} | "
+                     f"{_claim(r)} |")
     return lines
 
 
@@ -332,8 +334,8 @@ def render_markdown(rows: list[dict[str, Any]], missing: list[str], preset: str,
              + (f" (commit {', '.join(commits)})" if commits else "") + ".", "",
              "| world | clips | seeds | HTF | no flow | flow magnitude | center | HTF − no flow | "
              "HTF − best baseline | same-class clips: HTF / no flow | never costs (≥ −0.02) | "
-             "beats baselines (≥ +0.15) | motion tells (≥ +0.10) | flow gate (val) |",
-             "|" + "---|" * 14]
+             "beats baselines (≥ +0.15) | motion tells (≥ +0.10) | flow gate (val) | motion prior (val) |",
+             "|" + "---|" * 15]
     for r in rows:
         seeds = ",".join(str(s) for s in r["seeds"]) + ("" if r["enough_seeds"] else " (< 3)")
         same = (f"{r['same_htf'][0]:.3f} / {r['same_noflow'][0]:.3f} (n={r['same_class_n']})"
@@ -342,8 +344,9 @@ def render_markdown(rows: list[dict[str, Any]], missing: list[str], preset: str,
                      f"{_fmt(r['flow'])} | {_fmt(r['center'])} | {_fmt(r['htf_minus_noflow'], True)} | "
                      f"{_fmt(r['htf_minus_best_baseline'], True)} | {same} | {_check(r['never_costs'])} | "
                      f"{_check(r['beats_baselines'])} | {_check(r.get('motion_tells'))} | "
-                     f"{_choices(r.get('flow_gates', []))} |")
-    lines += ["", "A row with fewer than 3 seeds is a measurement, not yet a claim."]
+                     f"{_choices(r.get('flow_gates', []))} | {_choices(r.get('motion_prior_weights', []))} |")
+    lines += ["", "A row with fewer than 3 seeds is a measurement, not yet a claim. Flow gate and motion prior: "
+              "what val chose in each seed's cell (gate 1 = open; prior weight 0 = none)."]
     if missing:
         lines += ["", f"Cells not run yet ({len(missing)}; rerun the script to complete them): "
                   + ", ".join(missing)]

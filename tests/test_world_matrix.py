@@ -11,13 +11,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import world_matrix as wm  # noqa: E402
 
 
-def _cell(world, n, seed, htf, noflow, flow, same=None, preset=None):
+def _cell(world, n, seed, htf, noflow, flow, same=None, preset=None, prior=None):
     m = lambda c: {"ciou_at_0.5": c, "mean_ciou": c, "auc": c, "n": 200}  # noqa: E731
     by_kind = {}
     if same is not None:
         by_kind = {"htf": {"same": {"ciou_at_0.5": same[0], "n": 60}},
                    "noflow": {"same": {"ciou_at_0.5": same[1], "n": 60}}}
-    return {"world": world, "n": n, "seed": seed, "by_kind": by_kind, "selected": {"flow_gate": 1},
+    selected = {"flow_gate": 1} if prior is None else {"flow_gate": 1, "motion_prior_weight": prior}
+    return {"world": world, "n": n, "seed": seed, "by_kind": by_kind, "selected": selected,
             "preset": {"file": "configs/train/tiny.yaml", "sha256": preset or wm.preset_id(), "commit": "abc1234"},
             "results": {"htf": m(htf), "noflow": m(noflow), "flow": m(flow), "center": m(0.0), "random": m(0.0)}}
 
@@ -109,16 +110,16 @@ def test_a_fresh_work_folder_continues_from_the_cells_the_results_file_holds(tmp
 
 def test_the_readme_table_gives_each_row_its_claim_and_names_single_seed_rows(tmp_path):
     for seed in (0, 1, 2):
-        _write_cell(tmp_path, _cell("demo", 400, seed, 0.9, 0.6, 0.5, same=(0.8, 0.3)))
-    _write_cell(tmp_path, _cell("distractors", 1000, 0, 0.6, 0.7, 0.3))
+        _write_cell(tmp_path, _cell("demo", 400, seed, 0.9, 0.6, 0.5, same=(0.8, 0.3), prior=0.25 * seed))
+    _write_cell(tmp_path, _cell("distractors", 1000, 0, 0.6, 0.7, 0.3))     # made before the prior existed
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{wm.README_BEGIN}\n| stale |\n{wm.README_END}\nrest\n")
     wm.write_results(tmp_path, [("demo", 400, s) for s in (0, 1, 2)] + [("distractors", 1000, 0)],
                      tmp_path / "r.json", tmp_path / "r.md", readme=readme)
     text = readme.read_text()
     assert "| stale |" not in text and text.startswith("intro\n") and text.endswith(f"{wm.README_END}\nrest\n")
-    assert "| `demo` (400) | 0,1,2 | 0.900 ± 0.000 | 0.600 ± 0.000 | 0.500 ± 0.000 | 0.000 ± 0.000 | 0.800 / 0.300 | 1, 1, 1 | holds |" in text
-    assert "| `distractors` (1000) | 0 | 0.600 | 0.700 | 0.300 | 0.000 | — | 1 | does not hold (1 seed) |" in text
+    assert "| `demo` (400) | 0,1,2 | 0.900 ± 0.000 | 0.600 ± 0.000 | 0.500 ± 0.000 | 0.000 ± 0.000 | 0.800 / 0.300 | 1, 1, 1 | 0, 0.25, 0.5 | holds |" in text
+    assert "| `distractors` (1000) | 0 | 0.600 | 0.700 | 0.300 | 0.000 | — | 1 | — | does not hold (1 seed) |" in text
 
 
 def test_a_cell_calls_its_checkout_dirty_for_code_edits_not_for_pages_or_results(tmp_path):
