@@ -125,7 +125,9 @@ def as_predictor(model_or_baseline: Any, cfg: EvalConfig) -> Predictor:
         return Baseline(model_or_baseline, cfg.baseline, cfg.protocol.size)
     if hasattr(model_or_baseline, "predict"):
         return model_or_baseline
-    return ModelPredictor(model_or_baseline, cfg.run.device, name=type(model_or_baseline).__name__)
+    describe = getattr(model_or_baseline, "describe", None)
+    name = describe() if callable(describe) else type(model_or_baseline).__name__
+    return ModelPredictor(model_or_baseline, cfg.run.device, name=name)
 
 
 # --------------------------------------------------------------------------- settings

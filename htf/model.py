@@ -304,6 +304,16 @@ class HTFModel(nn.Module):
         out["map"] = amap
         return out
 
+    def describe(self) -> str:
+        """The map this model gives at evaluation, in words (for reports)."""
+        parts = [f"flow: {self.cfg.flow}"]
+        if hasattr(self, "flow_gate"):
+            closed = "closed" + (" (the no-flow twin's map)" if hasattr(self, "twin") else "")
+            parts.append(f"flow gate {'open' if float(self.flow_gate) > 0 else closed}")
+        if hasattr(self, "motion_prior_weight"):
+            parts.append(f"motion prior weight {self.motion_prior():g}")
+        return f"HTFModel ({', '.join(parts)})"
+
     def motion_prior(self) -> float:
         """The weight of the motion prior added to the map at evaluation (0: none)."""
         return float(self.motion_prior_weight) if hasattr(self, "motion_prior_weight") else 0.0

@@ -111,6 +111,9 @@ def test_after_training_the_weight_is_chosen_on_val_and_written_into_best(tmp_pa
     assert load_model(ckpt.best_path(tmp_path / "run")).motion_prior() == chosen
     assert float(ckpt.load(ckpt.latest_path(tmp_path / "run"))["model"]["motion_prior_weight"]) == 0.0
     assert f"motion prior weight {chosen:g}" in (tmp_path / "run/train.log").read_text()
+    from eval.runner import evaluate
+    metrics = evaluate(load_model(ckpt.best_path(tmp_path / "run")), val, tmp_path / "eval")
+    assert f"motion prior weight {chosen:g}" in metrics["predictor"]          # the report says which map
 
 
 def _train(tmp_path: Path, name: str, train: str, val: str, extra: list[str]) -> Path:
@@ -145,3 +148,14 @@ def test_the_prior_keeps_the_map_in_its_own_range_and_weight_zero_is_the_map():
     assert (fused >= amap.amin(dim=(1, 2), keepdim=True) - 1e-6).all()
     assert (fused <= amap.amax(dim=(1, 2), keepdim=True) + 1e-6).all()
     assert torch.allclose(with_motion_prior(amap, motion, 0.0), amap, atol=1e-6)
+
+
+def test_a_model_says_which_map_it_gives_gate_and_prior_included():
+    model = _model("[1.0]")
+    assert model.describe() == "HTFModel (flow: maxpool, motion prior weight 0)"
+    cfg = load_config(TrainConfig, None, TINY + ["model.flow_gate=true", "model.flow_fallback=twin",
+                                                 "model.motion_prior_weights=[1.0]"])
+    gated = HTFModel(cfg.model)
+    gated.motion_prior_weight.fill_(1.0)
+    assert gated.describe() == ("HTFModel (flow: maxpool, flow gate closed (the no-flow twin's map), "
+                                "motion prior weight 1)")
