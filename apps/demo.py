@@ -267,7 +267,10 @@ def plot_training_curves(runs: dict[str, Path], path: Path) -> Path:
 
 def chosen_on_val(run: Path) -> dict[str, Any]:
     """What the trainer chose on val for a run: the kept checkpoint's step and val metrics, its
-    flow gate, and the motion prior weight chosen after training (where the run has them)."""
+    flow gate, and the motion prior weight chosen after training (where the run has them);
+    empty for a run without a metrics log."""
+    if not (run / "metrics.jsonl").is_file():
+        return {}
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     best = [r for r in records if r.get("kind") == "val" and r.get("best")]
     if not best:
@@ -315,7 +318,7 @@ def write_report(plan: DemoPlan, results: dict[str, dict[str, Any]], seconds: di
     table = results_table(results)
     per_kind = kinds_table(by_kind) if by_kind else []
     v = verdict(results)
-    chosen = chosen_on_val(out / "runs" / "htf") if (out / "runs" / "htf" / "metrics.jsonl").is_file() else {}
+    chosen = chosen_on_val(out / "runs" / "htf")
     labels = dict(ROWS)
     methods = {labels[k]: read_cious(out / "eval" / k / "per_clip.csv") for k, _ in ROWS if k in results}
     success = plot_success_curves(methods, out / "success_curves.png")

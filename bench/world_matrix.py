@@ -129,7 +129,7 @@ def with_todays_after_training_choice(old_best: Path, new_best: Path, val_urls: 
     import torch
 
     from htf.config import load_config
-    from htf.model import load_model
+    from htf.model import model_from_state
     from train import checkpoint as ckpt
     from train.config import TrainConfig
     from train.distributed import DistInfo
@@ -140,9 +140,9 @@ def with_todays_after_training_choice(old_best: Path, new_best: Path, val_urls: 
     for key in AFTER_TRAINING_KEYS:
         saved["config"]["model"][key] = getattr(today, key)
     saved["model"]["motion_prior_weight"] = torch.zeros(())
-    ckpt.save_atomic(saved, new_best)
-    model = load_model(new_best)
-    chosen = calibrate_motion_prior(model, val_urls, load_config(TrainConfig, base=saved["config"]), DistInfo())
+    cfg = load_config(TrainConfig, base=saved["config"])
+    model = model_from_state(saved["model"], cfg.model, str(old_best)).eval()
+    chosen = calibrate_motion_prior(model, val_urls, cfg, DistInfo())
     saved["model"]["motion_prior_weight"] = model.motion_prior_weight.detach().clone()
     saved["best_metrics"] = {**saved.get("best_metrics", {}), **chosen}
     ckpt.save_atomic(saved, new_best)

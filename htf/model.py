@@ -299,8 +299,9 @@ class HTFModel(nn.Module):
                 out["loss"] = out["loss"] + self.twin(image, None, spec, return_loss=True)["loss"]
         else:
             amap = own_maps(img, aud)
-        if not self.training and flow is not None and self.motion_prior() > 0:
-            amap = with_motion_prior(amap, motion_map(flow, self.cfg.motion_prior_floor), self.motion_prior())
+        weight = self.motion_prior()
+        if not self.training and flow is not None and weight > 0:
+            amap = with_motion_prior(amap, motion_map(flow, self.cfg.motion_prior_floor), weight)
         out["map"] = amap
         return out
 

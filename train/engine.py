@@ -334,12 +334,17 @@ def _maps_without_flow(model: HTFModel, image: torch.Tensor, flow: torch.Tensor,
         return model(image, flow, spec)["map"].float().cpu().numpy()
 
 
+def _box_score(cious: list[float], cfg: TrainConfig) -> tuple[float, dict[str, Any]]:
+    """(score by train.select_metric, summary) of val clips' cIoU values."""
+    summary = summarize(cious)
+    return selection_score({**summary, "loss": 0.0}, cfg.train.select_metric)[1], summary
+
+
 def _box_metrics(model: HTFModel, clips: list[ValClip], cfg: TrainConfig) -> dict[str, Any]:
     """Box metrics of the map with the val-chosen flow gate (set on the model): closed unless
     flow gains more than train.flow_gate_min_gain."""
     def scored(map_of: Any) -> tuple[float, dict[str, Any]]:
-        summary = summarize([_scored_ciou(map_of(c), c.boxes, c.box_format) for c in clips])
-        return selection_score({**summary, "loss": 0.0}, cfg.train.select_metric)[1], summary
+        return _box_score([_scored_ciou(map_of(c), c.boxes, c.box_format) for c in clips], cfg)
 
     score, summary = scored(lambda c: c.with_flow)
     if not (hasattr(model, "flow_gate") and clips[0].without_flow is not None):
@@ -377,7 +382,7 @@ def calibrate_motion_prior(model: HTFModel, urls: list[str], cfg: TrainConfig,
     for weight in [0.0, *sorted(cfg.model.motion_prior_weights)]:
         cious = [_scored_ciou(with_motion_prior(m[None], mo[None], weight)[0].numpy(), boxes, fmt)
                  for m, mo, boxes, fmt in clips]
-        scores[weight] = selection_score({**summarize(cious), "loss": 0.0}, cfg.train.select_metric)[1]
+        scores[weight] = _box_score(cious, cfg)[0]
     chosen = 0.0
     for weight, score in scores.items():
         if score > scores[chosen]:
