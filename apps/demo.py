@@ -29,6 +29,7 @@ from typing import Any
 
 from htf.cli import command, make_parser, parse_args
 from htf.io import atomic_write_json, atomic_write_text
+from htf.model_config import GATE_BOTH
 from apps.synth import WORLDS, generate_world, world_config
 from eval.baselines import BASELINES
 
@@ -276,9 +277,10 @@ def chosen_on_val(run: Path) -> dict[str, Any]:
     if not best:
         return {}
     chosen = {k: best[-1][k] for k in ("step", "ciou_at_0.5", "auc", "flow_gate") if k in best[-1]}
-    prior = [r for r in records if r.get("kind") == "motion_prior"]
-    if prior:
-        chosen["motion_prior_weight"] = prior[-1]["motion_prior_weight"]
+    after = [r for r in records if r.get("kind") in ("after_training", "motion_prior")]   # motion_prior: older logs
+    if after:
+        chosen.update({k: after[-1][k] for k in ("flow_gate", "mirror_averaged", "motion_prior_weight")
+                       if k in after[-1]})
     return chosen
 
 
@@ -288,7 +290,10 @@ def _chosen_line(chosen: dict[str, Any]) -> str:
         return "HTF: nothing was chosen on val (no validation ran)."
     parts = [f"checkpoint of step {chosen['step']}"]
     if "flow_gate" in chosen:
-        parts.append(f"flow gate {'open (the flow net)' if chosen['flow_gate'] else 'closed (the no-flow twin)'}")
+        parts.append("flow gate " + {GATE_BOTH: "both (the mean of the flow net's and the twin's maps)", 0: "closed (the no-flow twin)"}
+                     .get(chosen["flow_gate"], "open (the flow net)"))
+    if chosen.get("mirror_averaged"):
+        parts.append("maps averaged with the mirror image")
     if "motion_prior_weight" in chosen:
         parts.append(f"motion prior weight {chosen['motion_prior_weight']:g}")
     return "HTF, chosen on the val split: " + ", ".join(parts) + "."

@@ -17,7 +17,7 @@ the commit); the default work folder is one per preset (bench/world_runs/preset-
 work folder holding cells of another preset is refused, so one table never mixes presets.
 
 A preset that differs from an earlier one only in keys that act after training
-(``model.motion_prior_*``) trains the same networks; ``--rescore-from DIR`` makes its cells
+(``AFTER_TRAINING_KEYS``: motion prior, averaged maps) trains the same networks; ``--rescore-from DIR`` makes its cells
 from that preset's finished cells (training runs kept; world, val and test shards remade and
 the world checked to be the same; the post-training choice and HTF's test evaluation redone).
 
@@ -98,9 +98,9 @@ def run_cell(work: Path, world: str, n: int, seed: int) -> dict[str, Any]:
     return cell
 
 
-# Model keys that act only after training (train.engine.calibrate_motion_prior): a preset that
-# differs from another only in these trains exactly the same networks.
-AFTER_TRAINING_KEYS = ("motion_prior_weights", "motion_prior_floor")
+# Model keys that act only after training (train.engine.make_after_training_choices): a preset
+# that differs from another only in these trains exactly the same networks.
+AFTER_TRAINING_KEYS = ("motion_prior_weights", "motion_prior_floor", "mirror_average", "twin_average")
 
 
 def _preset_at(commit: str) -> dict[str, Any]:
@@ -124,26 +124,30 @@ def trains_the_same(old_commit: str) -> bool:
 
 def with_todays_after_training_choice(old_best: Path, new_best: Path, val_urls: list[str]) -> dict[str, Any]:
     """``old_best`` as today's preset would have ended it: today's after-training keys in its
-    config, and the trainer's post-training choice on ``val_urls`` (the same function, in one
-    process), written to ``new_best``. Returns the choice and the step."""
+    config, and the trainer's after-training choices on ``val_urls`` (the same function, in one
+    process), written to ``new_best``. Returns the choices and the step."""
     import torch
 
     from htf.config import load_config
-    from htf.model import model_from_state
+    from htf.model import HTFModel, model_from_state
     from train import checkpoint as ckpt
     from train.config import TrainConfig
     from train.distributed import DistInfo
-    from train.engine import calibrate_motion_prior
+    from train.engine import after_training_choices, make_after_training_choices
 
     saved = ckpt.load(old_best)
     today = load_config(TrainConfig, PRESET).model
     for key in AFTER_TRAINING_KEYS:
         saved["config"]["model"][key] = getattr(today, key)
-    saved["model"]["motion_prior_weight"] = torch.zeros(())
     cfg = load_config(TrainConfig, base=saved["config"])
+    names = after_training_choices(HTFModel(cfg.model))
+    for name in names:
+        saved["model"].setdefault(name, torch.zeros(()))      # a buffer the old preset had not
     model = model_from_state(saved["model"], cfg.model, str(old_best)).eval()
-    chosen = calibrate_motion_prior(model, val_urls, cfg, DistInfo())
-    saved["model"]["motion_prior_weight"] = model.motion_prior_weight.detach().clone()
+    model.data_settings = saved.get("data_settings")
+    chosen = make_after_training_choices(model, val_urls, cfg, DistInfo())
+    for name in names:
+        saved["model"][name] = getattr(model, name).detach().clone()
     saved["best_metrics"] = {**saved.get("best_metrics", {}), **chosen}
     ckpt.save_atomic(saved, new_best)
     return {"step": saved["step"], **chosen}
@@ -152,9 +156,9 @@ def with_todays_after_training_choice(old_best: Path, new_best: Path, val_urls: 
 def rescore_cell(old: Path, work: Path, world: str, n: int, seed: int) -> dict[str, Any]:
     """A cell of today's preset from a finished cell of a preset that trains the same networks
     (trains_the_same): the world and its val and test shards are made again (checked to be the
-    same world), the old HTF best.pt gets today's after-training keys and the trainer's
-    post-training choice on val (calibrate_motion_prior), and HTF is evaluated again on test.
-    The no-flow run (no flow, so no prior) and the baselines keep their results."""
+    same world), each old best.pt (HTF, no flow) gets today's after-training keys and the
+    trainer's after-training choices on val (make_after_training_choices), and a run that has
+    any is evaluated again on test. The baselines keep their results."""
     from apps.demo import clip_kinds, evaluate, make_world, results_by_kind, run_pipeline
 
     before = json.loads((old / "cell.json").read_text())
@@ -167,14 +171,20 @@ def rescore_cell(old: Path, work: Path, world: str, n: int, seed: int) -> dict[s
     for split in ("val", "test"):
         run_pipeline(plan.pipeline_config, made, shards, split, plan.nproc, out / "logs" / f"pipeline_{split}.log",
                      ["--split-list", str(made / f"{split}.txt"), "--annotations", str(made / "boxes.json")])
+    results, by_kind = dict(before["results"]), dict(before["by_kind"])
+    for method in ("htf", "noflow"):
+        run = out / "runs" / method
+        best = run / "checkpoints" / "best.pt"
+        chosen = with_todays_after_training_choice(old / "runs" / method / "checkpoints" / "best.pt", best,
+                                                   [str(p) for p in sorted(shards.glob("val-*.tar"))])
+        if len(chosen) == 1:      # the step only: nothing acts after training on this run
+            continue
+        metrics = "".join(line for line in (old / "runs" / method / "metrics.jsonl").read_text().splitlines(True)
+                          if '"kind": "motion_prior"' not in line and '"kind": "after_training"' not in line)
+        atomic_write_text(run / "metrics.jsonl", metrics + json.dumps({"kind": "after_training", **chosen}) + "\n")
+        results[method] = evaluate(plan, shards, method, checkpoint=best)
+        by_kind[method] = results_by_kind(out / "eval" / method, clip_kinds(made))
     run = out / "runs" / "htf"
-    best = run / "checkpoints" / "best.pt"
-    chosen = with_todays_after_training_choice(old / "runs" / "htf" / "checkpoints" / "best.pt", best,
-                                               [str(p) for p in sorted(shards.glob("val-*.tar"))])
-    metrics = (old / "runs" / "htf" / "metrics.jsonl").read_text()
-    atomic_write_text(run / "metrics.jsonl", metrics + json.dumps({"kind": "motion_prior", **chosen}) + "\n")
-    results = dict(before["results"], htf=evaluate(plan, shards, "htf", checkpoint=best))
-    by_kind = dict(before["by_kind"], htf=results_by_kind(out / "eval" / "htf", clip_kinds(made)))
     cell = {"world": world, "n": n, "seed": seed, "preset": {"file": str(PRESET.relative_to(ROOT)),
                                                              "sha256": preset_id(), "commit": git_commit()},
             "results": {k: results[k] for k in before["results"]}, "by_kind": by_kind,

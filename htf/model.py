@@ -27,9 +27,8 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, conv1x1
 
 from htf.loss import localization_loss, own_maps
-from htf.model_config import MAP_SIZE, ModelConfig
-from htf.official import official_data_settings
-
+from htf.model_config import GATE_BOTH, MAP_SIZE, ModelConfig
+from htf.official import OFFICIAL_FLOW_ENCODING, official_data_settings
 CHECKPOINT_FORMAT = "htf-train-v1"
 
 
@@ -210,6 +209,9 @@ class HTFModel(nn.Module):
             # Chosen on the validation split after training (train.engine.calibrate_motion_prior);
             # 0 until then, so the map is the network's own.
             self.register_buffer("motion_prior_weight", torch.zeros(()))
+        if cfg.mirror_average:
+            # Set by the trainer in best.pt after training; 0 until then (the clip as it is).
+            self.register_buffer("mirror_averaged", torch.zeros(()))
         if cfg.flow != "none" and cfg.attention_value_init == "zero":
             # Residual branch starts at zero: the model begins as the no-flow model and
             # adds flow context only as far as it helps (from-scratch training on a CPU).
@@ -233,7 +235,8 @@ class HTFModel(nn.Module):
         runs); and with zero-initialised flow branches both networks start as one function,
         so the gate compares what flow adds, not two random starts."""
         twin = HTFModel(dataclasses.replace(self.cfg, flow="none", flow_local=False, flow_dropout=0.0, flow_gate=False,
-                                            flow_fallback="shared", vision_weights=None))   # copied below
+                                            flow_fallback="shared", vision_weights=None,   # copied below
+                                            mirror_average=False, twin_average=False))  # the holder averages
         twin.imgnet.load_state_dict(self.imgnet.state_dict())
         twin.audnet.load_state_dict(self.audnet.state_dict())
         return twin
@@ -255,8 +258,12 @@ class HTFModel(nn.Module):
         """(attended visual map [B, C, 7, 7], audio vector [B, C]), both L2-normalised, float32."""
         if hasattr(self, "twin") and not self.flow_enabled():
             return self.twin.features(image, None, spec)
+        return self._own_features(image, flow, spec, with_flow=self.flow_enabled())
+
+    def _own_features(self, image: torch.Tensor, flow: torch.Tensor | None, spec: torch.Tensor,
+                      with_flow: bool) -> tuple[torch.Tensor, torch.Tensor]:
         img = self.imgnet(image)
-        if self.flow_enabled():
+        if with_flow:
             if flow is None:
                 raise ValueError(f"model has flow '{self.cfg.flow}' but no flow was given")
             img = self._add_flow(img, flow)
@@ -297,6 +304,8 @@ class HTFModel(nn.Module):
             out["loss"], amap = localization_loss(img, aud, self.cfg.loss, training=self.training)
             if self.training and hasattr(self, "twin"):   # the fallback learns on the same batch
                 out["loss"] = out["loss"] + self.twin(image, None, spec, return_loss=True)["loss"]
+        elif not self.training and (self.gate_is_both() or self.mirrors()):
+            amap = self._averaged_map(image, flow, spec, own_maps(img, aud))
         else:
             amap = own_maps(img, aud)
         weight = self.motion_prior()
@@ -305,12 +314,55 @@ class HTFModel(nn.Module):
         out["map"] = amap
         return out
 
+    def gate_is_both(self) -> bool:
+        """The gate's third position (model.twin_average, set after training): the mean of the
+        flow net's and the twin's maps."""
+        return hasattr(self, "twin") and hasattr(self, "flow_gate") and float(self.flow_gate) == GATE_BOTH
+
+    def mirrors(self) -> bool:
+        """True once the trainer has switched on model.mirror_average (after training)."""
+        return hasattr(self, "mirror_averaged") and float(self.mirror_averaged) > 0
+
+    def _averaged_map(self, image: torch.Tensor, flow: torch.Tensor | None, spec: torch.Tensor,
+                      first: torch.Tensor) -> torch.Tensor:
+        """The mean of the min-max scaled maps of the networks the gate names (both: the flow net
+        and the twin; else ``first``, the gate's own map) on the clip and, with the mirror
+        average, on its mirror image, brought back into the range of ``first`` (cosines)."""
+        both = self.gate_is_both()
+
+        def maps_of(img: torch.Tensor, fl: torch.Tensor | None) -> list[torch.Tensor]:
+            if not both:
+                return [own_maps(*self.features(img, fl, spec))]
+            return [own_maps(*self._own_features(img, fl, spec, with_flow=True)),
+                    own_maps(*self.twin.features(img, None, spec))]
+
+        maps = maps_of(image, flow) if both else [first]
+        if self.mirrors():
+            maps += [m.flip(-1) for m in maps_of(*self._mirrored(image, flow))]
+        low = first.amin(dim=(1, 2), keepdim=True)
+        span = first.amax(dim=(1, 2), keepdim=True) - low
+        return low + span * torch.stack([_min_max(m) for m in maps]).mean(dim=0)
+
+    def _mirrored(self, image: torch.Tensor, flow: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The clip flipped left-right as training's augmentation flips it: flow vectors negate
+        x, except the official uint8 encoding, whose values training flips without a sign change."""
+        if flow is None:
+            return image.flip(-1), None
+        mirrored_flow = flow.flip(-1)
+        if ((self.data_settings or {}).get("flow") or {}).get("encoding") != OFFICIAL_FLOW_ENCODING:
+            mirrored_flow = torch.cat([-mirrored_flow[:, :1], mirrored_flow[:, 1:]], dim=1)
+        return image.flip(-1), mirrored_flow
+
     def describe(self) -> str:
         """The map this model gives at evaluation, in words (for reports)."""
         parts = [f"flow: {self.cfg.flow}"]
         if hasattr(self, "flow_gate"):
             closed = "closed" + (" (the no-flow twin's map)" if hasattr(self, "twin") else "")
-            parts.append(f"flow gate {'open' if float(self.flow_gate) > 0 else closed}")
+            position = ("both (the mean of the flow net's and the twin's maps)" if self.gate_is_both()
+                        else "open" if float(self.flow_gate) > 0 else closed)
+            parts.append(f"flow gate {position}")
+        if self.mirrors():
+            parts.append("averaged with the mirror image")
         if hasattr(self, "motion_prior_weight"):
             parts.append(f"motion prior weight {self.motion_prior():g}")
         return f"HTFModel ({', '.join(parts)})"
@@ -318,6 +370,12 @@ class HTFModel(nn.Module):
     def motion_prior(self) -> float:
         """The weight of the motion prior added to the map at evaluation (0: none)."""
         return float(self.motion_prior_weight) if hasattr(self, "motion_prior_weight") else 0.0
+
+
+def _min_max(amap: torch.Tensor) -> torch.Tensor:
+    """[B, h, w] -> each map scaled to [0, 1] (a constant map to 0)."""
+    low = amap.amin(dim=(1, 2), keepdim=True)
+    return (amap - low) / (amap.amax(dim=(1, 2), keepdim=True) - low).clamp(min=1e-6)
 
 
 def motion_map(flow: torch.Tensor, floor: float) -> torch.Tensor:

@@ -12,6 +12,7 @@ from typing import Literal
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 MAP_SIZE = 7                        # the localisation map is always 7x7
+GATE_BOTH = 0.5   # the flow gate's after-training third position (model.twin_average)
 SUPPORTED_STRIDES = (32, 16, 8)     # image_size / 7
 
 
@@ -64,6 +65,17 @@ class ModelConfig:
     # the map itself). Empty: no prior. With flow: none there is no flow, so no prior.
     motion_prior_weights: list[float] = field(default_factory=list)
     motion_prior_floor: float = 0.25
+    # After training only (the trainer sets them in best.pt; validation during training and
+    # checkpoint selection see one network's map on the clip as it is).
+    # mirror_average: the map is the mean of the clip's map and its mirror image's map
+    # (flipped back; the flip training augments with); each map min-max scaled, the mean
+    # brought into the first map's range. The buffer ``mirror_averaged``.
+    mirror_average: bool = False
+    # twin_average (flow_fallback twin): the gate gets a third position, 0.5: the mean of the
+    # flow net's and the twin's maps, two networks that differ only in the flow path. The
+    # position is chosen again on val among the mean, closed and open, ties keeping the mean;
+    # the gate chosen during training then only picks the checkpoint.
+    twin_average: bool = False
     width: int = 64                 # ResNet-18 base width: 64 is the standard (and official) net
     image_size: int = 224           # input side S; the backbone stride is S / 7 (32, 16 or 8)
     freeze_vision: bool = True      # official: vision ResNet has requires_grad=False
@@ -93,6 +105,10 @@ class ModelConfig:
         if any(w <= 0 for w in self.motion_prior_weights):
             raise ValueError(f"motion_prior_weights must all be > 0 (0, the map alone, is always a "
                              f"candidate), got {self.motion_prior_weights}")
+        if self.twin_average and self.flow != "none" and self.flow_fallback != "twin":
+            raise ValueError("twin_average averages the flow net with its flow-free twin: a flow model "
+                             "with it needs flow_fallback: twin (and flow_gate: true); with flow: none "
+                             "there is no twin and it is ignored")
         if self.motion_prior_floor <= 0:
             raise ValueError(f"motion_prior_floor must be > 0 pixels, got {self.motion_prior_floor}")
         if self.audio_frames is not None and self.audio_frames < 1:

@@ -106,7 +106,7 @@ def test_after_training_the_weight_is_chosen_on_val_and_written_into_best(tmp_pa
         argv += ["--set", item]
     assert main(argv) == 0
     record = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()
-              if '"motion_prior"' in line][-1]
+              if '"after_training"' in line][-1]
     assert record["motion_prior_weight"] == chosen and set(record["motion_prior_scores"]) == {"0.0", "0.5", "2.0"}
     assert load_model(ckpt.best_path(tmp_path / "run")).motion_prior() == chosen
     assert float(ckpt.load(ckpt.latest_path(tmp_path / "run"))["model"]["motion_prior_weight"]) == 0.0

@@ -58,7 +58,7 @@ def test_two_ranks_choose_the_motion_prior_on_all_val_clips_and_write_it_once(tm
                      "--set", "model.image_size=56", "--set", "model.motion_prior_weights=[0.5, 2.0]")
     assert done.returncode == 0, done.stderr[-3000:]
     record = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()
-              if '"motion_prior"' in line]
+              if '"after_training"' in line]
     assert len(record) == 1 and record[0]["motion_prior_weight"] == 2.0 and record[0]["motion_prior_clips"] == 9
     best = torch.load(tmp_path / "run/checkpoints/best.pt", weights_only=True)
     assert float(best["model"]["motion_prior_weight"]) == 2.0 and best["best_metrics"]["motion_prior_weight"] == 2.0

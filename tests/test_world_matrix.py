@@ -162,9 +162,11 @@ def test_rescoring_from_cells_of_a_preset_that_trains_otherwise_is_refused(monke
     assert err.startswith("error: ") and "abc1234" in err and not (tmp_path / "new").exists()
 
 
-def test_an_old_best_checkpoint_given_todays_after_training_choice_is_the_new_run_best(tmp_path):
-    # The equivalence --rescore-from rests on: a run of the preset without the prior, ended
-    # as today's preset ends it, is byte for byte the run of today's preset.
+@pytest.mark.parametrize("model", [["model.flow_gate=true", "model.flow_fallback=twin"], ["model.flow=none"]],
+                         ids=["htf", "noflow"])
+def test_an_old_best_checkpoint_given_todays_after_training_choice_is_the_new_run_best(tmp_path, model):
+    # The equivalence --rescore-from rests on: a run of the preset without the after-training
+    # keys, ended as today's preset ends it, is tensor for tensor the run of today's preset.
     from tests.test_motion_prior import TINY, _shards
     from train import checkpoint as ckpt
     from train.__main__ import main
@@ -174,8 +176,9 @@ def test_an_old_best_checkpoint_given_todays_after_training_choice_is_the_new_ru
     train = _shards(tmp_path / "data", "train", True, 8)
     val = _shards(tmp_path / "data", "val", True, 8)
     today = load_config(TrainConfig, wm.PRESET).model
+    todays_keys = [f"model.{key}={getattr(today, key)}" for key in wm.AFTER_TRAINING_KEYS]
     runs = {}
-    for name, extra in (("old", []), ("new", [f"model.motion_prior_weights={today.motion_prior_weights}"])):
+    for name, extra in (("old", model), ("new", model + todays_keys)):
         argv = ["--train-shards", train, "--val-shards", val, "--output", str(tmp_path / name)]
         for item in TINY + extra:
             argv += ["--set", item]
@@ -183,7 +186,12 @@ def test_an_old_best_checkpoint_given_todays_after_training_choice_is_the_new_ru
         runs[name] = ckpt.load(ckpt.best_path(tmp_path / name))
     chosen = wm.with_todays_after_training_choice(ckpt.best_path(tmp_path / "old"), tmp_path / "rescored.pt", [val])
     rescored = ckpt.load(tmp_path / "rescored.pt")
-    assert chosen["motion_prior_weight"] == float(runs["new"]["model"]["motion_prior_weight"]) > 0
+    assert chosen.get("mirror_averaged") == 1 == int(runs["new"]["model"]["mirror_averaged"])
+    if "twin" in model[-1]:
+        assert chosen["flow_gate"] == float(runs["new"]["model"]["flow_gate"]) and set(chosen["flow_gate_scores"]) == {"both", "off", "on"}
+    if "motion_prior_weight" in runs["new"]["model"]:
+        assert chosen["motion_prior_weight"] == float(runs["new"]["model"]["motion_prior_weight"]) > 0
     assert rescored["config"]["model"] == runs["new"]["config"]["model"]
+    assert set(rescored["model"]) == set(runs["new"]["model"])
     for name, weight in runs["new"]["model"].items():
         assert torch.equal(rescored["model"][name], weight), name

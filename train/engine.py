@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from htf.config import dump_config, save_config, to_dict
 from htf.io import atomic_path, atomic_write_json
 from htf.metrics import clip_ciou, summarize
-from htf.model import HTFModel, checkpoint_payload, load_model, motion_map, with_motion_prior
+from htf.model import GATE_BOTH, HTFModel, checkpoint_payload, load_model, motion_map, with_motion_prior
 from htf.shards import count_samples, expand_shards
 from train import checkpoint as ckpt
 from train import distributed as du
@@ -595,7 +595,7 @@ def _fit(cfg: TrainConfig, train_shards: str, val_shards: str | None, output: Pa
             _validate_and_select(model, val_urls, cfg, info, state, log, output, save)
         save(ckpt.latest_path(output))
     _write_rank_summary(output, info, state, steps_run)
-    if val_urls and hasattr(model, "motion_prior_weight") and state.best_metrics:
+    if val_urls and state.best_metrics and after_training_choices(model):
         _calibrate_best(model, val_urls, cfg, info, state, log, output)
     if info.is_main:
         selected_by_validation = ckpt.best_path(output).is_file() and bool(state.best_metrics)
@@ -640,6 +640,10 @@ def closing_block(output: Path, state: RunState, cfg: TrainConfig, seconds: floa
                           if isinstance(best.get(k), float))
         chosen = (f"selected on validation {best.get('selected_on')} (config train.select_metric: "
                   f"{cfg.train.select_metric}) at step {best.get('step')}: {shown}")
+        if best.get("flow_gate") == GATE_BOTH:
+            chosen += "; flow gate both (the mean of the flow net's and the twin's maps, chosen after training)"
+        if best.get("mirror_averaged"):
+            chosen += "; maps averaged with the mirror image"
         if "motion_prior_weight" in best:
             chosen += f"; motion prior weight {best['motion_prior_weight']:g} (chosen on validation after training)"
     else:
@@ -678,21 +682,84 @@ def _validate_and_select(model: HTFModel, val_urls: list[str], cfg: TrainConfig,
         save(ckpt.best_path(output))
 
 
+def after_training_choices(model: HTFModel) -> list[str]:
+    """The buffers best.pt gets after training: the mirror average, the gate chosen again with
+    its third position (model.twin_average), the motion prior weight."""
+    names = ["mirror_averaged"] if hasattr(model, "mirror_averaged") else []
+    if model.cfg.twin_average and hasattr(model, "twin"):
+        names.append("flow_gate")
+    return names + (["motion_prior_weight"] if hasattr(model, "motion_prior_weight") else [])
+
+
+@torch.no_grad()
+def choose_gate_position(model: HTFModel, urls: list[str], cfg: TrainConfig, info: du.DistInfo) -> dict[str, Any]:
+    """Set ``model.flow_gate`` to the position whose maps score best on the val clips with boxes
+    by ``train.select_metric``: both (the mean of the flow net's and the twin's maps), closed or
+    open, ties keeping the earlier (both errs least where val cannot tell). Collective."""
+    was_training = model.training
+    model.eval()
+    cious: dict[float, list[float]] = {}
+    for position in (GATE_BOTH, 0.0, 1.0):
+        model.flow_gate.fill_(position)
+        mine = []
+        for batch, metas in val_loader(urls, cfg.model, cfg.data, info.rank, info.world):
+            image, flow, spec = (batch[k].to(info.device) for k in ("image", "flow", "spec"))
+            with autocast(cfg, info.device):
+                maps = model(image, flow, spec)["map"].float().cpu().numpy()
+            mine += [_scored_ciou(m, meta["boxes"], meta["box_format"]) for m, meta in zip(maps, metas) if meta["boxes"]]
+        cious[position] = [c for part in du.gather_objects(mine, info) for c in part]
+    model.train(was_training)
+    if not cious[GATE_BOTH]:
+        model.flow_gate.fill_(GATE_BOTH)
+        return {"flow_gate": GATE_BOTH, "flow_gate_scores": {}}
+    scores = {position: _box_score(values, cfg)[0] for position, values in cious.items()}
+    chosen = GATE_BOTH
+    for position, score in scores.items():
+        if score > scores[chosen]:
+            chosen = position
+    model.flow_gate.fill_(chosen)
+    names = {GATE_BOTH: "both", 0.0: "off", 1.0: "on"}
+    return {"flow_gate": chosen, "flow_gate_scores": {names[p]: round(s, 6) for p, s in scores.items()}}
+
+
+def make_after_training_choices(model: HTFModel, val_urls: list[str], cfg: TrainConfig,
+                                info: du.DistInfo) -> dict[str, Any]:
+    """Switch on the mirror average (model.mirror_average), choose the gate's position again
+    with its third, both (model.twin_average), then the motion prior weight for that map, all
+    on val. Collective."""
+    chosen: dict[str, Any] = {}
+    if hasattr(model, "motion_prior_weight"):
+        model.motion_prior_weight.zero_()     # the gate is chosen on the network's map (a resumed run had one)
+    if hasattr(model, "mirror_averaged"):
+        model.mirror_averaged.fill_(1.0)
+        chosen["mirror_averaged"] = 1
+    if "flow_gate" in after_training_choices(model):
+        chosen.update(choose_gate_position(model, val_urls, cfg, info))
+    if hasattr(model, "motion_prior_weight"):
+        chosen.update(calibrate_motion_prior(model, val_urls, cfg, info))
+    return chosen
+
+
 def _calibrate_best(model: HTFModel, val_urls: list[str], cfg: TrainConfig, info: du.DistInfo,
                     state: RunState, log: Logger, output: Path) -> None:
-    """After training: best.pt's motion prior weight, chosen on val (calibrate_motion_prior) and
-    written into best.pt. Runs again on a resumed finished run, with the same result."""
+    """After training: best.pt's averaged maps and motion prior weight (chosen on val), written
+    into best.pt. Runs again on a resumed finished run, with the same result."""
     du.barrier(info)      # best.pt is complete on disk
     best = ckpt.best_path(output)
     saved = ckpt.load(best, map_location=info.device)
     model.load_state_dict(saved["model"])
-    chosen = calibrate_motion_prior(model, val_urls, cfg, info)
+    chosen = make_after_training_choices(model, val_urls, cfg, info)
     state.best_metrics.update(chosen)
-    log.log("motion_prior", state.step, chosen)
-    log.print(f"motion prior: weight {chosen['motion_prior_weight']:g} chosen on validation "
-              f"{cfg.train.select_metric} (candidates: {chosen['motion_prior_scores'] or 'no val clip has boxes'})")
+    log.log("after_training", state.step, chosen)
+    if "flow_gate_scores" in chosen:
+        log.print(f"flow gate: {model.describe()} chosen on validation {cfg.train.select_metric} after "
+                  f"training (candidates: {chosen['flow_gate_scores'] or 'no val clip has boxes'})")
+    if "motion_prior_weight" in chosen:
+        log.print(f"motion prior: weight {chosen['motion_prior_weight']:g} chosen on validation "
+                  f"{cfg.train.select_metric} (candidates: {chosen['motion_prior_scores'] or 'no val clip has boxes'})")
     if info.is_main:
-        saved["model"]["motion_prior_weight"] = model.motion_prior_weight.detach().clone()
+        for name in after_training_choices(model):
+            saved["model"][name] = getattr(model, name).detach().clone()
         saved["best_metrics"] = state.best_metrics
         ckpt.save_atomic(saved, best)
 
