@@ -356,7 +356,8 @@ def render_markdown(rows: list[dict[str, Any]], missing: list[str], preset: str,
                      f"{_check(r['beats_baselines'])} | {_check(r.get('motion_tells'))} | "
                      f"{_choices(r.get('flow_gates', []))} | {_choices(r.get('motion_prior_weights', []))} |")
     lines += ["", "A row with fewer than 3 seeds is a measurement, not yet a claim. Flow gate and motion prior: "
-              "what val chose in each seed's cell (gate 1 = open; prior weight 0 = none)."]
+              "what val chose in each seed's cell (gate 1 = open, 0 = closed, 0.5 = both: the mean of the "
+              "flow net's and the twin's maps; prior weight 0 = none)."]
     if missing:
         lines += ["", f"Cells not run yet ({len(missing)}; rerun the script to complete them): "
                   + ", ".join(missing)]
