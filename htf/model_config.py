@@ -45,7 +45,8 @@ class ModelConfig:
     # fraction of clips, drawn per clip, so the visual path also learns to localise alone and
     # "flow off" is a model that was trained to work without flow.
     flow_dropout: float = 0.0
-    # A gate on the whole flow path at evaluation (the buffer ``flow_gate``, 0 or 1). It starts
+    # A gate on the whole flow path at evaluation (the buffer ``flow_gate``, 0 or 1; 0.5, both,
+    # only after training with twin_average below). It starts
     # closed (0: the map is exactly the no-flow map of the same weights); the trainer opens it
     # only where flow scores better on the validation split (train.flow_gate_min_gain).
     flow_gate: bool = False

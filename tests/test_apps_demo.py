@@ -68,6 +68,19 @@ def test_what_val_chose_is_read_from_the_run_log_gate_and_motion_prior_included(
                                     "(the flow net), motion prior weight 0.5.")
 
 
+def test_the_choices_after_training_override_the_gate_of_the_kept_checkpoint(tmp_path):
+    from apps.demo import _chosen_line, chosen_on_val
+
+    lines = [{"kind": "val", "step": 4, "auc": 0.5, "flow_gate": 1, "best": True},
+             {"kind": "after_training", "step": 8, "mirror_averaged": 1, "flow_gate": 0.5, "motion_prior_weight": 0.0}]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    chosen = chosen_on_val(tmp_path)
+    assert chosen == {"step": 4, "auc": 0.5, "flow_gate": 0.5, "mirror_averaged": 1, "motion_prior_weight": 0.0}
+    assert _chosen_line(chosen) == ("HTF, chosen on the val split: checkpoint of step 4, flow gate both (the mean "
+                                    "of the flow net's and the twin's maps), maps averaged with the mirror image, "
+                                    "motion prior weight 0.")
+
+
 def _miniature_plan(output):
     from apps.demo import DemoPlan
 
