@@ -395,8 +395,7 @@ def with_motion_prior(amap: torch.Tensor, motion: torch.Tensor, weight: float) -
     its scale). Weight 0 gives the map back."""
     low = amap.amin(dim=(1, 2), keepdim=True)
     span = amap.amax(dim=(1, 2), keepdim=True) - low
-    scaled = (amap - low) / span.clamp(min=1e-6)
-    return low + span * (scaled + weight * motion.to(amap.dtype)) / (1.0 + weight)
+    return low + span * (_min_max(amap) + weight * motion.to(amap.dtype)) / (1.0 + weight)
 
 
 # ------------------------------------------------------------------------------- loading
