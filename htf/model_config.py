@@ -75,7 +75,9 @@ class ModelConfig:
     # twin_average (flow_fallback twin): the gate gets a third position, 0.5: the mean of the
     # flow net's and the twin's maps, two networks that differ only in the flow path. The
     # position is chosen again on val among the mean, closed and open, ties keeping the mean;
-    # the gate chosen during training then only picks the checkpoint.
+    # the gate chosen during training then only picks the checkpoint. A model without a twin
+    # (flow: none, or flow_fallback shared, as ablations of a preset set them) has nothing to
+    # average: the key does nothing there.
     twin_average: bool = False
     width: int = 64                 # ResNet-18 base width: 64 is the standard (and official) net
     image_size: int = 224           # input side S; the backbone stride is S / 7 (32, 16 or 8)
@@ -106,10 +108,6 @@ class ModelConfig:
         if any(w <= 0 for w in self.motion_prior_weights):
             raise ValueError(f"motion_prior_weights must all be > 0 (0, the map alone, is always a "
                              f"candidate), got {self.motion_prior_weights}")
-        if self.twin_average and self.flow != "none" and self.flow_fallback != "twin":
-            raise ValueError("twin_average averages the flow net with its flow-free twin: a flow model "
-                             "with it needs flow_fallback: twin (and flow_gate: true); with flow: none "
-                             "there is no twin and it is ignored")
         if self.motion_prior_floor <= 0:
             raise ValueError(f"motion_prior_floor must be > 0 pixels, got {self.motion_prior_floor}")
         if self.audio_frames is not None and self.audio_frames < 1:

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from htf.config import ConfigError, load_config
+from htf.config import load_config
 from htf.model import GATE_BOTH, HTFModel, load_model
 from tests.test_motion_prior import TINY, _shards
 from train import checkpoint as ckpt
@@ -84,11 +84,11 @@ def test_maps_are_of_the_clip_as_it_is_until_the_mirror_average_is_switched_on_a
     assert torch.equal(training_map, model(*x)["map"])
 
 
-def test_a_twin_average_without_a_twin_names_the_key():
-    with pytest.raises(ConfigError, match="twin_average"):
-        load_config(TrainConfig, None, TINY + ["model.twin_average=true"])
-    assert not hasattr(HTFModel(load_config(TrainConfig, None, TINY + ["model.flow=none", "model.twin_average=true"])
-                                .model), "twin")      # no flow, no twin: nothing to average
+def test_a_twin_average_without_a_twin_does_nothing_so_ablations_of_the_preset_run():
+    from train.engine import after_training_choices
+    for ablation in (["model.flow_gate=true", "model.flow_fallback=shared"], ["model.flow=none"]):
+        model = HTFModel(load_config(TrainConfig, None, TINY + ablation + ["model.twin_average=true"]).model)
+        assert not hasattr(model, "twin") and "flow_gate" not in after_training_choices(model)
 
 
 def test_a_model_says_its_maps_are_averaged():
