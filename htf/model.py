@@ -29,6 +29,7 @@ from torchvision.models.resnet import BasicBlock, conv1x1
 from htf.loss import localization_loss, own_maps
 from htf.model_config import GATE_BOTH, MAP_SIZE, ModelConfig
 from htf.official import OFFICIAL_FLOW_ENCODING, official_data_settings
+
 CHECKPOINT_FORMAT = "htf-train-v1"
 
 
@@ -258,12 +259,8 @@ class HTFModel(nn.Module):
         """(attended visual map [B, C, 7, 7], audio vector [B, C]), both L2-normalised, float32."""
         if hasattr(self, "twin") and not self.flow_enabled():
             return self.twin.features(image, None, spec)
-        return self._own_features(image, flow, spec, with_flow=self.flow_enabled())
-
-    def _own_features(self, image: torch.Tensor, flow: torch.Tensor | None, spec: torch.Tensor,
-                      with_flow: bool) -> tuple[torch.Tensor, torch.Tensor]:
         img = self.imgnet(image)
-        if with_flow:
+        if self.flow_enabled():
             if flow is None:
                 raise ValueError(f"model has flow '{self.cfg.flow}' but no flow was given")
             img = self._add_flow(img, flow)
@@ -326,19 +323,19 @@ class HTFModel(nn.Module):
     def _averaged_map(self, image: torch.Tensor, flow: torch.Tensor | None, spec: torch.Tensor,
                       first: torch.Tensor) -> torch.Tensor:
         """The mean of the min-max scaled maps of the networks the gate names (both: the flow net
-        and the twin; else ``first``, the gate's own map) on the clip and, with the mirror
-        average, on its mirror image, brought back into the range of ``first`` (cosines)."""
+        and the twin; else the gate's own) on the clip and, with the mirror average, on its
+        mirror image, brought back into the range of ``first``, the gate's own map of the clip
+        (with both open, the flow net's), so values stay cosines."""
         both = self.gate_is_both()
 
-        def maps_of(img: torch.Tensor, fl: torch.Tensor | None) -> list[torch.Tensor]:
-            if not both:
-                return [own_maps(*self.features(img, fl, spec))]
-            return [own_maps(*self._own_features(img, fl, spec, with_flow=True)),
-                    own_maps(*self.twin.features(img, None, spec))]
+        def twin_map(img: torch.Tensor) -> list[torch.Tensor]:
+            return [own_maps(*self.twin.features(img, None, spec))] if both else []
 
-        maps = maps_of(image, flow) if both else [first]
+        maps = [first] + twin_map(image)
         if self.mirrors():
-            maps += [m.flip(-1) for m in maps_of(*self._mirrored(image, flow))]
+            mirrored_image, mirrored_flow = self._mirrored(image, flow)
+            mirrored = [own_maps(*self.features(mirrored_image, mirrored_flow, spec))] + twin_map(mirrored_image)
+            maps += [m.flip(-1) for m in mirrored]
         low = first.amin(dim=(1, 2), keepdim=True)
         span = first.amax(dim=(1, 2), keepdim=True) - low
         return low + span * torch.stack([_min_max(m) for m in maps]).mean(dim=0)

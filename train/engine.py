@@ -383,10 +383,7 @@ def calibrate_motion_prior(model: HTFModel, urls: list[str], cfg: TrainConfig,
         cious = [_scored_ciou(with_motion_prior(m[None], mo[None], weight)[0].numpy(), boxes, fmt)
                  for m, mo, boxes, fmt in clips]
         scores[weight] = _box_score(cious, cfg)[0]
-    chosen = 0.0
-    for weight, score in scores.items():
-        if score > scores[chosen]:
-            chosen = weight
+    chosen = _first_best(scores)      # ties keep the smaller weight
     model.motion_prior_weight.fill_(chosen)
     return {"motion_prior_weight": chosen,
             "motion_prior_scores": {str(w): round(s, 6) for w, s in scores.items()},
@@ -691,32 +688,40 @@ def after_training_choices(model: HTFModel) -> list[str]:
     return names + (["motion_prior_weight"] if hasattr(model, "motion_prior_weight") else [])
 
 
+def _first_best(scores: dict[float, float]) -> float:
+    """The candidate with the highest score; ties keep the earlier one."""
+    chosen = next(iter(scores))
+    for candidate, score in scores.items():
+        if score > scores[chosen]:
+            chosen = candidate
+    return chosen
+
+
 @torch.no_grad()
 def choose_gate_position(model: HTFModel, urls: list[str], cfg: TrainConfig, info: du.DistInfo) -> dict[str, Any]:
     """Set ``model.flow_gate`` to the position whose maps score best on the val clips with boxes
     by ``train.select_metric``: both (the mean of the flow net's and the twin's maps), closed or
     open, ties keeping the earlier (both errs least where val cannot tell). Collective."""
+    positions = (GATE_BOTH, 0.0, 1.0)
     was_training = model.training
     model.eval()
-    cious: dict[float, list[float]] = {}
-    for position in (GATE_BOTH, 0.0, 1.0):
-        model.flow_gate.fill_(position)
-        mine = []
-        for batch, metas in val_loader(urls, cfg.model, cfg.data, info.rank, info.world):
-            image, flow, spec = (batch[k].to(info.device) for k in ("image", "flow", "spec"))
+    mine: dict[float, list[float]] = {position: [] for position in positions}
+    for batch, metas in val_loader(urls, cfg.model, cfg.data, info.rank, info.world):
+        image, flow, spec = (batch[k].to(info.device) for k in ("image", "flow", "spec"))
+        boxed = [i for i, meta in enumerate(metas) if meta["boxes"]]
+        for position in positions:      # one read of the val split scores all three
+            model.flow_gate.fill_(position)
             with autocast(cfg, info.device):
                 maps = model(image, flow, spec)["map"].float().cpu().numpy()
-            mine += [_scored_ciou(m, meta["boxes"], meta["box_format"]) for m, meta in zip(maps, metas) if meta["boxes"]]
-        cious[position] = [c for part in du.gather_objects(mine, info) for c in part]
+            mine[position] += [_scored_ciou(maps[i], metas[i]["boxes"], metas[i]["box_format"]) for i in boxed]
     model.train(was_training)
+    ranks = du.gather_objects(mine, info)
+    cious = {position: [c for part in ranks for c in part[position]] for position in positions}
     if not cious[GATE_BOTH]:
         model.flow_gate.fill_(GATE_BOTH)
         return {"flow_gate": GATE_BOTH, "flow_gate_scores": {}}
     scores = {position: _box_score(values, cfg)[0] for position, values in cious.items()}
-    chosen = GATE_BOTH
-    for position, score in scores.items():
-        if score > scores[chosen]:
-            chosen = position
+    chosen = _first_best(scores)
     model.flow_gate.fill_(chosen)
     names = {GATE_BOTH: "both", 0.0: "off", 1.0: "on"}
     return {"flow_gate": chosen, "flow_gate_scores": {names[p]: round(s, 6) for p, s in scores.items()}}
