@@ -35,7 +35,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -211,11 +211,18 @@ def train_overrides(sizes: Sizes) -> list[str]:
     return [arg for s in sets for arg in ("--set", s)]
 
 
+def with_root_on_path(environ: Mapping[str, str]) -> dict[str, str]:
+    """torchrun's workers import the project from ROOT; packages already on PYTHONPATH (a
+    machine whose missing packages are carried to a side folder) stay importable."""
+    paths = [str(ROOT), *(p for p in environ.get("PYTHONPATH", "").split(os.pathsep) if p)]
+    return {**environ, "PYTHONPATH": os.pathsep.join(paths)}
+
+
 def run_training(sizes: Sizes, shards: Path, run_dir: Path, logs: Path, log: Log) -> None:
     run_stage([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1",
                "-m", "train", "--train-shards", str(shards / "train-*.tar"),
                "--val-shards", str(shards / "val-*.tar"), "--output", str(run_dir), *train_overrides(sizes)],
-              logs / "train.log", log, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+              logs / "train.log", log, env=with_root_on_path(os.environ))
 
 
 def training_rates(run_dir: Path) -> dict[str, Any]:

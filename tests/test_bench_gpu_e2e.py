@@ -54,3 +54,15 @@ def test_a_non_empty_output_folder_is_refused(tmp_path):
     assert run.returncode == 2
     assert run.stderr.strip().splitlines() == [f"error: --output {tmp_path} is not empty; choose a new folder"]
     assert (tmp_path / "keep.txt").read_text() == "someone's file"
+
+
+def test_training_workers_import_the_project_first_and_keep_packages_already_on_the_path():
+    # A GPU image missing some packages gets them on PYTHONPATH (a side folder of wheels);
+    # torchrun's workers must still see them.
+    sys.path.insert(0, str(ROOT / "bench"))
+    import gpu_e2e
+
+    env = gpu_e2e.with_root_on_path({"PYTHONPATH": "/opt/site-extra", "OTHER": "kept"})
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(ROOT), "/opt/site-extra"]
+    assert env["OTHER"] == "kept"
+    assert gpu_e2e.with_root_on_path({})["PYTHONPATH"] == str(ROOT)

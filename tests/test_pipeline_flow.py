@@ -85,3 +85,18 @@ def test_float16_conversion_has_the_bits_of_numpy_astype_including_subnormals():
         flow.flat[:4] = [0.0, -0.0, 2.0 ** -25, 3 * 2.0 ** -25]
         assert np.array_equal(to_float16(flow).view(np.uint16), flow.astype(np.float16).view(np.uint16))
     assert to_float16(flow).shape == flow.shape
+
+
+def test_float16_conversion_keeps_numpy_bits_with_an_opencv_without_convertfp16(monkeypatch):
+    # OpenCV 5 (what a GPU image may carry) has no cv2.convertFp16.
+    import cv2
+
+    from pipeline.cache import to_float16
+
+    monkeypatch.delattr(cv2, "convertFp16", raising=False)
+    rng = np.random.default_rng(6)
+    flow = (rng.standard_normal((2, 37, 53)) * 1e-5).astype(np.float32)
+    flow.flat[:4] = [0.0, -0.0, 2.0 ** -25, 3 * 2.0 ** -25]
+    converted = to_float16(flow)
+    assert converted.dtype == np.float16 and converted.shape == flow.shape
+    assert np.array_equal(converted.view(np.uint16), flow.astype(np.float16).view(np.uint16))
