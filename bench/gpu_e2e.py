@@ -71,6 +71,7 @@ class Sizes:
     loader_workers: int
     device: str
     eval_batch: int
+    train_sets: tuple[str, ...] = ()   # extra trainer --set KEY=VALUE, applied last
 
 
 def gpu_sizes(cpus: int) -> Sizes:
@@ -208,6 +209,7 @@ def train_overrides(sizes: Sizes) -> list[str]:
         sets.append(f"model.audio_frames={sizes.audio_frames}")
     if sizes.device == "cpu":
         sets.append("model.freeze_vision=false")
+    sets.extend(sizes.train_sets)
     return [arg for s in sets for arg in ("--set", s)]
 
 
@@ -302,6 +304,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--clips", type=int, help="clips in the world (default 1200; smoke 10)")
     p.add_argument("--train-steps", type=int, help="training steps (default 300; smoke 3)")
     p.add_argument("--flow-models", nargs="+", help="ptlflow names; the first makes the training shards")
+    p.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="one more trainer override, applied after the script's own (repeatable)")
     return p.parse_args(argv)
 
 
@@ -315,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
         print("error: no CUDA device visible to torch; run with --cpu-smoke for the CPU check", file=sys.stderr)
         return 2
     changes = {"clips": args.clips, "train_steps": args.train_steps,
-               "flow_models": tuple(args.flow_models) if args.flow_models else None}
+               "flow_models": tuple(args.flow_models) if args.flow_models else None,
+               "train_sets": tuple(args.train_set) or None}
     sizes = dataclasses.replace(sizes, **{k: v for k, v in changes.items() if v is not None})
     if sizes.clips < 10:
         print("error: --clips must be >= 10 (every split needs clips)", file=sys.stderr)
