@@ -124,3 +124,48 @@ def test_training_is_unchanged_and_best_alone_gets_the_averaged_maps(tmp_path):
     assert float(best.flow_gate) == record["flow_gate"]
     log = (runs["averaged"] / "train.log").read_text()
     assert "maps averaged with the mirror image" in log and "chosen on validation auc after training" in log
+
+
+def test_with_no_margin_the_gate_is_the_first_best_of_both_closed_and_open():
+    from train.engine import _first_best, gate_from_scores
+    for values in [(0.5, 0.4, 0.6), (0.5, 0.6, 0.4), (0.5, 0.5, 0.5), (0.6, 0.4, 0.6), (0.4, 0.6, 0.6)]:
+        scores = dict(zip((GATE_BOTH, 0.0, 1.0), values))
+        assert gate_from_scores(scores, 0.0) == _first_best(scores)
+
+
+def test_both_is_kept_unless_closed_or_open_beats_it_by_more_than_the_margin():
+    from train.engine import gate_from_scores
+    open_by_a_hair = {GATE_BOTH: 0.5825, 0.0: 0.52125, 1.0: 0.58375}
+    assert gate_from_scores(open_by_a_hair, 0.01) == GATE_BOTH
+    assert gate_from_scores(open_by_a_hair, 0.0) == 1.0
+    collapsed_flow_net = {GATE_BOTH: 0.40, 0.0: 0.55, 1.0: 0.20}
+    assert gate_from_scores(collapsed_flow_net, 0.01) == 0.0
+
+
+def test_when_closed_and_open_both_beat_both_by_the_margin_a_tie_keeps_closed():
+    from train.engine import gate_from_scores
+    assert gate_from_scores({GATE_BOTH: 0.40, 0.0: 0.50, 1.0: 0.50}, 0.02) == 0.0
+    assert gate_from_scores({GATE_BOTH: 0.40, 0.0: 0.50, 1.0: 0.51}, 0.02) == 1.0
+
+
+def test_a_negative_gate_both_margin_is_refused_naming_the_key():
+    with pytest.raises(ValueError, match="train.gate_both_margin must be >= 0"):
+        load_config(TrainConfig, None, TINY + ["train.gate_both_margin=-0.01"])
+
+
+def test_the_trainer_chooses_the_gate_with_the_configured_margin(tmp_path, monkeypatch):
+    from train import engine
+    margins = []
+    choose = engine.gate_from_scores
+    monkeypatch.setattr(engine, "gate_from_scores", lambda scores, margin: margins.append(margin) or choose(scores, margin))
+    train = _shards(tmp_path / "data", "train", True, 8)
+    val = _shards(tmp_path / "data", "val", True, 8)
+    argv = ["--train-shards", train, "--val-shards", val, "--output", str(tmp_path / "run")]
+    for item in TINY + TWIN + ["model.twin_average=true", "train.gate_both_margin=1.0"]:
+        argv += ["--set", item]
+    assert main(argv) == 0
+    record = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+              if '"after_training"' in line][-1]
+    assert margins == [1.0]            # AUC cannot beat both by more than 1: both is kept
+    assert record["flow_gate"] == GATE_BOTH and set(record["flow_gate_scores"]) == {"both", "off", "on"}
+    assert float(load_model(ckpt.best_path(tmp_path / "run")).flow_gate) == GATE_BOTH

@@ -697,11 +697,21 @@ def _first_best(scores: dict[float, float]) -> float:
     return chosen
 
 
+def gate_from_scores(scores: dict[float, float], both_margin: float) -> float:
+    """The gate's position from its val scores: both, unless closed or open scores more than
+    ``both_margin`` above it; between those two the higher, ties keeping closed. With margin 0
+    this is the first best of both, closed, open."""
+    others = {position: score for position, score in scores.items() if position != GATE_BOTH}
+    challenger = _first_best(others)
+    return challenger if others[challenger] > scores[GATE_BOTH] + both_margin else GATE_BOTH
+
+
 @torch.no_grad()
 def choose_gate_position(model: HTFModel, urls: list[str], cfg: TrainConfig, info: du.DistInfo) -> dict[str, Any]:
     """Set ``model.flow_gate`` to the position whose maps score best on the val clips with boxes
     by ``train.select_metric``: both (the mean of the flow net's and the twin's maps), closed or
-    open, ties keeping the earlier (both errs least where val cannot tell). Collective."""
+    open, both kept unless beaten by more than ``train.gate_both_margin`` (gate_from_scores).
+    Collective."""
     positions = (GATE_BOTH, 0.0, 1.0)
     was_training = model.training
     model.eval()
@@ -721,7 +731,7 @@ def choose_gate_position(model: HTFModel, urls: list[str], cfg: TrainConfig, inf
         model.flow_gate.fill_(GATE_BOTH)
         return {"flow_gate": GATE_BOTH, "flow_gate_scores": {}}
     scores = {position: _box_score(values, cfg)[0] for position, values in cious.items()}
-    chosen = _first_best(scores)
+    chosen = gate_from_scores(scores, cfg.train.gate_both_margin)
     model.flow_gate.fill_(chosen)
     names = {GATE_BOTH: "both", 0.0: "off", 1.0: "on"}
     return {"flow_gate": chosen, "flow_gate_scores": {names[p]: round(s, 6) for p, s in scores.items()}}
