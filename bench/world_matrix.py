@@ -10,15 +10,21 @@ which cells ran.
 
     python bench/world_matrix.py [--worlds demo,indep,indep-same,distractors] [--sizes 1000,400]
                                  [--seeds 0,1,2] [--work DIR] [--max-cells N] [--report-only]
-                                 [--rescore-from DIR]
+                                 [--rescore-from DIR] [--preset configs/train/CANDIDATE.yaml]
 
-Every cell records the preset it was trained with (the SHA-256 of configs/train/tiny.yaml and
-the commit); the default work folder is one per preset (bench/world_runs/preset-<sha>), and a
-work folder holding cells of another preset is refused, so one table never mixes presets.
+Every cell records the preset it was trained with (the SHA-256 of its file and the commit);
+the default work folder is one per preset (bench/world_runs/preset-<sha>), and a work folder
+holding cells of another preset is refused, so one table never mixes presets.
+
+The claimed preset is the demo's, configs/train/tiny.yaml. A candidate (``--preset``, a full
+copy of tiny.yaml with its changes) gets its matrix beside the claimed one, over as many
+sessions as it takes: its results go to bench/results_worlds_<name>.json / .md and no page
+is rewritten. If it does better, copying its file over tiny.yaml (same bytes, same SHA) and
+moving its results to bench/results_worlds.* makes it the claim without rerunning a cell.
 
 A preset that differs from an earlier one only in keys that act after training
-(``AFTER_TRAINING_KEYS``: motion prior, averaged maps) trains the same networks; ``--rescore-from DIR`` makes its cells
-from that preset's finished cells (training runs kept; world, val and test shards remade and
+(``AFTER_TRAINING_KEYS``: motion prior, averaged maps, the gate's margin) trains the same
+networks; ``--rescore-from DIR`` makes its cells from that preset's finished cells (training runs kept; world, val and test shards remade and
 the world checked to be the same; the post-training choice and HTF's test evaluation redone).
 
 Cells run seed-major (every world and size at seed 0, then seed 1, ...) so the first hours
@@ -51,12 +57,29 @@ DEFAULT_WORLDS = ("demo", "indep", "indep-same", "distractors")
 DEFAULT_SIZES, DEFAULT_SEEDS = (1000, 400), (0, 1, 2)
 METHODS = (("htf", "HTF"), ("noflow", "no flow"), ("flow", "flow magnitude"), ("center", "center"))
 MIN_SEEDS = 3   # fewer seeds: a measurement, not yet the claim (apps.demo defines the claim's margins)
-PRESET = ROOT / "configs" / "train" / "tiny.yaml"    # the training preset of apps.demo
+CLAIMED_PRESET = ROOT / "configs" / "train" / "tiny.yaml"    # the training preset of apps.demo
+# The preset this run's cells are trained with: the claimed one, or a candidate (--preset)
+# whose matrix is made beside the claimed one's until it replaces it.
+PRESET = CLAIMED_PRESET
 
 
-def preset_id(path: Path = PRESET) -> str:
+def shown(path: Path) -> str:
+    """A preset's file as cells and tables name it: relative to the checkout where it is inside."""
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def default_outputs(preset: Path) -> dict[str, Path | None]:
+    """Where a matrix of ``preset`` writes by default: the claimed preset's results and the
+    tables of docs/train.md and README.md; a candidate's own results files and no page."""
+    if preset.resolve() == CLAIMED_PRESET.resolve():
+        return {"out": ROOT / "bench" / "results_worlds", "page": ROOT / "docs" / "train.md",
+                "readme": ROOT / "README.md"}
+    return {"out": ROOT / "bench" / f"results_worlds_{preset.stem}", "page": None, "readme": None}
+
+
+def preset_id(path: Path | None = None) -> str:
     """The preset a cell is trained with, as the first 12 hex digits of its file's SHA-256."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    return hashlib.sha256((path or PRESET).read_bytes()).hexdigest()[:12]
 
 
 # Files whose edits cannot change a cell: the pages and the results this script rewrites
@@ -84,10 +107,10 @@ def cell_name(world: str, n: int, seed: int) -> str:
 def run_cell(work: Path, world: str, n: int, seed: int) -> dict[str, Any]:
     """One demo run; keeps its results, drops the videos and shards (they can be remade)."""
     out = work / cell_name(world, n, seed)
-    plan = DemoPlan(output=out.resolve(), n=n, seed=seed, world=world, heatmaps=0)
+    plan = DemoPlan(output=out.resolve(), n=n, seed=seed, world=world, heatmaps=0, train_config=PRESET)
     summary = run_demo(plan)
     results = json.loads((out / "results.json").read_text())
-    cell = {"world": world, "n": n, "seed": seed, "preset": {"file": str(PRESET.relative_to(ROOT)),
+    cell = {"world": world, "n": n, "seed": seed, "preset": {"file": shown(PRESET),
                                                              "sha256": preset_id(), "commit": git_commit()},
             "results": results["results"],
             "by_kind": results["by_kind"], "seconds": summary["seconds"],
@@ -98,27 +121,30 @@ def run_cell(work: Path, world: str, n: int, seed: int) -> dict[str, Any]:
     return cell
 
 
-# Model keys that act only after training (train.engine.make_after_training_choices): a preset
-# that differs from another only in these trains exactly the same networks.
-AFTER_TRAINING_KEYS = ("motion_prior_weights", "motion_prior_floor", "mirror_average", "twin_average")
+# Keys that act only after training (train.engine.make_after_training_choices): a preset that
+# differs from another only in these trains exactly the same networks.
+AFTER_TRAINING_KEYS = ("model.motion_prior_weights", "model.motion_prior_floor", "model.mirror_average",
+                       "model.twin_average", "train.gate_both_margin")
 
 
 def _preset_at(commit: str) -> dict[str, Any]:
     import yaml
 
-    text = subprocess.run(["git", "show", f"{commit.split('+')[0]}:{PRESET.relative_to(ROOT)}"], cwd=ROOT,
+    # Cells are rescored from the claimed preset's cells (a candidate may start from them too).
+    text = subprocess.run(["git", "show", f"{commit.split('+')[0]}:{CLAIMED_PRESET.relative_to(ROOT)}"], cwd=ROOT,
                           capture_output=True, text=True, check=True).stdout
     return yaml.safe_load(text)
 
 
 def trains_the_same(old_commit: str) -> bool:
-    """Does configs/train/tiny.yaml at ``old_commit`` differ from today's only after training?"""
+    """Does configs/train/tiny.yaml at ``old_commit`` differ from this run's preset only after training?"""
     import yaml
 
     old, new = _preset_at(old_commit), yaml.safe_load(PRESET.read_text())
     for cfg in (old, new):
-        for key in AFTER_TRAINING_KEYS:
-            cfg.get("model", {}).pop(key, None)
+        for dotted in AFTER_TRAINING_KEYS:
+            section, key = dotted.split(".")
+            cfg.get(section, {}).pop(key, None)
     return old == new
 
 
@@ -136,9 +162,10 @@ def with_todays_after_training_choice(old_best: Path, new_best: Path, val_urls: 
     from train.engine import after_training_choices, make_after_training_choices
 
     saved = ckpt.load(old_best)
-    today = load_config(TrainConfig, PRESET).model
-    for key in AFTER_TRAINING_KEYS:
-        saved["config"]["model"][key] = getattr(today, key)
+    today = load_config(TrainConfig, PRESET)
+    for dotted in AFTER_TRAINING_KEYS:
+        section, key = dotted.split(".")
+        saved["config"].setdefault(section, {})[key] = getattr(getattr(today, section), key)
     cfg = load_config(TrainConfig, base=saved["config"])
     names = after_training_choices(HTFModel(cfg.model))
     for name in names:
@@ -163,7 +190,7 @@ def rescore_cell(old: Path, work: Path, world: str, n: int, seed: int) -> dict[s
 
     before = json.loads((old / "cell.json").read_text())
     out = work / cell_name(world, n, seed)
-    plan = DemoPlan(output=out.resolve(), n=n, seed=seed, world=world, heatmaps=0)
+    plan = DemoPlan(output=out.resolve(), n=n, seed=seed, world=world, heatmaps=0, train_config=PRESET)
     made = make_world(plan)
     if (made / "world.json").read_bytes() != (old / "world" / "world.json").read_bytes():
         raise SystemExit(f"error: {made} is not the world of {old}; rerun the cell instead")
@@ -185,7 +212,7 @@ def rescore_cell(old: Path, work: Path, world: str, n: int, seed: int) -> dict[s
         results[method] = evaluate(plan, shards, method, checkpoint=best)
         by_kind[method] = results_by_kind(out / "eval" / method, clip_kinds(made))
     run = out / "runs" / "htf"
-    cell = {"world": world, "n": n, "seed": seed, "preset": {"file": str(PRESET.relative_to(ROOT)),
+    cell = {"world": world, "n": n, "seed": seed, "preset": {"file": shown(PRESET),
                                                              "sha256": preset_id(), "commit": git_commit()},
             "results": {k: results[k] for k in before["results"]}, "by_kind": by_kind,
             "seconds": before["seconds"], "selected": chosen_on_val(run),
@@ -265,7 +292,7 @@ def write_results(work: Path, planned: list[tuple[str, int, int]], json_path: Pa
             rows.append(summarize_row(group))
     missing = [cell_name(*p) for p in planned if cell_name(*p) not in cells]
     commits = sorted({c["preset"]["commit"] for c in cells.values()})
-    atomic_write_text(json_path, json.dumps({"preset": {"file": str(PRESET.relative_to(ROOT)), "sha256": preset,
+    atomic_write_text(json_path, json.dumps({"preset": {"file": shown(PRESET), "sha256": preset,
                                                 "commits": commits},
                                      "cells": cells, "rows": rows, "not_run": missing,
                                      "goal": {"noflow_tolerance": NOFLOW_TOLERANCE,
@@ -340,7 +367,7 @@ def render_markdown(rows: list[dict[str, Any]], missing: list[str], preset: str,
     lines = ["# World x method matrix (test cIoU@0.5, mean ± sd over seeds)", "",
              "Written by `python bench/world_matrix.py`; every cell is one `apps.demo --world NAME` run "
              "(selection on the val split only). Every row was made with one preset: "
-             f"`configs/train/tiny.yaml` of SHA-256 `{preset}…`"
+             f"`{shown(PRESET)}` of SHA-256 `{preset}…`"
              + (f" (commit {', '.join(commits)})" if commits else "") + ".", "",
              "| world | clips | seeds | HTF | no flow | flow magnitude | center | HTF − no flow | "
              "HTF − best baseline | same-class clips: HTF / no flow | never costs (≥ −0.02) | "
@@ -369,20 +396,39 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--worlds", default=",".join(DEFAULT_WORLDS))
     p.add_argument("--sizes", default=",".join(map(str, DEFAULT_SIZES)))
     p.add_argument("--seeds", default=",".join(map(str, DEFAULT_SEEDS)))
+    p.add_argument("--preset", default=str(CLAIMED_PRESET.relative_to(ROOT)), metavar="YAML",
+                   help="training preset of every cell (default: the demo's, configs/train/tiny.yaml); another "
+                        "one is a candidate: its results go to bench/results_worlds_<name>.* and no page is "
+                        "rewritten, so the claimed matrix stays until the candidate's file replaces tiny.yaml")
     p.add_argument("--work", default=None,
-                   help="one folder per cell (default: bench/world_runs/preset-<sha of tiny.yaml>)")
+                   help="one folder per cell (default: bench/world_runs/preset-<sha of the preset>)")
     p.add_argument("--max-cells", type=int, default=None, help="stop after running this many cells")
     p.add_argument("--report-only", action="store_true", help="rewrite the results from finished cells")
-    p.add_argument("--out", default=str(ROOT / "bench" / "results_worlds"), help="results path without suffix")
-    p.add_argument("--page", default=str(ROOT / "docs" / "train.md"),
-                   help="page whose matrix table is rewritten with the results ('' for none)")
-    p.add_argument("--readme", default=str(ROOT / "README.md"),
-                   help="README whose short matrix table is rewritten ('' for none)")
+    p.add_argument("--out", default=None,
+                   help="results path without suffix (default: bench/results_worlds, or bench/results_worlds_<name> "
+                        "for a candidate preset)")
+    p.add_argument("--page", default=None,
+                   help="page whose matrix table is rewritten with the results ('' for none; default: "
+                        "docs/train.md for the claimed preset, none for a candidate)")
+    p.add_argument("--readme", default=None,
+                   help="README whose short matrix table is rewritten ('' for none; default: README.md for the "
+                        "claimed preset, none for a candidate)")
     p.add_argument("--rescore-from", default=None, metavar="DIR",
                    help="a work folder of a preset that differs from today's only in keys that act after "
                         "training (model.motion_prior_*): its cells' training runs are kept and only the "
                         "post-training choice and HTF's test evaluation are redone")
     a = p.parse_args(argv)
+    global PRESET
+    claimed_before = PRESET
+    given = Path(a.preset)
+    PRESET = (given if given.exists() else ROOT / given).resolve()
+    try:
+        return _matrix(a)
+    finally:
+        PRESET = claimed_before        # a call from Python (the tests) leaves the module as it was
+
+
+def _matrix(a: argparse.Namespace) -> int:
     worlds = [w for w in a.worlds.split(",") if w]
     unknown = [w for w in worlds if w not in WORLDS]
     if unknown:
@@ -399,16 +445,21 @@ def main(argv: list[str] | None = None) -> int:
     # not drop the other finished cells from the table.
     everything = [(w, n, s) for s in DEFAULT_SEEDS for n in DEFAULT_SIZES for w in DEFAULT_WORLDS]
     reported = everything + [c for c in planned if c not in everything]
-    page = Path(a.page) if a.page else None
-    readme = Path(a.readme) if a.readme else None
+    if not PRESET.is_file():
+        print(f"error: --preset {a.preset}: no such file; give a training preset (configs/train/*.yaml)",
+              file=sys.stderr)
+        return 2
+    defaults = default_outputs(PRESET)
+    out = Path(a.out) if a.out else defaults["out"]
+    page = Path(a.page) if a.page else (defaults["page"] if a.page is None else None)
+    readme = Path(a.readme) if a.readme else (defaults["readme"] if a.readme is None else None)
     preset = preset_id()
     work = Path(a.work) if a.work else ROOT / "bench" / "world_runs" / f"preset-{preset}"
-    out = Path(a.out)
     foreign = [cell_name(*p) for p in planned
                if cell_preset(work / cell_name(*p) / "cell.json") not in (None, preset)]
     if foreign:
         print(f"error: {work} holds cells made with another preset ({', '.join(foreign[:3])}); this run "
-              f"uses configs/train/tiny.yaml {preset}: pass another --work", file=sys.stderr)
+              f"uses {shown(PRESET)} {preset}: pass another --work", file=sys.stderr)
         return 2
     json_path, md_path = out.with_suffix(".json"), out.with_suffix(".md")
     recovered = recover_cells(json_path, work, preset)
@@ -420,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
         differing = [c for c in commits if not trains_the_same(c)]
         if not commits or differing:
             print(f"error: {rescore_from}: " + (f"its preset (commit {differing[0]}) trains other networks than "
-                  f"today's configs/train/tiny.yaml; run the cells instead" if differing else "no finished cell"),
+                  f"today's {shown(PRESET)}; run the cells instead" if differing else "no finished cell"),
                   file=sys.stderr)
             return 2
     ran = 0

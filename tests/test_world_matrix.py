@@ -175,8 +175,9 @@ def test_an_old_best_checkpoint_given_todays_after_training_choice_is_the_new_ru
 
     train = _shards(tmp_path / "data", "train", True, 8)
     val = _shards(tmp_path / "data", "val", True, 8)
-    today = load_config(TrainConfig, wm.PRESET).model
-    todays_keys = [f"model.{key}={getattr(today, key)}" for key in wm.AFTER_TRAINING_KEYS]
+    today = load_config(TrainConfig, wm.PRESET)
+    todays_keys = [f"{dotted}={getattr(getattr(today, dotted.split('.')[0]), dotted.split('.')[1])}"
+                   for dotted in wm.AFTER_TRAINING_KEYS]
     runs = {}
     for name, extra in (("old", model), ("new", model + todays_keys)):
         argv = ["--train-shards", train, "--val-shards", val, "--output", str(tmp_path / name)]
@@ -192,6 +193,41 @@ def test_an_old_best_checkpoint_given_todays_after_training_choice_is_the_new_ru
     if "motion_prior_weight" in runs["new"]["model"]:
         assert chosen["motion_prior_weight"] == float(runs["new"]["model"]["motion_prior_weight"]) > 0
     assert rescored["config"]["model"] == runs["new"]["config"]["model"]
+    assert rescored["config"]["train"]["gate_both_margin"] == runs["new"]["config"]["train"]["gate_both_margin"]
     assert set(rescored["model"]) == set(runs["new"]["model"])
     for name, weight in runs["new"]["model"].items():
         assert torch.equal(rescored["model"][name], weight), name
+
+
+def test_a_candidate_preset_writes_its_own_results_and_no_page():
+    claimed = wm.default_outputs(wm.CLAIMED_PRESET)
+    assert claimed == {"out": wm.ROOT / "bench" / "results_worlds", "page": wm.ROOT / "docs" / "train.md",
+                       "readme": wm.ROOT / "README.md"}
+    candidate = wm.default_outputs(wm.ROOT / "configs" / "train" / "tiny-next.yaml")
+    assert candidate == {"out": wm.ROOT / "bench" / "results_worlds_tiny-next", "page": None, "readme": None}
+
+
+def test_a_candidate_matrix_names_its_preset_and_leaves_the_claimed_one_alone(tmp_path):
+    candidate = tmp_path / "tiny-next.yaml"
+    candidate.write_bytes(wm.CLAIMED_PRESET.read_bytes() + b"# candidate: one more line\n")
+    sha = wm.preset_id(candidate)
+    assert sha != wm.preset_id(wm.CLAIMED_PRESET)
+    cell = _cell("indep", 400, 0, 0.8, 0.7, 0.5, preset=sha)
+    cell["preset"]["file"] = str(candidate)
+    _write_cell(tmp_path / "work", cell)
+    claimed_pages = {p: p.read_text() for p in (wm.ROOT / "README.md", wm.ROOT / "docs" / "train.md")}
+    args = ["--preset", str(candidate), "--work", str(tmp_path / "work"), "--out", str(tmp_path / "r"),
+            "--report-only"]
+    assert wm.main(args) == 0
+    text = (tmp_path / "r.md").read_text()
+    assert f"`{candidate}` of SHA-256 `{sha}…`" in text and "| indep | 400 | 0 (< 3) | 0.800 |" in text
+    assert json.loads((tmp_path / "r.json").read_text())["preset"] == {"file": str(candidate), "sha256": sha,
+                                                                       "commits": ["abc1234"]}
+    assert {p: p.read_text() for p in claimed_pages} == claimed_pages
+    assert wm.PRESET == wm.CLAIMED_PRESET           # the run does not leave its preset behind
+
+
+def test_a_missing_preset_file_is_refused_with_one_error_line(tmp_path, capsys):
+    assert wm.main(["--preset", str(tmp_path / "nope.yaml"), "--report-only"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --preset ") and "nope.yaml" in err and len(err.strip().splitlines()) == 1
