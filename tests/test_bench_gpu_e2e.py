@@ -26,7 +26,10 @@ def test_cpu_smoke_runs_every_stage_and_reports_rates(tmp_path):
     run = run_script("--output", str(out), "--cpu-smoke")
     assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
     report = json.loads((out / "gpu_e2e.json").read_text())
-    assert list(report["stages"]) == ["world", "pipeline_neuflow2", "train", "eval"]
+    assert list(report["stages"]) == ["world", "flow_neuflow2", "pipeline_neuflow2", "train", "eval"]
+    for split in ("train", "val", "test"):     # the per-split runs read the flow the first stage cached
+        log = (out / "logs" / f"pipeline_neuflow2_{split}.log").read_text()
+        assert "flow: 0 computed" in log and "from cache" in log
     assert all(stage["clips_per_s"] > 0 for stage in report["stages"].values())
     flow = report["flow"]["neuflow2"]
     assert flow["batched_pairs_per_s"] > 0 and flow["single_fp32_pairs_per_s"] > 0
