@@ -151,6 +151,14 @@ def test_presets_that_differ_only_after_training_train_the_same_networks(monkeyp
     assert not wm.trains_the_same("abc1234")
 
 
+def test_a_preset_that_differs_only_in_the_gate_s_margin_trains_the_same_networks(monkeypatch, tmp_path):
+    today = tmp_path / "tiny-next.yaml"
+    today.write_text("model: {flow: maxpool}\ntrain: {steps: 120, gate_both_margin: 0.02}\n")
+    monkeypatch.setattr(wm, "PRESET", today)
+    monkeypatch.setattr(wm, "_preset_at", lambda commit: {"model": {"flow": "maxpool"}, "train": {"steps": 120}})
+    assert wm.trains_the_same("abc1234")
+
+
 def test_rescoring_from_cells_of_a_preset_that_trains_otherwise_is_refused(monkeypatch, tmp_path, capsys):
     old = tmp_path / "old"
     _write_cell(old, _cell("indep", 400, 0, 0.8, 0.7, 0.5, preset="0123456789ab"))
