@@ -322,3 +322,14 @@ def test_missing_shards_leave_no_run_folder(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(_args(str(tmp_path / "nope-*.tar"), out)) == 1
     assert "no shard matches" in capsys.readouterr().err and not out.exists()
+
+
+def test_after_a_nan_a_compiled_cuda_run_is_also_told_to_try_without_compiling():
+    from htf.config import load_config
+    from train.config import TrainConfig
+    from train.engine import non_finite_advice
+    compiled = load_config(TrainConfig, None, ["train.compile=true"])
+    plain = load_config(TrainConfig, None, [])
+    assert "train.compile=false" in non_finite_advice(compiled, torch.device("cuda"))
+    assert "train.compile" not in non_finite_advice(compiled, torch.device("cpu"))     # compiling is CUDA-only
+    assert non_finite_advice(plain, torch.device("cuda")).startswith("Lower optim.lr, set optim.grad_clip")

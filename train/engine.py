@@ -238,8 +238,8 @@ def train_step(model: torch.nn.Module, batch: dict[str, torch.Tensor], optimizer
         mean_loss = total.item() / info.world
         if not math.isfinite(mean_loss):
             raise NonFiniteLossError(f"loss is {mean_loss} at step {step + 1} (epoch {epoch}); stopping "
-                                     f"before the update. Lower optim.lr, set optim.grad_clip, or "
-                                     f"check the data; the last good weights are in checkpoints/latest.pt")
+                                     f"before the update. {non_finite_advice(cfg, info.device)}; the last "
+                                     f"good weights are in checkpoints/latest.pt")
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     if cfg.optim.grad_clip:
@@ -251,6 +251,15 @@ def train_step(model: torch.nn.Module, batch: dict[str, torch.Tensor], optimizer
 
 
 # ---------------------------------------------------------------------------- validation
+
+def non_finite_advice(cfg: TrainConfig, device: torch.device) -> str:
+    """What to change after a NaN/Inf loss. A compiled bf16 run from random weights gave NaN at
+    its second step on an H200 where the same run uncompiled did not (bench/gpu/README.md)."""
+    advice = "Lower optim.lr, set optim.grad_clip, or check the data"
+    if cfg.train.compile and device.type == "cuda":
+        advice += ", or set train.compile=false (a compiled run has given NaN where the same run uncompiled did not)"
+    return advice
+
 
 def _scored_ciou(map7: np.ndarray, boxes: Any, box_format: str) -> float:
     """cIoU of one clip; a box lost when clipped scores 0, as the evaluator does."""
