@@ -141,22 +141,17 @@ def test_a_cell_calls_its_checkout_dirty_for_code_edits_not_for_pages_or_results
     assert wm.git_commit(tmp_path).endswith("+dirty")
 
 
-def test_presets_that_differ_only_after_training_train_the_same_networks(monkeypatch, tmp_path):
-    today = tmp_path / "tiny.yaml"
-    today.write_text("model: {flow: maxpool, motion_prior_weights: [0.5, 1.0]}\ntrain: {steps: 120}\n")
-    monkeypatch.setattr(wm, "PRESET", today)
+@pytest.mark.parametrize("today", [
+    "model: {flow: maxpool, motion_prior_weights: [0.5, 1.0]}\ntrain: {steps: 120}\n",
+    "model: {flow: maxpool}\ntrain: {steps: 120, gate_both_margin: 0.02}\n",
+], ids=["motion-prior", "gate-margin"])
+def test_presets_that_differ_only_after_training_train_the_same_networks(monkeypatch, tmp_path, today):
+    (tmp_path / "tiny.yaml").write_text(today)
+    monkeypatch.setattr(wm, "PRESET", tmp_path / "tiny.yaml")
     monkeypatch.setattr(wm, "_preset_at", lambda commit: {"model": {"flow": "maxpool"}, "train": {"steps": 120}})
     assert wm.trains_the_same("abc1234")
     monkeypatch.setattr(wm, "_preset_at", lambda commit: {"model": {"flow": "maxpool"}, "train": {"steps": 60}})
     assert not wm.trains_the_same("abc1234")
-
-
-def test_a_preset_that_differs_only_in_the_gate_s_margin_trains_the_same_networks(monkeypatch, tmp_path):
-    today = tmp_path / "tiny-next.yaml"
-    today.write_text("model: {flow: maxpool}\ntrain: {steps: 120, gate_both_margin: 0.02}\n")
-    monkeypatch.setattr(wm, "PRESET", today)
-    monkeypatch.setattr(wm, "_preset_at", lambda commit: {"model": {"flow": "maxpool"}, "train": {"steps": 120}})
-    assert wm.trains_the_same("abc1234")
 
 
 def test_rescoring_from_cells_of_a_preset_that_trains_otherwise_is_refused(monkeypatch, tmp_path, capsys):
