@@ -119,6 +119,23 @@ def test_atomic_save_keeps_the_previous_checkpoint_when_writing_fails(tmp_path, 
     assert ckpt.load(path)["step"] == 1
 
 
+def test_a_ctrl_c_during_a_checkpoint_write_waits_for_the_whole_checkpoint(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    real_save = torch.save
+
+    def save_with_ctrl_c_halfway(obj, fh):
+        fh.write(b"")
+        os.kill(os.getpid(), signal.SIGINT)      # cut in half, torch.save raises a RuntimeError
+        real_save(obj, fh)
+    monkeypatch.setattr(torch, "save", save_with_ctrl_c_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save_atomic({"step": 3}, tmp_path / "latest.pt")
+    monkeypatch.undo()
+    assert ckpt.load(tmp_path / "latest.pt")["step"] == 3
+
+
 def test_flow_local_lr_mult_gives_the_flow_branch_its_own_learning_rate():
     from htf.config import load_config
     from train.config import TrainConfig

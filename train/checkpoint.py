@@ -14,13 +14,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from htf.interrupts import ctrl_c_deferred
 from htf.io import atomic_path
 
 
 def save_atomic(state: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write ``state`` to ``path`` whole or not at all. A Ctrl-C meanwhile waits for the write
+    to finish: torch.save cut by one raises a RuntimeError ("unexpected pos"), not a
+    KeyboardInterrupt, and the run would end as failed instead of interrupted."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+    with ctrl_c_deferred(), atomic_path(path) as tmp, open(tmp, "wb") as fh:
         torch.save(state, fh)
     return path
 
