@@ -35,11 +35,15 @@ def motion_and_loudness(video: Path, side: int = 112) -> tuple[np.ndarray, np.nd
     import av
     import cv2
 
-    with av.open(str(video)) as container:
-        frames = np.stack([cv2.resize(f.to_ndarray(format="gray").astype(np.float32), (side, side),
-                                      interpolation=cv2.INTER_AREA) for f in container.decode(video=0)])
-    with av.open(str(video)) as container:
-        audio = np.concatenate([f.to_ndarray().astype(np.float32).mean(axis=0) for f in container.decode(audio=0)])
+    grey, sound = [], []
+    with av.open(str(video)) as container:          # one pass over the file for both streams
+        for frame in container.decode(video=0, audio=0):
+            if isinstance(frame, av.AudioFrame):
+                sound.append(frame.to_ndarray().astype(np.float32).mean(axis=0))
+            else:
+                grey.append(cv2.resize(frame.to_ndarray(format="gray").astype(np.float32), (side, side),
+                                       interpolation=cv2.INTER_AREA))
+    frames, audio = np.stack(grey), np.concatenate(sound)
     change = np.abs(np.diff(frames, axis=0))
     cells = change.reshape(len(change), GRID, side // GRID, GRID, side // GRID).mean(axis=(2, 4))
     hop = len(audio) / len(frames)

@@ -127,6 +127,11 @@ AFTER_TRAINING_KEYS = ("model.motion_prior_weights", "model.motion_prior_floor",
                        "model.twin_average", "train.gate_both_margin")
 
 
+def _after_training_keys() -> list[tuple[str, str]]:
+    """AFTER_TRAINING_KEYS as (config section, key)."""
+    return [tuple(dotted.split(".")) for dotted in AFTER_TRAINING_KEYS]
+
+
 def _preset_at(commit: str) -> dict[str, Any]:
     import yaml
 
@@ -142,8 +147,7 @@ def trains_the_same(old_commit: str) -> bool:
 
     old, new = _preset_at(old_commit), yaml.safe_load(PRESET.read_text())
     for cfg in (old, new):
-        for dotted in AFTER_TRAINING_KEYS:
-            section, key = dotted.split(".")
+        for section, key in _after_training_keys():
             cfg.get(section, {}).pop(key, None)
     return old == new
 
@@ -163,8 +167,7 @@ def with_todays_after_training_choice(old_best: Path, new_best: Path, val_urls: 
 
     saved = ckpt.load(old_best)
     today = load_config(TrainConfig, PRESET)
-    for dotted in AFTER_TRAINING_KEYS:
-        section, key = dotted.split(".")
+    for section, key in _after_training_keys():
         saved["config"].setdefault(section, {})[key] = getattr(getattr(today, section), key)
     cfg = load_config(TrainConfig, base=saved["config"])
     names = after_training_choices(HTFModel(cfg.model))
