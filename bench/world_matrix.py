@@ -55,7 +55,8 @@ from htf.io import atomic_write_text  # noqa: E402
 
 DEFAULT_WORLDS = ("demo", "indep", "indep-same", "distractors")
 DEFAULT_SIZES, DEFAULT_SEEDS = (1000, 400), (0, 1, 2)
-METHODS = (("htf", "HTF"), ("noflow", "no flow"), ("flow", "flow magnitude"), ("center", "center"))
+METHODS = (("htf", "HTF"), ("noflow", "no flow"), ("flow", "flow magnitude"), ("center", "center"),
+           ("sync", "sync"))   # sync: motion over time vs loudness (cells made before it lack it: "—")
 MIN_SEEDS = 3   # fewer seeds: a measurement, not yet the claim (apps.demo defines the claim's margins)
 CLAIMED_PRESET = ROOT / "configs" / "train" / "tiny.yaml"    # the training preset of apps.demo
 # The preset this run's cells are trained with: the claimed one, or a candidate (--preset)
@@ -238,10 +239,11 @@ def summarize_row(cells: list[dict[str, Any]]) -> dict[str, Any]:
     row: dict[str, Any] = {"world": cells[0]["world"], "n": cells[0]["n"],
                            "seeds": sorted(c["seed"] for c in cells)}
     for key, _ in METHODS:
-        row[key] = _mean_sd([c["results"][key]["ciou_at_0.5"] for c in cells])
+        scores = [c["results"][key]["ciou_at_0.5"] for c in cells if key in c["results"]]
+        row[key] = _mean_sd(scores) if scores else None
     htf = [c["results"]["htf"]["ciou_at_0.5"] for c in cells]
     noflow = [c["results"]["noflow"]["ciou_at_0.5"] for c in cells]
-    best_base = [max(c["results"][b]["ciou_at_0.5"] for b in BASELINES) for c in cells]
+    best_base = [max(c["results"][b]["ciou_at_0.5"] for b in BASELINES if b in c["results"]) for c in cells]
     row["htf_minus_noflow"] = _mean_sd([h - f for h, f in zip(htf, noflow)])
     row["htf_minus_best_baseline"] = _mean_sd([h - b for h, b in zip(htf, best_base)])
     row["never_costs"] = row["htf_minus_noflow"][0] >= -NOFLOW_TOLERANCE - 1e-9   # float slack
@@ -258,7 +260,9 @@ def summarize_row(cells: list[dict[str, Any]]) -> dict[str, Any]:
     return row
 
 
-def _fmt(ms: tuple[float, float | None], signed: bool = False) -> str:
+def _fmt(ms: tuple[float, float | None] | None, signed: bool = False) -> str:
+    if ms is None:
+        return "—"
     mean, sd = ms
     text = f"{mean:+.3f}" if signed else f"{mean:.3f}"
     return text if sd is None else f"{text} ± {sd:.3f}"
@@ -312,6 +316,17 @@ def write_results(work: Path, planned: list[tuple[str, int, int]], json_path: Pa
     return rows
 
 
+def reported_cells(planned: list[tuple[str, int, int]], seeds: list[int], work: Path,
+                   preset: str) -> list[tuple[str, int, int]]:
+    """What the results cover: every default world and size at the seeds asked for and at the
+    seeds of every finished cell (a run limited to some cells never drops the others from the
+    table, and a candidate measured on other seeds than the claimed preset's is not listed as
+    missing the claimed preset's seeds), then any planned cell beyond that."""
+    finished = {json.loads(p.read_text())["seed"] for p in work.glob("*/cell.json") if cell_preset(p) == preset}
+    everything = [(w, n, s) for s in sorted(set(seeds) | finished) for n in DEFAULT_SIZES for w in DEFAULT_WORLDS]
+    return everything + [c for c in planned if c not in everything]
+
+
 def recover_cells(json_path: Path, work: Path, preset: str) -> int:
     """Put the finished cells the committed results hold back into ``work``: the work folder is
     not in git, so a fresh clone continues the matrix instead of dropping them from the table."""
@@ -351,14 +366,14 @@ def _claim(row: dict[str, Any]) -> str:
 
 def render_readme_table(rows: list[dict[str, Any]]) -> list[str]:
     """The README's short table: each method's score, the val-chosen gates and the claim."""
-    lines = ["| world | seeds | HTF | no flow | flow magnitude | center | same-class clips: HTF / no flow "
-             "| flow gate (val) | motion prior (val) | claim |", "|" + "---|" * 10]
+    lines = ["| world | seeds | HTF | no flow | flow magnitude | center | sync | same-class clips: HTF / no flow "
+             "| flow gate (val) | motion prior (val) | claim |", "|" + "---|" * 11]
     for r in rows:
         same = f"{r['same_htf'][0]:.3f} / {r['same_noflow'][0]:.3f}" if "same_htf" in r else "—"
         lines.append(f"| `{r['world']}` ({r['n']}) | {','.join(str(s) for s in r['seeds'])} | {_fmt(r['htf'])} | "
-                     f"{_fmt(r['noflow'])} | {_fmt(r['flow'])} | {_fmt(r['center'])} | {same} | "
-                     f"{_choices(r.get('flow_gates', []))} | {_choices(r.get('motion_prior_weights', []))} | "
-                     f"{_claim(r)} |")
+                     f"{_fmt(r['noflow'])} | {_fmt(r['flow'])} | {_fmt(r['center'])} | {_fmt(r.get('sync'))} | "
+                     f"{same} | {_choices(r.get('flow_gates', []))} | "
+                     f"{_choices(r.get('motion_prior_weights', []))} | {_claim(r)} |")
     return lines
 
 
@@ -372,16 +387,17 @@ def render_markdown(rows: list[dict[str, Any]], missing: list[str], preset: str,
              "(selection on the val split only). Every row was made with one preset: "
              f"`{shown(PRESET)}` of SHA-256 `{preset}…`"
              + (f" (commit {', '.join(commits)})" if commits else "") + ".", "",
-             "| world | clips | seeds | HTF | no flow | flow magnitude | center | HTF − no flow | "
+             "| world | clips | seeds | HTF | no flow | flow magnitude | center | sync | HTF − no flow | "
              "HTF − best baseline | same-class clips: HTF / no flow | never costs (≥ −0.02) | "
              "beats baselines (≥ +0.15) | motion tells (≥ +0.10) | flow gate (val) | motion prior (val) |",
-             "|" + "---|" * 15]
+             "|" + "---|" * 16]
     for r in rows:
         seeds = ",".join(str(s) for s in r["seeds"]) + ("" if r["enough_seeds"] else " (< 3)")
         same = (f"{r['same_htf'][0]:.3f} / {r['same_noflow'][0]:.3f} (n={r['same_class_n']})"
                 if "same_htf" in r else "—")
         lines.append(f"| {r['world']} | {r['n']} | {seeds} | {_fmt(r['htf'])} | {_fmt(r['noflow'])} | "
-                     f"{_fmt(r['flow'])} | {_fmt(r['center'])} | {_fmt(r['htf_minus_noflow'], True)} | "
+                     f"{_fmt(r['flow'])} | {_fmt(r['center'])} | {_fmt(r.get('sync'))} | "
+                     f"{_fmt(r['htf_minus_noflow'], True)} | "
                      f"{_fmt(r['htf_minus_best_baseline'], True)} | {same} | {_check(r['never_costs'])} | "
                      f"{_check(r['beats_baselines'])} | {_check(r.get('motion_tells'))} | "
                      f"{_choices(r.get('flow_gates', []))} | {_choices(r.get('motion_prior_weights', []))} |")
@@ -444,10 +460,6 @@ def _matrix(a: argparse.Namespace) -> int:
         print("error: --sizes and --seeds take comma-separated integers", file=sys.stderr)
         return 2
     planned = [(w, n, s) for s in seeds for n in sizes for w in worlds]
-    # The results always cover the whole default matrix: a run limited to some cells must
-    # not drop the other finished cells from the table.
-    everything = [(w, n, s) for s in DEFAULT_SEEDS for n in DEFAULT_SIZES for w in DEFAULT_WORLDS]
-    reported = everything + [c for c in planned if c not in everything]
     if not PRESET.is_file():
         print(f"error: --preset {a.preset}: no such file; give a training preset (configs/train/*.yaml)",
               file=sys.stderr)
@@ -468,6 +480,7 @@ def _matrix(a: argparse.Namespace) -> int:
     recovered = recover_cells(json_path, work, preset)
     if recovered:
         print(f"[matrix] {recovered} finished cell(s) taken from {json_path} (the work folder lacked them)")
+    reported = reported_cells(planned, seeds, work, preset)
     rescore_from = Path(a.rescore_from) if a.rescore_from else None
     if rescore_from is not None:
         commits = {json.loads(c.read_text())["preset"]["commit"] for c in rescore_from.glob("*/cell.json")}

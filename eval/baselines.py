@@ -14,9 +14,13 @@ same upsampling, min-max normalisation and median threshold as a model's 7x7 map
   magnitude is that of the clipped values (negative motion already lost).
 - ``random``: uniform noise, seeded per clip by (seed, clip id), so a clip gets the same
   map in every run and in any order.
+- ``sync``: per cell, the correlation over time of the cell's change with the loudness of
+  the clip's own audio (``htf.sync``; the sample's ``motion.npy`` and ``loudness.npy``,
+  smoothed over ``sync_smooth_frames``). Motion over time against the sound: strong
+  wherever the sounding thing moves with its sound, and still no training.
 
-None of them listens to the audio: in the extended protocol their confidence is the same
-for a frame whatever sound it is paired with.
+Only ``sync`` listens to the audio, and only to the clip's own: in the extended protocol
+every baseline's confidence is the same for a frame whatever sound it is paired with.
 """
 from __future__ import annotations
 
@@ -28,8 +32,9 @@ import numpy as np
 
 from eval.config import BaselineConfig
 from htf.sample import ClipSample
+from htf.sync import sync_map
 
-BASELINES: tuple[str, ...] = ("center", "flow", "random")
+BASELINES: tuple[str, ...] = ("center", "flow", "random", "sync")
 
 
 def center_prior(n: int, sigma: float) -> np.ndarray:
@@ -80,6 +85,11 @@ class Baseline:
             return center_prior(n, self.cfg.center_sigma)
         if self.name == "random":
             return np.random.default_rng(clip_seed(self.cfg.seed, sample.id)).random((n, n)).astype(np.float32)
+        if self.name == "sync":
+            if sample.motion is None:
+                raise ValueError(f"clip '{sample.id}' has no motion.npy, which the sync baseline needs: remake "
+                                 f"the shards with the pipeline's motion.series: true (the default)")
+            return sync_map(sample.motion, sample.loudness, self.cfg.sync_smooth_frames)
         mag = flow_magnitude(sample.flow)
         if self.cfg.flow_resolution == "full":
             size = self.metric_size

@@ -64,10 +64,13 @@ class BaselineConfig:
     flow_resolution: Literal["map", "full"] = "map"
     map_size: int = 7
     seed: int = 0                    # random baseline: per clip seeded by (seed, clip id)
+    sync_smooth_frames: int = 12     # sync baseline: both series smoothed over this many frames
 
     def validate(self) -> None:
         if self.center_sigma <= 0 or self.map_size < 1:
             raise ValueError("center_sigma must be > 0 and map_size >= 1")
+        if self.sync_smooth_frames < 1:
+            raise ValueError("sync_smooth_frames must be >= 1")
 
 
 @dataclass

@@ -36,6 +36,7 @@ from eval.config import EvalConfig
 from htf.shards import ReadFailure, expand_shards, read_samples
 from htf.config import save_config
 from htf.inputs import eval_inputs
+from htf.sync import paired_series
 from htf.io import atomic_write_json
 from htf.lists import normalise_id, read_split_list
 from htf.model import load_model
@@ -95,7 +96,7 @@ class ModelPredictor:
         self.data_settings = getattr(model, "data_settings", None)
 
     def _forward(self, tensors: list[tuple]) -> np.ndarray:
-        stacked = [torch.stack([t[i] for t in tensors]).to(self.device) for i in range(3)]
+        stacked = [torch.stack([t[i] for t in tensors]).to(self.device) for i in range(len(tensors[0]))]
         with torch.inference_mode():
             out = self.model(*stacked)
         maps = out["map"] if isinstance(out, dict) else out
@@ -301,6 +302,7 @@ class _Run:
         self.seen: set[str] = set()
         self.checked: set[str] = set()
         self.specs: dict[str, np.ndarray] = {}
+        self.loudness: dict[str, np.ndarray] = {}    # extended protocol: each clip's loudness series
         self.extremes = _Extremes(cfg.pictures.heatmaps)
         self.formats: dict[str, str] = {}
         self.empty_gt: list[str] = []
@@ -353,6 +355,12 @@ class _Run:
                 count_boxes(sample.boxes), value if ext_mask is None else M.ciou(ext_mask, gt)))
             self.extremes.add(_Picked(value, sample.id, sample.frame, raw, sample.boxes))
 
+    def keep_audio(self, sample: ClipSample) -> None:
+        """What the extended pass pairs other clips' frames with: this clip's sound."""
+        self.specs[sample.id] = sample.spec.astype(np.float16)
+        if sample.loudness is not None:
+            self.loudness[sample.id] = sample.loudness
+
     def extended_scores(self, raw: np.ndarray) -> tuple[float, np.ndarray | None]:
         """(confidence, mask for the extended cIoU or None for the main mask)."""
         ext = self.cfg.extended
@@ -382,7 +390,7 @@ class _Run:
                     # once the pairs are known (extended_pass).
                     self.check_settings(sample, shard)
                     self.pair_only[sample.id] = (shard, err)
-                    self.specs[sample.id] = sample.spec.astype(np.float16)
+                    self.keep_audio(sample)
                     continue
                 self.missing_boxes.append(err)
                 self.failures.append(ReadFailure(shard, sample.id, "no ground-truth boxes: not scored"))
@@ -393,7 +401,7 @@ class _Run:
             self.check_settings(sample, shard)
             batch.append((shard, sample, fmt))
             if self.cfg.extended.enabled:
-                self.specs[sample.id] = sample.spec.astype(np.float16)
+                self.keep_audio(sample)
             if len(batch) >= self.cfg.run.batch_size:
                 self.score(batch)
                 batch = []
@@ -424,8 +432,12 @@ class _Run:
                 continue
             done.add(sample.id)
             for audio_id in by_video[sample.id]:
+                # The frame's motion over time goes with the paired sound's loudness (the sync
+                # map asks whether this place moves with *that* sound).
+                motion, loudness = paired_series(sample.motion, self.loudness.get(audio_id))
                 pair = ClipSample(id=sample.id, frame=sample.frame, flow=sample.flow,
-                                  spec=self.specs[audio_id].astype(np.float32), meta=sample.meta)
+                                  spec=self.specs[audio_id].astype(np.float32), meta=sample.meta,
+                                  motion=motion, loudness=loudness)
                 batch.append((shard, pair, audio_id))
             if len(batch) >= self.cfg.run.batch_size:
                 self._score_pairs(batch)

@@ -18,9 +18,10 @@ import cv2
 import numpy as np
 import torch
 
-from htf.model_config import ModelConfig
+from htf.model_config import MAP_SIZE, ModelConfig
 from htf.official import OFFICIAL_FLOW_ENCODING
 from htf.sample import ClipSample, SampleMeta
+from htf.sync import sync_prior
 
 
 def official_flow(meta: SampleMeta) -> bool:
@@ -93,17 +94,32 @@ def official_test_resize(frame: np.ndarray, flow: np.ndarray, size: int) -> tupl
     return frame, np.stack(channels).astype(np.float32) / np.float32(255.0)
 
 
-def eval_arrays(sample: ClipSample, cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Test-time inputs: whole frame resized to S x S, centred audio crop. Samples in the
-    official encoding get the official test transform (PIL bicubic), the rest ours."""
+def sync_input(sample: ClipSample, cfg: ModelConfig) -> torch.Tensor:
+    """[7, 7] the clip's sync prior (htf.sync.sync_prior on the map's grid), for a model whose
+    map may add it (``ModelConfig.uses_sync``); a sample without motion series is refused."""
+    if sample.motion is None:
+        raise ValueError(f"clip '{sample.id}' has no motion.npy, and this model adds the sync map to its map "
+                         f"(model.motion_prior: sync): remake the shards with the pipeline's motion.series: true")
+    prior = sync_prior(sample.motion, sample.loudness, cfg.sync_smooth_frames)
+    if prior.shape != (MAP_SIZE, MAP_SIZE):
+        prior = cv2.resize(prior, (MAP_SIZE, MAP_SIZE), interpolation=cv2.INTER_AREA)
+    return torch.from_numpy(np.ascontiguousarray(prior, dtype=np.float32))
+
+
+def eval_arrays(sample: ClipSample, cfg: ModelConfig) -> tuple[torch.Tensor, ...]:
+    """Test-time inputs: whole frame resized to S x S, centred audio crop (and the sync map,
+    for a model that uses it). Samples in the official encoding get the official test
+    transform (PIL bicubic), the rest ours."""
     h, w = sample.frame.shape[:2]
     if official_flow(sample.meta):
         frame, flow = official_test_resize(sample.frame, sample.flow, cfg.image_size)
     else:
         frame, flow = geometry(sample.frame, sample.flow, (0, 0, w, h), cfg.image_size, False, vectors=True)
-    return to_tensors(frame, flow, fit_time(sample.spec, cfg.audio_frames), cfg)
+    tensors = to_tensors(frame, flow, fit_time(sample.spec, cfg.audio_frames), cfg)
+    return (*tensors, sync_input(sample, cfg)) if cfg.uses_sync() else tensors
 
 
-def eval_inputs(sample: ClipSample, model: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(image [3,S,S], flow [2,S,S], spec [1,F,T]) exactly as validation prepares them."""
+def eval_inputs(sample: ClipSample, model: Any) -> tuple[torch.Tensor, ...]:
+    """(image [3,S,S], flow [2,S,S], spec [1,F,T]), plus sync [7,7] for a model that uses
+    it, exactly as validation prepares them."""
     return eval_arrays(sample, model.cfg)

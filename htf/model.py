@@ -294,7 +294,9 @@ class HTFModel(nn.Module):
         return img
 
     def forward(self, image: torch.Tensor, flow: torch.Tensor | None, spec: torch.Tensor,
-                return_loss: bool = False) -> dict[str, torch.Tensor]:
+                sync: torch.Tensor | None = None, return_loss: bool = False) -> dict[str, torch.Tensor]:
+        """``sync`` [B, 7, 7]: the clips' sync prior (htf.inputs.sync_input), needed only by a
+        model whose map adds it (``model.motion_prior: sync`` with a weight chosen)."""
         img, aud = self.features(image, flow, spec)
         out: dict[str, torch.Tensor] = {"image_features": img, "audio_features": aud}
         if return_loss:
@@ -306,10 +308,21 @@ class HTFModel(nn.Module):
         else:
             amap = own_maps(img, aud)
         weight = self.motion_prior()
-        if not self.training and flow is not None and weight > 0:
-            amap = with_motion_prior(amap, motion_map(flow, self.cfg.motion_prior_floor), weight)
+        if not self.training and weight > 0:
+            amap = with_motion_prior(amap, self.prior_map(flow, sync), weight)
         out["map"] = amap
         return out
+
+    def prior_map(self, flow: torch.Tensor | None, sync: torch.Tensor | None) -> torch.Tensor:
+        """[B, 7, 7] the motion the prior adds: the flow's (``motion_map``) or the sync map."""
+        if self.cfg.motion_prior == "sync":
+            if sync is None:
+                raise ValueError("this model adds the sync map to its map (model.motion_prior: sync) but no "
+                                 "sync map was given: prepare inputs with htf.inputs.eval_inputs")
+            return sync.float()
+        if flow is None:
+            raise ValueError(f"model has flow '{self.cfg.flow}' but no flow was given")
+        return motion_map(flow, self.cfg.motion_prior_floor)
 
     def gate_is_both(self) -> bool:
         """The gate's third position (model.twin_average, set after training): the mean of the
@@ -361,7 +374,8 @@ class HTFModel(nn.Module):
         if self.mirrors():
             parts.append("averaged with the mirror image")
         if hasattr(self, "motion_prior_weight"):
-            parts.append(f"motion prior weight {self.motion_prior():g}")
+            source = "sync" if self.cfg.motion_prior == "sync" else "motion"
+            parts.append(f"{source} prior weight {self.motion_prior():g}")
         return f"HTFModel ({', '.join(parts)})"
 
     def motion_prior(self) -> float:

@@ -66,6 +66,12 @@ class ModelConfig:
     # the map itself). Empty: no prior. With flow: none there is no flow, so no prior.
     motion_prior_weights: list[float] = field(default_factory=list)
     motion_prior_floor: float = 0.25
+    # Where the prior's motion comes from. flow: the keyframe pair's flow magnitude (above).
+    # sync: the sync map (htf.sync), the correlation over time of each place's change with the
+    # clip's loudness, negative counting as 0: motion that follows the sound, not any motion.
+    # Needs shards with motion series (the pipeline's motion.series) at validation and test.
+    motion_prior: Literal["flow", "sync"] = "flow"
+    sync_smooth_frames: int = 12        # the sync map's smoothing, in frames
     # After training only (the trainer sets them in best.pt; validation during training and
     # checkpoint selection see one network's map on the clip as it is).
     # mirror_average: the map is the mean of the clip's map and its mirror image's map
@@ -91,6 +97,10 @@ class ModelConfig:
     audio_frames: int | None = None  # spectrogram frames fed to the net (None: as stored)
     loss: LossConfig = field(default_factory=LossConfig)
 
+    def uses_sync(self) -> bool:
+        """True when the map may add the sync prior: the model's inputs then include the sync map."""
+        return self.flow != "none" and bool(self.motion_prior_weights) and self.motion_prior == "sync"
+
     def validate(self) -> None:
         if self.width < 8 or self.width % 8:
             raise ValueError(f"width must be a multiple of 8 (>= 8), got {self.width}")
@@ -108,6 +118,8 @@ class ModelConfig:
         if any(w <= 0 for w in self.motion_prior_weights):
             raise ValueError(f"motion_prior_weights must all be > 0 (0, the map alone, is always a "
                              f"candidate), got {self.motion_prior_weights}")
+        if self.sync_smooth_frames < 1:
+            raise ValueError(f"sync_smooth_frames must be >= 1, got {self.sync_smooth_frames}")
         if self.motion_prior_floor <= 0:
             raise ValueError(f"motion_prior_floor must be > 0 pixels, got {self.motion_prior_floor}")
         if self.audio_frames is not None and self.audio_frames < 1:

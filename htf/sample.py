@@ -10,6 +10,10 @@ One WebDataset sample per clip:
                pixels of the stored frame (official encoding: 8-bit levels / 255 after the
                official clip and JPEG round trip)
 ``spec.npy``   float16 [F, T]: the audio feature (log-mel or the official linear one)
+``motion.npy`` optional, float16 [T, G, G]: mean absolute change of grey levels of each
+               cell of a G x G grid between consecutive frames of the audio window
+``loudness.npy`` optional (with motion.npy), float16 [T]: audio RMS over the same frame
+               intervals (htf.sync turns the two into the sync map)
 ``json``       metadata: id, source, keyframe_index, keyframe_time, fps, frame_count,
                orig_size [w, h], frame_size [w, h], boxes (normalised xyxy, one list per
                annotator; absent when unknown; [[]] when annotated but every box is empty,
@@ -100,6 +104,8 @@ class ClipSample:
     flow: np.ndarray                  # float32 [2, H, W] signed flow (dx, dy) in stored-frame pixels
     spec: np.ndarray                  # float32 [F, T] audio feature
     meta: SampleMeta = field(default_factory=SampleMeta)
+    motion: Optional[np.ndarray] = None     # float32 [T, G, G] change per cell and frame interval
+    loudness: Optional[np.ndarray] = None   # float32 [T] audio RMS over the same intervals
 
     def __post_init__(self) -> None:
         if isinstance(self.meta, dict):     # a plain json object (tests, older callers)
@@ -189,14 +195,29 @@ def encode_sample(sample: ClipSample) -> dict[str, Any]:
     h, w = sample.frame.shape[:2]
     if sample.flow.shape != (2, h, w):
         raise ValueError(f"clip '{sample.id}': flow shape {sample.flow.shape} != (2, {h}, {w})")
+    if (sample.motion is None) != (sample.loudness is None):
+        raise ValueError(f"clip '{sample.id}': motion and loudness come together")
+    if sample.motion is not None:
+        check_motion(sample.motion, sample.loudness, f"clip '{sample.id}'")
     meta = replace(sample.meta, id=sample.id, frame_size=[w, h])
-    return {
+    members = {
         "__key__": sample_key(sample.id),
         "jpg": encode_jpeg(sample.frame),
         "flow.npy": _npy_bytes(sample.flow.astype(np.float16)),
         "spec.npy": _npy_bytes(sample.spec.astype(np.float16)),
         "json": meta.to_json(),
     }
+    if sample.motion is not None:
+        members["motion.npy"] = _npy_bytes(sample.motion.astype(np.float16))
+        members["loudness.npy"] = _npy_bytes(sample.loudness.astype(np.float16))
+    return members
+
+
+def check_motion(motion: np.ndarray, loudness: np.ndarray, what: str) -> None:
+    """motion [T, G, G] and loudness [T] of one clip, or a ValueError naming ``what``."""
+    if motion.ndim != 3 or motion.shape[1] != motion.shape[2] or loudness.shape != motion.shape[:1]:
+        raise ValueError(f"{what}: motion.npy {motion.shape} and loudness.npy {loudness.shape} "
+                         f"must be [T, G, G] and [T]")
 
 
 def decode_sample(raw: dict[str, Any]) -> ClipSample:
@@ -217,5 +238,13 @@ def decode_sample(raw: dict[str, Any]) -> ClipSample:
         raise ValueError(f"sample '{key}': flow.npy has shape {flow.shape}, the frame needs (2, {h}, {w})")
     if spec.ndim != 2 or min(spec.shape) < 1:
         raise ValueError(f"sample '{key}': spec.npy has shape {spec.shape}, expected [F, T]")
+    motion = loudness = None
+    if "motion.npy" in raw or "loudness.npy" in raw:
+        if "motion.npy" not in raw or "loudness.npy" not in raw:
+            raise ValueError(f"sample '{key}': motion.npy and loudness.npy come together, one is missing")
+        motion = _npy_load(raw["motion.npy"], "motion.npy", key).astype(np.float32)
+        loudness = _npy_load(raw["loudness.npy"], "loudness.npy", key).astype(np.float32)
+        check_motion(motion, loudness, f"sample '{key}'")
     clip_id = meta.id if isinstance(meta.id, str) and meta.id else key_to_id(str(key))
-    return ClipSample(id=clip_id or str(key), frame=frame, flow=flow, spec=spec, meta=meta)
+    return ClipSample(id=clip_id or str(key), frame=frame, flow=flow, spec=spec, meta=meta,
+                      motion=motion, loudness=loudness)

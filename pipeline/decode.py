@@ -1,4 +1,5 @@
-"""Stage 2, decode: the keyframe and the next frame, plus the audio window around the keyframe.
+"""Stage 2, decode: the keyframe and the next frame, plus the audio window around the keyframe
+(and, with ``motion.series``, the change of every frame of that window: pipeline/motion.py).
 
 Frames are read with PyAV: one seek to the keyframe's timestamp and two decoded frames.
 That is several times faster than an ffmpeg subprocess per frame (see
@@ -21,6 +22,7 @@ import numpy as np
 from pipeline.config import FramesConfig, PipelineConfig, applies_drop_rules
 from pipeline.errors import ClipError
 from pipeline.index import ProbeInfo, open_container, probe_container
+from pipeline.motion import motion_series
 
 # Decoding starts this long before the window so that the first decoded audio frame
 # already covers the window start after a seek to the nearest preceding packet.
@@ -40,6 +42,8 @@ class DecodedClip:
     native0: Optional[np.ndarray] = None   # uint8 [h, w] grayscale, only for native-resolution flow
     native1: Optional[np.ndarray] = None
     rotation: int = 0                      # display rotation applied (degrees counter-clockwise)
+    motion: Optional[np.ndarray] = None    # float32 [T, G, G] (pipeline.motion), with motion.series
+    loudness: Optional[np.ndarray] = None  # float32 [T]
 
     @property
     def display_size(self) -> tuple[int, int]:
@@ -124,10 +128,14 @@ def decode_clip(video_path: str, cfg: PipelineConfig, keyframe_index: int | None
                                        offset=probe.timestamps[0] if audio_path is None else 0.0,
                                        container=container if audio_path is None else None)
     _measure_silence(wave, cfg.audio.min_rms_dbfs, audio_path or video_path, info, reject=drops)
+    motion = loudness = None
+    if cfg.motion.series:
+        motion, loudness = motion_series(container, video_path, probe, tuple(info["window"]), wave,
+                                         cfg.audio.sample_rate, cfg.motion, rotation)
     return DecodedClip(frame0=pair[0], frame1=pair[1], waveform=wave, sample_rate=cfg.audio.sample_rate,
                        keyframe_index=k, keyframe_time=round(t_key, 6), probe=probe, audio_info=info,
                        native0=pair[2] if native else None, native1=pair[3] if native else None,
-                       rotation=rotation)
+                       rotation=rotation, motion=motion, loudness=loudness)
 
 
 # ------------------------------------------------------------------------------- frames

@@ -93,7 +93,8 @@ def assemble_sample(clip_id: str, decoded: DecodedClip, flow: np.ndarray, cfg: P
     # and a round trip through float32 costs milliseconds per clip for nothing.
     flow = flow if flow.dtype == np.float16 else np.asarray(flow, np.float32)
     return ClipSample(id=clip_id, frame=decoded.frame0, flow=flow, spec=spec,
-                      meta=build_meta(clip_id, decoded, cfg, boxes, box_format, video_path))
+                      meta=build_meta(clip_id, decoded, cfg, boxes, box_format, video_path),
+                      motion=decoded.motion, loudness=decoded.loudness)
 
 
 def process_clip(video_path: str, cfg: PipelineConfig, keyframe_index: Optional[int] = None,

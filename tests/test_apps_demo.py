@@ -101,7 +101,7 @@ def miniature_demo(tmp_path_factory):
 @pytest.mark.slow
 def test_miniature_demo_runs_every_stage_and_writes_the_report(miniature_demo):
     plan, summary = miniature_demo
-    assert set(summary["results"]) == {"htf", "noflow", "center", "flow", "random"}
+    assert set(summary["results"]) == {"htf", "noflow", "center", "flow", "random", "sync"}
     for m in summary["results"].values():
         assert 0.0 <= m["ciou_at_0.5"] <= 1.0 and m["n"] == len((plan.output / "world" / "test.txt").read_text().split())
     for name in ("report.md", "report.html", "training_curves.png", "results.json"):

@@ -39,6 +39,18 @@ def test_row_reports_a_missed_goal():
     assert "motion_tells" not in row       # no same-class clips in this world
 
 
+def test_the_sync_baseline_counts_as_a_baseline_where_cells_have_it_and_shows_a_dash_where_not():
+    with_sync = [_cell("indep", 400, s, 0.8, 0.7, 0.5) for s in range(3)]
+    for cell in with_sync:
+        cell["results"]["sync"] = {**cell["results"]["flow"], "ciou_at_0.5": 0.7}
+    row = wm.summarize_row(with_sync)
+    assert row["sync"][0] == pytest.approx(0.7) and row["htf_minus_best_baseline"][0] == pytest.approx(0.1)
+    assert not row["beats_baselines"]
+    older = wm.summarize_row([_cell("indep", 400, 0, 0.8, 0.7, 0.5)])
+    assert older["sync"] is None and older["htf_minus_best_baseline"][0] == pytest.approx(0.3)
+    assert "| 0.000 | — | +0.100 |" in wm.render_markdown([older], [], "abc", [])
+
+
 def test_partial_matrix_lists_the_cells_not_run_and_the_demo_report_reads_it(tmp_path):
     cell = _cell("indep", 1000, 0, 0.8, 0.7, 0.5)
     (tmp_path / "indep-1000-s0").mkdir()
@@ -118,8 +130,8 @@ def test_the_readme_table_gives_each_row_its_claim_and_names_single_seed_rows(tm
                      tmp_path / "r.json", tmp_path / "r.md", readme=readme)
     text = readme.read_text()
     assert "| stale |" not in text and text.startswith("intro\n") and text.endswith(f"{wm.README_END}\nrest\n")
-    assert "| `demo` (400) | 0,1,2 | 0.900 ± 0.000 | 0.600 ± 0.000 | 0.500 ± 0.000 | 0.000 ± 0.000 | 0.800 / 0.300 | 1, 1, 1 | 0, 0.25, 0.5 | holds |" in text
-    assert "| `distractors` (1000) | 0 | 0.600 | 0.700 | 0.300 | 0.000 | — | 1 | — | does not hold (1 seed) |" in text
+    assert "| `demo` (400) | 0,1,2 | 0.900 ± 0.000 | 0.600 ± 0.000 | 0.500 ± 0.000 | 0.000 ± 0.000 | — | 0.800 / 0.300 | 1, 1, 1 | 0, 0.25, 0.5 | holds |" in text
+    assert "| `distractors` (1000) | 0 | 0.600 | 0.700 | 0.300 | 0.000 | — | — | 1 | — | does not hold (1 seed) |" in text
 
 
 def test_a_cell_calls_its_checkout_dirty_for_code_edits_not_for_pages_or_results(tmp_path):
@@ -234,3 +246,11 @@ def test_a_missing_preset_file_is_refused_with_one_error_line(tmp_path, capsys):
     assert wm.main(["--preset", str(tmp_path / "nope.yaml"), "--report-only"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --preset ") and "nope.yaml" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_matrix_on_other_seeds_reports_those_seeds_and_keeps_every_finished_one(tmp_path):
+    _write_cell(tmp_path, _cell("indep", 400, 0, 0.8, 0.7, 0.5))
+    _write_cell(tmp_path, _cell("demo", 400, 1, 0.8, 0.7, 0.5, preset="0123456789ab"))   # another preset's
+    reported = wm.reported_cells([("indep-same", 400, 3)], [3], tmp_path, wm.preset_id())
+    assert {s for _, _, s in reported} == {0, 3}
+    assert set(reported) >= {(w, n, s) for w in wm.DEFAULT_WORLDS for n in wm.DEFAULT_SIZES for s in (0, 3)}

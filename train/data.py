@@ -192,8 +192,8 @@ def _buffer_shuffle(items: Iterator[Any], size: int, rng: random.Random) -> Iter
 
 
 def collate(items: list[tuple[torch.Tensor, ...]]) -> dict[str, torch.Tensor]:
-    image, flow, spec = (torch.stack(t) for t in zip(*items))
-    return {"image": image, "flow": flow, "spec": spec}
+    """(image, flow, spec[, sync]) per clip -> a batch dict of stacked tensors."""
+    return dict(zip(("image", "flow", "spec", "sync"), (torch.stack(t) for t in zip(*items))))
 
 
 # ---------------------------------------------------------------------------- train stream

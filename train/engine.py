@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from htf.config import dump_config, save_config, to_dict
 from htf.io import atomic_path, atomic_write_json
 from htf.metrics import clip_ciou, summarize
-from htf.model import GATE_BOTH, HTFModel, checkpoint_payload, load_model, motion_map, with_motion_prior
+from htf.model import GATE_BOTH, HTFModel, checkpoint_payload, load_model, with_motion_prior
 from htf.shards import count_samples, expand_shards
 from train import checkpoint as ckpt
 from train import distributed as du
@@ -380,7 +380,8 @@ def calibrate_motion_prior(model: HTFModel, urls: list[str], cfg: TrainConfig,
         image, flow, spec = (batch[k].to(info.device) for k in ("image", "flow", "spec"))
         with autocast(cfg, info.device):
             maps = model(image, flow, spec)["map"].float().cpu()
-        motion = motion_map(flow, cfg.model.motion_prior_floor).cpu()
+        sync = batch["sync"].to(info.device) if "sync" in batch else None
+        motion = model.prior_map(flow, sync).cpu()
         clips += [(maps[i], motion[i], meta["boxes"], meta["box_format"])
                   for i, meta in enumerate(metas) if meta["boxes"]]
     model.train(was_training)
@@ -651,7 +652,8 @@ def closing_block(output: Path, state: RunState, cfg: TrainConfig, seconds: floa
         if best.get("mirror_averaged"):
             chosen += "; maps averaged with the mirror image"
         if "motion_prior_weight" in best:
-            chosen += f"; motion prior weight {best['motion_prior_weight']:g} (chosen on validation after training)"
+            source = "sync" if cfg.model.motion_prior == "sync" else "motion"
+            chosen += f"; {source} prior weight {best['motion_prior_weight']:g} (chosen on validation after training)"
     else:
         chosen = "a copy of latest.pt: no validation ran (no --val-shards), so nothing was selected"
     lines = [
@@ -779,7 +781,8 @@ def _calibrate_best(model: HTFModel, val_urls: list[str], cfg: TrainConfig, info
         log.print(f"flow gate: {model.describe()} chosen on validation {cfg.train.select_metric} after "
                   f"training (candidates: {chosen['flow_gate_scores'] or 'no val clip has boxes'})")
     if "motion_prior_weight" in chosen:
-        log.print(f"motion prior: weight {chosen['motion_prior_weight']:g} chosen on validation "
+        source = "sync" if cfg.model.motion_prior == "sync" else "motion"
+        log.print(f"{source} prior: weight {chosen['motion_prior_weight']:g} chosen on validation "
                   f"{cfg.train.select_metric} (candidates: {chosen['motion_prior_scores'] or 'no val clip has boxes'})")
     if info.is_main:
         for name in after_training_choices(model):

@@ -1,0 +1,254 @@
+"""The sync map: motion over time against the sound, from the pipeline's motion series to the
+evaluator's ``sync`` baseline and HTF's sync prior."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from eval.baselines import Baseline
+from eval.config import BaselineConfig
+from htf.config import load_config
+from htf.inputs import eval_inputs
+from htf.model import HTFModel
+from htf.sample import decode_sample, encode_sample
+from htf.sync import sync_map, sync_prior, smooth
+from pipeline.config import PipelineConfig
+from pipeline.process import process_clip
+from tests.train_helpers import synthetic_sample
+from train.config import TrainConfig
+
+FPS, RATE, SIDE = 25, 16000, 112
+
+
+def _series(steps: int = 99) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    loudness = 0.5 + 0.5 * np.sin(np.linspace(0, 6 * np.pi, steps)) ** 2
+    motion = np.full((steps, 7, 7), 0.1) + 0.01 * rng.random((steps, 7, 7))
+    motion[:, 2, 3] += 2.0 * loudness                                  # moves with the sound
+    motion[:, 5, 1] += 2.0 * rng.random(steps)                         # moves as much, on its own
+    motion[:, 0, 6] += 2.0                                             # moves steadily
+    motion[:, 6, 0] += 2.0 * (1.0 - loudness)                          # moves when the sound pauses
+    return motion.astype(np.float32), loudness.astype(np.float32)
+
+
+def test_the_place_that_moves_with_the_sound_tops_the_sync_map():
+    amap = sync_map(*_series(), smooth_frames=6)
+    assert np.unravel_index(amap.argmax(), amap.shape) == (2, 3)
+    assert amap[2, 3] > 0.9 and abs(amap[5, 1]) < 0.5
+
+
+def test_more_motion_alone_does_not_make_a_place_win():
+    motion, loudness = _series()
+    assert np.unravel_index(motion.mean(axis=0).argmax(), (7, 7)) == (0, 6)   # the steady mover moves most
+    assert abs(sync_map(motion, loudness, 6)[0, 6]) < 0.5                     # but not with the sound
+
+
+def test_the_prior_counts_motion_against_the_sound_as_no_evidence():
+    motion, loudness = _series()
+    assert sync_map(motion, loudness, 6)[6, 0] < -0.9
+    prior = sync_prior(motion, loudness, 6)
+    assert prior[6, 0] == 0.0 and prior.min() == 0.0 and prior[2, 3] > 0.9
+
+
+def test_too_short_a_series_gives_an_empty_map():
+    motion, loudness = _series(2)
+    assert not sync_map(motion, loudness, 6).any()
+
+
+def test_smoothing_keeps_the_length_and_a_constant_series_constant_up_to_the_edges():
+    smoothed = smooth(np.full((10, 2, 2), 3.0), 4)
+    assert smoothed.shape == (10, 2, 2) and np.allclose(smoothed, 3.0)
+
+
+def _flicker_clip(path: Path, seconds: float = 4.0) -> Path:
+    """A clip whose top-left quarter brightens with each tone burst and whose bottom-right
+    quarter flickers at its own steady pace, tone or not."""
+    frames = int(seconds * FPS)
+    t = np.arange(int(seconds * RATE)) / RATE
+    envelope = (np.sin(2 * np.pi * 0.7 * t) > 0.2).astype(np.float32)
+    tone = (0.4 * envelope * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    with av.open(str(path), "w", format="mp4") as container:
+        video = container.add_stream("libx264", rate=FPS)
+        video.width = video.height = 64
+        video.pix_fmt = "yuv420p"
+        audio = container.add_stream("aac", rate=RATE)
+        audio.layout = "mono"
+        for i in range(frames):
+            image = np.full((64, 64, 3), 60, np.uint8)
+            loud = envelope[int(i / FPS * RATE)]
+            image[:32, :32] = 60 + (150 if loud and i % 2 else 0)    # shakes while the tone sounds
+            image[32:, 32:] = 60 + (150 if i % 3 == 0 else 0)        # shakes all the time
+            container.mux(video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(video.encode())
+        samples = av.AudioFrame.from_ndarray(tone[None, :], format="fltp", layout="mono")
+        samples.sample_rate = RATE
+        container.mux(audio.encode(samples))
+        container.mux(audio.encode())
+    return path
+
+
+def test_the_pipeline_stores_motion_series_whose_sync_map_finds_the_place_that_moves_with_the_sound(tmp_path):
+    sample = process_clip(str(_flicker_clip(tmp_path / "flicker.mp4")), PipelineConfig())
+    assert sample.motion.shape == (74, 7, 7) and sample.loudness.shape == (74,)   # 3 s at 25 fps: 75 frames
+    amap = sync_map(sample.motion, sample.loudness, 12)
+    assert amap[:3, :3].mean() > 0.5                            # the top-left quarter
+    assert amap[:3, :3].mean() > amap[4:, 4:].mean() + 0.4      # the steady flicker moves as much, out of time
+    assert sample.meta.pipeline["motion"] == {"series": True, "grid": 7, "side": SIDE}
+
+
+def test_motion_series_survive_the_shard_round_trip(tmp_path):
+    sample = process_clip(str(_flicker_clip(tmp_path / "flicker.mp4")), PipelineConfig())
+    back = decode_sample(encode_sample(sample))
+    assert np.allclose(back.motion, sample.motion, rtol=1e-3, atol=1e-3)
+    assert np.allclose(back.loudness, sample.loudness, rtol=1e-3, atol=1e-5)
+
+
+def test_motion_series_off_leaves_them_out_of_the_sample(tmp_path):
+    cfg = load_config(PipelineConfig, None, ["motion.series=false"])
+    sample = process_clip(str(_flicker_clip(tmp_path / "flicker.mp4")), cfg)
+    assert sample.motion is None and "motion.npy" not in encode_sample(sample)
+
+
+def test_a_sample_with_motion_but_no_loudness_is_refused_by_name():
+    raw = encode_sample(_with_series(synthetic_sample(0)))
+    del raw["loudness.npy"]
+    with pytest.raises(ValueError, match=f"sample '{raw['__key__']}'.*loudness.npy"):
+        decode_sample(raw)
+
+
+def _with_series(sample, moving_cell: tuple[int, int] = (2, 3)):
+    motion, loudness = _series()
+    motion[:, 2, 3] = motion[:, moving_cell[0], moving_cell[1]]
+    motion[:, moving_cell[0], moving_cell[1]] = 0.1 + 2.0 * loudness
+    sample.motion, sample.loudness = motion, loudness
+    return sample
+
+
+def test_the_sync_baseline_maps_each_clip_by_its_series():
+    sample = _with_series(synthetic_sample(0))
+    amap = Baseline("sync", BaselineConfig(sync_smooth_frames=6)).predict([sample])[0]
+    assert np.array_equal(amap, sync_map(sample.motion, sample.loudness, 6))
+
+
+def test_the_sync_baseline_refuses_shards_without_motion_and_says_how_to_make_them():
+    with pytest.raises(ValueError, match="clip 'clip0_00000' has no motion.npy.*motion.series: true"):
+        Baseline("sync", BaselineConfig()).predict([synthetic_sample(0)])
+
+
+TINY = ["model.width=8", "model.image_size=56", "model.freeze_vision=false", "model.audio_frames=32",
+        "model.flow=maxpool", "model.vision_weights=null", "model.flow_weights=null"]
+
+
+def _sync_model(weight: float) -> HTFModel:
+    cfg = load_config(TrainConfig, None, TINY + ["model.motion_prior=sync", "model.motion_prior_weights=[1.0]"])
+    model = HTFModel(cfg.model).eval()
+    model.motion_prior_weight.fill_(weight)
+    return model
+
+
+def test_a_sync_prior_model_takes_the_sync_map_as_a_fourth_input():
+    model = _sync_model(1.0)
+    inputs = eval_inputs(_with_series(synthetic_sample(0), (4, 5)), model)
+    assert len(inputs) == 4 and inputs[3].shape == (7, 7)
+    assert np.unravel_index(int(inputs[3].argmax()), (7, 7)) == (4, 5)
+
+
+def test_the_sync_prior_lifts_the_place_that_moves_with_the_sound():
+    model = _sync_model(2.0)
+    image, flow, spec, sync = (t[None] for t in eval_inputs(_with_series(synthetic_sample(0), (4, 5)), model))
+    with torch.no_grad():
+        plain = model(image, flow, spec, sync * 0)["map"][0]
+        lifted = model(image, flow, spec, sync)["map"][0]
+    assert float(lifted[4, 5] - lifted.mean()) > float(plain[4, 5] - plain.mean())
+
+
+def test_a_sync_prior_model_without_the_sync_map_says_what_it_needs():
+    model = _sync_model(1.0)
+    image, flow, spec = (t[None] for t in eval_inputs(_with_series(synthetic_sample(0)), model)[:3])
+    with pytest.raises(ValueError, match="no sync map was given"):
+        model(image, flow, spec)
+
+
+def test_a_sync_prior_model_refuses_a_sample_without_motion_by_clip():
+    with pytest.raises(ValueError, match="clip 'clip0_00000' has no motion.npy.*motion.series: true"):
+        eval_inputs(synthetic_sample(0), _sync_model(1.0))
+
+
+def test_a_flow_prior_model_keeps_three_inputs():
+    cfg = load_config(TrainConfig, None, TINY + ["model.motion_prior_weights=[1.0]"])
+    assert len(eval_inputs(_with_series(synthetic_sample(0)), HTFModel(cfg.model).eval())) == 3
+
+
+def _sync_shards(folder: Path, prefix: str, in_time_on_the_box: bool, n: int) -> str:
+    """Random frames whose box is the left three columns of the grid; what moves with the
+    sound is the box (or, misleading, the three columns on the right)."""
+    import webdataset as wds
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{prefix}-000000.tar"
+    with wds.TarWriter(str(path)) as sink:
+        for i in range(n):
+            s = _with_series(synthetic_sample(i, size=56, seed=3 if prefix == "val" else 0))
+            s.motion[:, :, 0:3] = s.motion[:, :, 4:7] = 0.1
+            columns = slice(0, 3) if in_time_on_the_box else slice(4, 7)
+            s.motion[:, :, columns] += 2.0 * s.loudness[:, None, None]
+            s.meta.boxes = [[[0.0, 0.0, 3 / 7, 1.0]]]
+            sink.write(encode_sample(s))
+    return str(path)
+
+
+@pytest.mark.parametrize("in_time_on_the_box,chosen", [(True, 2.0), (False, 0.0)])
+def test_after_training_the_sync_prior_weight_is_chosen_on_val_and_evaluation_uses_it(
+        tmp_path, in_time_on_the_box, chosen):
+    from eval.runner import evaluate
+    from htf.model import load_model
+    from train import checkpoint as ckpt
+    from train.__main__ import main
+
+    train = _sync_shards(tmp_path / "data", "train", in_time_on_the_box, 8)
+    val = _sync_shards(tmp_path / "data", "val", in_time_on_the_box, 8)
+    argv = ["--train-shards", train, "--val-shards", val, "--output", str(tmp_path / "run")]
+    for item in TINY + ["data.batch_size=4", "data.workers=0", "data.shuffle_buffer=8", "data.val_batch_size=8",
+                        "data.expect_settings={}", "train.epochs=1", "train.amp=none",
+                        "model.motion_prior=sync", "model.sync_smooth_frames=6", "model.motion_prior_weights=[0.5, 2.0]"]:
+        argv += ["--set", item]
+    assert main(argv) == 0
+    model = load_model(ckpt.best_path(tmp_path / "run"))
+    assert model.motion_prior() == chosen
+    assert f"sync prior weight {chosen:g}" in (tmp_path / "run/train.log").read_text()
+    metrics = evaluate(model, val, tmp_path / "eval")
+    assert f"sync prior weight {chosen:g}" in metrics["predictor"]
+
+
+def test_in_the_extended_protocol_a_frame_is_synced_against_the_paired_sound():
+    """A non-sounding pair correlates the frame's motion with the other clip's loudness: the
+    sync baseline is then less confident than with the clip's own sound."""
+    import csv
+    import tempfile
+
+    from eval.config import EvalConfig
+    from eval.runner import evaluate
+    from tests.eval_shards import make_clip, write_shard
+
+    clips = []
+    for i in range(6):
+        clip = make_clip(f"clip{i:03d}", [0.0, 0.0, 0.5, 0.5], seed=i)
+        rng = np.random.default_rng(i)
+        clip.loudness = smooth(rng.random(74), 8).astype(np.float32)     # each clip its own sound
+        clip.motion = np.full((74, 7, 7), 0.1, np.float32)
+        clip.motion[:, :3, :3] += 2.0 * clip.loudness[:, None, None]
+        clips.append(clip)
+    with tempfile.TemporaryDirectory() as folder:
+        shards = write_shard(Path(folder) / "test-000000.tar", clips)
+        cfg = EvalConfig()
+        cfg.extended.enabled = True
+        metrics = evaluate("sync", str(shards), Path(folder) / "out", cfg)
+        rows = list(csv.DictReader(open(Path(folder) / "out" / "per_clip.csv")))
+    own = [float(r["confidence"]) for r in rows if r["sounding"] == "1"]
+    paired = [float(r["confidence"]) for r in rows if r["sounding"] == "0"]
+    assert metrics["ciou_at_0.5"] == 1.0 and len(paired) == 6
+    assert min(own) > max(paired)
