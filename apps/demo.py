@@ -155,7 +155,7 @@ def evaluate(plan: DemoPlan, shards: Path, name: str, checkpoint: Path | None = 
 
 ROWS = (("htf", "HTF (flow attention + local flow)"), ("noflow", "no flow (flow: none)"),
         ("center", "center (baseline)"), ("flow", "flow magnitude (baseline)"),
-        ("random", "random (baseline)"), ("sync", "sync: motion over time vs loudness (baseline)"))
+        ("random", "random (baseline)"), ("sync", "sync map (baseline)"))
 
 
 def results_table(results: dict[str, dict[str, Any]]) -> list[list[str]]:
@@ -281,8 +281,8 @@ def chosen_on_val(run: Path) -> dict[str, Any]:
     chosen = {k: best[-1][k] for k in ("step", "ciou_at_0.5", "auc", "flow_gate") if k in best[-1]}
     after = [r for r in records if r.get("kind") in ("after_training", "motion_prior")]   # motion_prior: older logs
     if after:
-        chosen.update({k: after[-1][k] for k in ("flow_gate", "mirror_averaged", "motion_prior_weight")
-                       if k in after[-1]})
+        chosen.update({k: after[-1][k] for k in ("flow_gate", "mirror_averaged", "motion_prior_weight",
+                                                 "motion_prior_source") if k in after[-1]})
     return chosen
 
 
@@ -297,7 +297,8 @@ def _chosen_line(chosen: dict[str, Any]) -> str:
     if chosen.get("mirror_averaged"):
         parts.append("maps averaged with the mirror image")
     if "motion_prior_weight" in chosen:
-        parts.append(f"motion prior weight {chosen['motion_prior_weight']:g}")
+        source = "sync" if chosen.get("motion_prior_source") == "sync" else "motion"
+        parts.append(f"{source} prior weight {chosen['motion_prior_weight']:g}")
     return "HTF, chosen on the val split: " + ", ".join(parts) + "."
 
 

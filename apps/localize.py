@@ -61,7 +61,8 @@ def pipeline_config(data_settings: dict | None, overrides: list[str] | None = No
 
 def checkpoint_settings(data_settings: dict | None) -> dict:
     """The pipeline sections of a checkpoint's ``data_settings`` (older flat flow keys upgraded)."""
-    return {k: v for k, v in (upgrade_settings(data_settings) or {}).items() if k in ("frames", "flow", "audio")}
+    return {k: v for k, v in (upgrade_settings(data_settings) or {}).items()
+            if k in ("frames", "flow", "audio", "motion")}
 
 
 def _maps(predictor: ModelPredictor, samples: list) -> list[np.ndarray]:
@@ -154,6 +155,10 @@ def localize(model: Any, video: str, output_dir: str | Path, every: int | None =
     if every is not None and every < 1:
         raise ValueError(f"--every must be >= 1, got {every}")
     cfg = pipeline_config(getattr(model, "data_settings", None), overrides)
+    model_cfg = getattr(model, "cfg", None)
+    # The motion series (a decode of the whole audio window per analysed frame) only for a
+    # model whose map adds the sync map.
+    cfg.motion.series = bool(model_cfg is not None and hasattr(model_cfg, "uses_sync") and model_cfg.uses_sync())
     predictor = model if hasattr(model, "predict") else ModelPredictor(model, device)
     out = Path(output_dir)
     stem = output_stem(video)

@@ -124,8 +124,9 @@ def run_cell(work: Path, world: str, n: int, seed: int) -> dict[str, Any]:
 
 # Keys that act only after training (train.engine.make_after_training_choices): a preset that
 # differs from another only in these trains exactly the same networks.
-AFTER_TRAINING_KEYS = ("model.motion_prior_weights", "model.motion_prior_floor", "model.mirror_average",
-                       "model.twin_average", "train.gate_both_margin")
+AFTER_TRAINING_KEYS = ("model.motion_prior_weights", "model.motion_prior_floor", "model.motion_prior",
+                       "model.sync_smooth_frames", "model.mirror_average", "model.twin_average",
+                       "train.gate_both_margin")
 
 
 def _after_training_keys() -> list[tuple[str, str]]:

@@ -222,6 +222,10 @@ def test_after_training_the_sync_prior_weight_is_chosen_on_val_and_evaluation_us
     assert f"sync prior weight {chosen:g}" in (tmp_path / "run/train.log").read_text()
     metrics = evaluate(model, val, tmp_path / "eval")
     assert f"sync prior weight {chosen:g}" in metrics["predictor"]
+    if chosen:       # localising any video decodes its motion series for such a model
+        from apps.localize import localize
+        result = localize(model, str(_flicker_clip(tmp_path / "flicker.mp4")), tmp_path / "where", every=50)
+        assert result["pipeline"]["motion"]["series"] and len(result["analysed_frames"]) == 2
 
 
 def test_in_the_extended_protocol_a_frame_is_synced_against_the_paired_sound():

@@ -387,7 +387,8 @@ def calibrate_motion_prior(model: HTFModel, urls: list[str], cfg: TrainConfig,
     model.train(was_training)
     clips = [c for part in du.gather_objects(clips, info) for c in part]
     if not clips:
-        return {"motion_prior_weight": 0.0, "motion_prior_scores": {}, "motion_prior_clips": 0}
+        return {"motion_prior_weight": 0.0, "motion_prior_source": cfg.model.motion_prior,
+                "motion_prior_scores": {}, "motion_prior_clips": 0}
     scores: dict[float, float] = {}
     for weight in [0.0, *sorted(cfg.model.motion_prior_weights)]:
         cious = [_scored_ciou(with_motion_prior(m[None], mo[None], weight)[0].numpy(), boxes, fmt)
@@ -395,7 +396,7 @@ def calibrate_motion_prior(model: HTFModel, urls: list[str], cfg: TrainConfig,
         scores[weight] = _box_score(cious, cfg)[0]
     chosen = _first_best(scores)      # ties keep the smaller weight
     model.motion_prior_weight.fill_(chosen)
-    return {"motion_prior_weight": chosen,
+    return {"motion_prior_weight": chosen, "motion_prior_source": cfg.model.motion_prior,
             "motion_prior_scores": {str(w): round(s, 6) for w, s in scores.items()},
             "motion_prior_clips": len(clips)}
 
