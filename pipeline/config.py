@@ -133,11 +133,12 @@ class AudioConfig:
 
 @dataclass
 class MotionConfig:
-    # Motion over time, for the sync map (htf.sync): every frame of the audio window in
-    # grey at side x side, its change from the previous frame averaged per cell of a
-    # grid x grid grid, stored with the audio's loudness over the same intervals. Costs a
-    # decode of the window's frames (~0.1 s for 3 s of 25 fps video at 112 px).
-    series: bool = True
+    # Motion over time, for the sync map (htf.sync: the `sync` baseline, model.motion_prior:
+    # sync): every frame of the audio window in grey at side x side, its change from the
+    # previous frame averaged per cell of a grid x grid grid, stored with the audio's
+    # loudness over the same intervals. Off by default: decoding every frame of the window
+    # costs 2-3x the CPU of the rest of a clip (bench/results_pipeline.md).
+    series: bool = False
     grid: int = 7
     side: int = 112
 

@@ -22,6 +22,7 @@ from tests.train_helpers import synthetic_sample
 from train.config import TrainConfig
 
 FPS, RATE, SIDE = 25, 16000, 112
+SERIES = load_config(PipelineConfig, None, ["motion.series=true"])
 
 
 def _series(steps: int = 99) -> tuple[np.ndarray, np.ndarray]:
@@ -92,7 +93,7 @@ def _flicker_clip(path: Path, seconds: float = 4.0) -> Path:
 
 
 def test_the_pipeline_stores_motion_series_whose_sync_map_finds_the_place_that_moves_with_the_sound(tmp_path):
-    sample = process_clip(str(_flicker_clip(tmp_path / "flicker.mp4")), PipelineConfig())
+    sample = process_clip(str(_flicker_clip(tmp_path / "flicker.mp4")), SERIES)
     assert sample.motion.shape == (74, 7, 7) and sample.loudness.shape == (74,)   # 3 s at 25 fps: 75 frames
     amap = sync_map(sample.motion, sample.loudness, 12)
     assert amap[:3, :3].mean() > 0.5                            # the top-left quarter
@@ -101,15 +102,14 @@ def test_the_pipeline_stores_motion_series_whose_sync_map_finds_the_place_that_m
 
 
 def test_motion_series_survive_the_shard_round_trip(tmp_path):
-    sample = process_clip(str(_flicker_clip(tmp_path / "flicker.mp4")), PipelineConfig())
+    sample = process_clip(str(_flicker_clip(tmp_path / "flicker.mp4")), SERIES)
     back = decode_sample(encode_sample(sample))
     assert np.allclose(back.motion, sample.motion, rtol=1e-3, atol=1e-3)
     assert np.allclose(back.loudness, sample.loudness, rtol=1e-3, atol=1e-5)
 
 
-def test_motion_series_off_leaves_them_out_of_the_sample(tmp_path):
-    cfg = load_config(PipelineConfig, None, ["motion.series=false"])
-    sample = process_clip(str(_flicker_clip(tmp_path / "flicker.mp4")), cfg)
+def test_motion_series_are_off_unless_asked_for(tmp_path):
+    sample = process_clip(str(_flicker_clip(tmp_path / "flicker.mp4")), PipelineConfig())
     assert sample.motion is None and "motion.npy" not in encode_sample(sample)
 
 
