@@ -36,7 +36,7 @@ def nasty_run(tmp_path_factory) -> tuple[Path, Path]:
         nasty.named(video, f"{name}.mp4")
     (video / ".DS_Store").write_bytes(b"\0")
     out = tmp_path_factory.mktemp("nasty_out")
-    cfg = small_config("pack.samples_per_shard=50")
+    cfg = small_config("pack.samples_per_shard=50", "motion.series=true")   # the whole window decoded too
     run_pipeline(cfg, RunInputs(str(root), str(out)), "pack")
     return video, out
 
@@ -61,6 +61,19 @@ def test_every_folder_entry_is_a_sample_or_a_failure_line(nasty_run):
     ids = set(_samples(out)) | {f["id"] for f in failures(out)}
     entries = {p.stem for p in video.iterdir() if not p.name.startswith(".")}
     assert entries <= ids
+
+
+def test_every_sample_carries_finite_motion_series_over_its_audio_window(nasty_run):
+    _, out = nasty_run
+    for clip_id, (_, sample) in _samples(out).items():
+        assert sample.motion is not None and sample.motion.shape[1:] == (7, 7), clip_id
+        assert len(sample.loudness) == len(sample.motion) and np.isfinite(sample.motion).all(), clip_id
+
+
+def test_a_moving_texture_changes_everywhere_over_its_window(nasty_run):
+    _, out = nasty_run
+    sample = _samples(out)["moving"][1]
+    assert len(sample.motion) >= 10 and (sample.motion.mean(axis=0) > 1.0).all()
 
 
 @pytest.mark.parametrize("clip_id, reason", [("a_folder", "not_a_file"), ("dangling", "broken_link"),

@@ -183,7 +183,7 @@ def test_a_flow_prior_model_keeps_three_inputs():
     assert len(eval_inputs(_with_series(synthetic_sample(0)), HTFModel(cfg.model).eval())) == 3
 
 
-def _sync_shards(folder: Path, prefix: str, in_time_on_the_box: bool, n: int) -> str:
+def _sync_shards(folder: Path, prefix: str, in_time_on_the_box: bool, n: int, series: bool = True) -> str:
     """Random frames whose box is the left three columns of the grid; what moves with the
     sound is the box (or, misleading, the three columns on the right)."""
     import webdataset as wds
@@ -197,8 +197,28 @@ def _sync_shards(folder: Path, prefix: str, in_time_on_the_box: bool, n: int) ->
             columns = slice(0, 3) if in_time_on_the_box else slice(4, 7)
             s.motion[:, :, columns] += 2.0 * s.loudness[:, None, None]
             s.meta.boxes = [[[0.0, 0.0, 3 / 7, 1.0]]]
+            s.meta.pipeline = {**s.meta.pipeline, "motion": {"series": series, "grid": 7, "side": 112}}
             sink.write(encode_sample(s))
     return str(path)
+
+
+SYNC_TRAINING = TINY + ["data.batch_size=4", "data.workers=0", "data.shuffle_buffer=8", "data.val_batch_size=8",
+                        "data.expect_settings={}", "train.epochs=1", "train.amp=none", "model.motion_prior=sync",
+                        "model.sync_smooth_frames=6", "model.motion_prior_weights=[0.5, 2.0]"]
+
+
+def test_training_a_sync_prior_model_on_shards_without_motion_series_stops_before_the_first_step(tmp_path, capsys):
+    from train.__main__ import main
+
+    train = _sync_shards(tmp_path / "data", "train", True, 4, series=False)
+    val = _sync_shards(tmp_path / "data", "val", True, 4, series=False)
+    argv = ["--train-shards", train, "--val-shards", val, "--output", str(tmp_path / "run")]
+    for item in SYNC_TRAINING:
+        argv += ["--set", item]
+    assert main(argv) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: model.motion_prior: sync") and "--set motion.series=true" in err[-1]
+    assert not (tmp_path / "run" / "checkpoints" / "latest.pt").exists()
 
 
 @pytest.mark.parametrize("in_time_on_the_box,chosen", [(True, 2.0), (False, 0.0)])
@@ -212,9 +232,7 @@ def test_after_training_the_sync_prior_weight_is_chosen_on_val_and_evaluation_us
     train = _sync_shards(tmp_path / "data", "train", in_time_on_the_box, 8)
     val = _sync_shards(tmp_path / "data", "val", in_time_on_the_box, 8)
     argv = ["--train-shards", train, "--val-shards", val, "--output", str(tmp_path / "run")]
-    for item in TINY + ["data.batch_size=4", "data.workers=0", "data.shuffle_buffer=8", "data.val_batch_size=8",
-                        "data.expect_settings={}", "train.epochs=1", "train.amp=none",
-                        "model.motion_prior=sync", "model.sync_smooth_frames=6", "model.motion_prior_weights=[0.5, 2.0]"]:
+    for item in SYNC_TRAINING:
         argv += ["--set", item]
     assert main(argv) == 0
     model = load_model(ckpt.best_path(tmp_path / "run"))

@@ -30,7 +30,7 @@ from htf.shards import count_samples, expand_shards
 from train import checkpoint as ckpt
 from train import distributed as du
 from train.config import TrainConfig
-from train.data import TrainStream, check_shard_settings, first_sample, train_loader, val_loader
+from train.data import ShardSettingsError, TrainStream, check_shard_settings, first_sample, train_loader, val_loader
 
 
 class NonFiniteLossError(RuntimeError):
@@ -493,6 +493,11 @@ def _data_settings(urls: list[str], val_urls: list[str], cfg: TrainConfig) -> di
     settings = check_shard_settings(urls + val_urls, cfg.data.expect_settings)
     if settings is None and urls:       # remote shards: read from the stream, not checked
         settings = first_sample(urls).meta.pipeline
+    if cfg.model.uses_sync() and val_urls and settings is not None and not (settings.get("motion") or {}).get("series"):
+        raise ShardSettingsError(
+            f"model.motion_prior: sync chooses its weight on the val clips' sync maps, made from the motion "
+            f"series, but the shards ({val_urls[0]}) were made without them: remake every split with the "
+            f"pipeline's --set motion.series=true, or set model.motion_prior=flow")
     return settings
 
 
