@@ -497,7 +497,7 @@ def _data_settings(urls: list[str], val_urls: list[str], cfg: TrainConfig) -> di
         raise ShardSettingsError(
             f"model.motion_prior: sync chooses its weight on the val clips' sync maps, made from the motion "
             f"series, but the shards ({val_urls[0]}) were made without them: remake every split with the "
-            f"pipeline's --set motion.series=true, or set model.motion_prior=flow")
+            f"pipeline's --set motion.series=eval (series on val and test only) or true, or set model.motion_prior=flow")
     return settings
 
 
