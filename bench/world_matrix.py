@@ -126,7 +126,7 @@ def run_cell(work: Path, world: str, n: int, seed: int) -> dict[str, Any]:
 # differs from another only in these trains exactly the same networks.
 AFTER_TRAINING_KEYS = ("model.motion_prior_weights", "model.motion_prior_floor", "model.motion_prior",
                        "model.sync_smooth_frames", "model.mirror_average", "model.twin_average",
-                       "train.gate_both_margin")
+                       "train.gate_both_margin", "train.motion_prior_min_gain")
 
 
 def _after_training_keys() -> list[tuple[str, str]]:

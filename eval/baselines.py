@@ -88,7 +88,7 @@ class Baseline:
         if self.name == "sync":
             if sample.motion is None:
                 raise ValueError(f"clip '{sample.id}' has no motion.npy, which the sync baseline needs: remake "
-                                 f"the shards with the pipeline's motion.series: true (--set motion.series=true)")
+                                 f"the test shards with the pipeline's --set motion.series=eval (or true)")
             return sync_map(sample.motion, sample.loudness, self.cfg.sync_smooth_frames)
         mag = flow_magnitude(sample.flow)
         if self.cfg.flow_resolution == "full":

@@ -99,7 +99,7 @@ def sync_input(sample: ClipSample, cfg: ModelConfig) -> torch.Tensor:
     map may add it (``ModelConfig.uses_sync``); a sample without motion series is refused."""
     if sample.motion is None:
         raise ValueError(f"clip '{sample.id}' has no motion.npy, and this model adds the sync map to its map "
-                         f"(model.motion_prior: sync): remake the shards with the pipeline's motion.series: true (--set motion.series=true)")
+                         f"(model.motion_prior: sync): remake the val and test shards with the pipeline's --set motion.series=eval (or true)")
     prior = sync_prior(sample.motion, sample.loudness, cfg.sync_smooth_frames)
     if prior.shape != (MAP_SIZE, MAP_SIZE):
         prior = cv2.resize(prior, (MAP_SIZE, MAP_SIZE), interpolation=cv2.INTER_AREA)

@@ -137,8 +137,10 @@ class MotionConfig:
     # sync): every frame of the audio window in grey at side x side, its change from the
     # previous frame averaged per cell of a grid x grid grid, stored with the audio's
     # loudness over the same intervals. Off by default: decoding every frame of the window
-    # costs 2-3x the CPU of the rest of a clip (bench/results_pipeline.md).
-    series: bool = False
+    # costs 2-3x the CPU of the rest of a clip (bench/results_pipeline.md). 'eval': only
+    # the evaluation splits (drop.eval_prefixes) get them, which is all the sync baseline
+    # and the after-training sync prior read; training shards skip the cost.
+    series: bool | Literal["eval"] = False
     grid: int = 7
     side: int = 112
 
@@ -227,6 +229,12 @@ def applies_drop_rules(cfg: PipelineConfig) -> bool:
     """True for training shards: the audio drop rules may remove clips; evaluation splits
     (``drop.eval_prefixes``) keep every clip."""
     return cfg.pack.prefix not in cfg.drop.eval_prefixes
+
+
+def writes_motion_series(cfg: PipelineConfig) -> bool:
+    """True when this run's samples carry motion series: ``motion.series`` true, or 'eval'
+    and the shards are an evaluation split."""
+    return cfg.motion.series is True or (cfg.motion.series == "eval" and not applies_drop_rules(cfg))
 
 
 def sample_settings(cfg: PipelineConfig) -> dict[str, Any]:

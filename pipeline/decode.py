@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from pipeline.config import FramesConfig, PipelineConfig, applies_drop_rules
+from pipeline.config import FramesConfig, PipelineConfig, applies_drop_rules, writes_motion_series
 from pipeline.errors import ClipError
 from pipeline.index import ProbeInfo, open_container, probe_container
 from pipeline.motion import motion_series
@@ -129,7 +129,7 @@ def decode_clip(video_path: str, cfg: PipelineConfig, keyframe_index: int | None
                                        container=container if audio_path is None else None)
     _measure_silence(wave, cfg.audio.min_rms_dbfs, audio_path or video_path, info, reject=drops)
     motion = loudness = None
-    if cfg.motion.series:
+    if writes_motion_series(cfg):
         motion, loudness = motion_series(container, video_path, probe, tuple(info["window"]), wave,
                                          cfg.audio.sample_rate, cfg.motion, rotation)
     return DecodedClip(frame0=pair[0], frame1=pair[1], waveform=wave, sample_rate=cfg.audio.sample_rate,

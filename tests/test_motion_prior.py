@@ -116,6 +116,43 @@ def test_after_training_the_weight_is_chosen_on_val_and_written_into_best(tmp_pa
     assert f"motion prior weight {chosen:g}" in metrics["predictor"]          # the report says which map
 
 
+def test_with_no_minimum_gain_the_prior_weight_is_the_first_best():
+    from train.engine import _first_best, prior_from_scores
+    for values in [(0.5, 0.6, 0.55), (0.5, 0.5, 0.4), (0.6, 0.5, 0.6), (0.5, 0.55, 0.55)]:
+        scores = dict(zip((0.0, 0.5, 2.0), values))
+        assert prior_from_scores(scores, 0.0) == _first_best(scores)
+
+
+def test_a_prior_weight_that_beats_the_map_alone_by_no_more_than_the_minimum_gain_is_not_taken():
+    from train.engine import prior_from_scores
+    by_a_hair = {0.0: 0.5735, 0.25: 0.578, 0.5: 0.5795, 1.0: 0.567}
+    assert prior_from_scores(by_a_hair, 0.01) == 0.0
+    assert prior_from_scores(by_a_hair, 0.0) == 0.5
+    clear_gain = {0.0: 0.5225, 0.25: 0.5425, 0.5: 0.55375, 1.0: 0.56}
+    assert prior_from_scores(clear_gain, 0.01) == 1.0       # then the best weight, not the first to pass
+
+
+def test_the_trainer_keeps_the_map_alone_when_the_prior_gains_less_than_the_minimum_on_val(tmp_path):
+    train = _shards(tmp_path / "data", "train", True, 8)
+    val = _shards(tmp_path / "data", "val", True, 8)
+    argv = ["--train-shards", train, "--val-shards", val, "--output", str(tmp_path / "run")]
+    for item in TINY + ["model.motion_prior_weights=[0.5, 2.0]", "train.motion_prior_min_gain=1.0"]:
+        argv += ["--set", item]
+    assert main(argv) == 0
+    record = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()
+              if '"after_training"' in line][-1]
+    assert record["motion_prior_scores"]["2.0"] > record["motion_prior_scores"]["0.0"]   # it would have helped
+    assert record["motion_prior_weight"] == 0.0
+    assert load_model(ckpt.best_path(tmp_path / "run")).motion_prior() == 0.0
+    assert "must gain more than 1 over 0" in (tmp_path / "run/train.log").read_text()
+
+
+def test_a_negative_minimum_prior_gain_names_the_key():
+    from htf.config import ConfigError
+    with pytest.raises(ConfigError, match="train.motion_prior_min_gain"):
+        load_config(TrainConfig, None, ["train.motion_prior_min_gain=-0.1"])
+
+
 def _train(tmp_path: Path, name: str, train: str, val: str, extra: list[str]) -> Path:
     argv = ["--train-shards", train, "--val-shards", val, "--output", str(tmp_path / name)]
     for item in TINY + ["model.flow_gate=true", "model.flow_fallback=twin", "model.flow_local=true"] + extra:

@@ -113,6 +113,21 @@ def test_motion_series_are_off_unless_asked_for(tmp_path):
     assert sample.motion is None and "motion.npy" not in encode_sample(sample)
 
 
+@pytest.mark.parametrize("prefix,stored", [("train", False), ("val", True), ("test", True)])
+def test_motion_series_eval_stores_them_on_evaluation_splits_only(tmp_path, prefix, stored):
+    cfg = load_config(PipelineConfig, None, ["motion.series=eval", f"pack.prefix={prefix}"])
+    sample = process_clip(str(_flicker_clip(tmp_path / "flicker.mp4")), cfg)
+    assert (sample.motion is not None) == stored and (sample.loudness is not None) == stored
+    assert sample.meta.pipeline["motion"]["series"] == "eval"      # one setting across the splits
+
+
+def test_motion_series_takes_true_false_or_eval_and_names_the_key_otherwise():
+    from htf.config import ConfigError
+
+    with pytest.raises(ConfigError, match="motion.series"):
+        load_config(PipelineConfig, None, ["motion.series=train"])
+
+
 def test_a_sample_with_motion_but_no_loudness_is_refused_by_name():
     raw = encode_sample(_with_series(synthetic_sample(0)))
     del raw["loudness.npy"]
@@ -135,7 +150,7 @@ def test_the_sync_baseline_maps_each_clip_by_its_series():
 
 
 def test_the_sync_baseline_refuses_shards_without_motion_and_says_how_to_make_them():
-    with pytest.raises(ValueError, match="clip 'clip0_00000' has no motion.npy.*motion.series: true"):
+    with pytest.raises(ValueError, match="clip 'clip0_00000' has no motion.npy.*--set motion.series=eval"):
         Baseline("sync", BaselineConfig()).predict([synthetic_sample(0)])
 
 
@@ -174,7 +189,7 @@ def test_a_sync_prior_model_without_the_sync_map_says_what_it_needs():
 
 
 def test_a_sync_prior_model_refuses_a_sample_without_motion_by_clip():
-    with pytest.raises(ValueError, match="clip 'clip0_00000' has no motion.npy.*motion.series: true"):
+    with pytest.raises(ValueError, match="clip 'clip0_00000' has no motion.npy.*--set motion.series=eval"):
         eval_inputs(synthetic_sample(0), _sync_model(1.0))
 
 
@@ -183,9 +198,10 @@ def test_a_flow_prior_model_keeps_three_inputs():
     assert len(eval_inputs(_with_series(synthetic_sample(0)), HTFModel(cfg.model).eval())) == 3
 
 
-def _sync_shards(folder: Path, prefix: str, in_time_on_the_box: bool, n: int, series: bool = True) -> str:
+def _sync_shards(folder: Path, prefix: str, in_time_on_the_box: bool, n: int, series: bool | str = True) -> str:
     """Random frames whose box is the left three columns of the grid; what moves with the
-    sound is the box (or, misleading, the three columns on the right)."""
+    sound is the box (or, misleading, the three columns on the right). ``series`` as the
+    pipeline's motion.series: 'eval' leaves the train split without series."""
     import webdataset as wds
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -198,6 +214,8 @@ def _sync_shards(folder: Path, prefix: str, in_time_on_the_box: bool, n: int, se
             s.motion[:, :, columns] += 2.0 * s.loudness[:, None, None]
             s.meta.boxes = [[[0.0, 0.0, 3 / 7, 1.0]]]
             s.meta.pipeline = {**s.meta.pipeline, "motion": {"series": series, "grid": 7, "side": 112}}
+            if series == "eval" and prefix == "train":
+                s.motion = s.loudness = None
             sink.write(encode_sample(s))
     return str(path)
 
@@ -217,8 +235,22 @@ def test_training_a_sync_prior_model_on_shards_without_motion_series_stops_befor
         argv += ["--set", item]
     assert main(argv) != 0
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("error: model.motion_prior: sync") and "--set motion.series=true" in err[-1]
+    assert err[-1].startswith("error: model.motion_prior: sync") and "--set motion.series=eval" in err[-1]
     assert not (tmp_path / "run" / "checkpoints" / "latest.pt").exists()
+
+
+def test_a_sync_prior_model_trains_on_shards_with_motion_series_on_the_evaluation_splits_only(tmp_path):
+    from htf.model import load_model
+    from train import checkpoint as ckpt
+    from train.__main__ import main
+
+    train = _sync_shards(tmp_path / "data", "train", True, 8, series="eval")
+    val = _sync_shards(tmp_path / "data", "val", True, 8, series="eval")
+    argv = ["--train-shards", train, "--val-shards", val, "--output", str(tmp_path / "run")]
+    for item in SYNC_TRAINING:
+        argv += ["--set", item]
+    assert main(argv) == 0
+    assert load_model(ckpt.best_path(tmp_path / "run")).motion_prior() == 2.0    # chosen on val's series
 
 
 @pytest.mark.parametrize("in_time_on_the_box,chosen", [(True, 2.0), (False, 0.0)])

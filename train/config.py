@@ -99,9 +99,13 @@ class LoopConfig:
     # position that scores more than this above it on val (select_metric units): the mean of two
     # nets errs least where 40 val clips cannot tell the positions apart.
     gate_both_margin: float = 0.0
+    # After training, the motion prior (model.motion_prior_weights) is added only with a weight
+    # whose val score beats the map alone by more than this (select_metric units): a gain
+    # smaller than what 40-100 val clips can tell apart is not worth risking the map on.
+    motion_prior_min_gain: float = 0.0
 
     def validate(self) -> None:
-        for key in ("flow_gate_min_gain", "gate_both_margin"):
+        for key in ("flow_gate_min_gain", "gate_both_margin", "motion_prior_min_gain"):
             if getattr(self, key) < 0:
                 raise ValueError(f"train.{key} must be >= 0, got {getattr(self, key)}")
         if self.epochs < 1 or self.save_every_steps < 1 or self.log_every_steps < 1:

@@ -370,8 +370,8 @@ def calibrate_motion_prior(model: HTFModel, urls: list[str], cfg: TrainConfig,
                            info: du.DistInfo) -> dict[str, Any]:
     """Set ``model.motion_prior_weight`` to the candidate (0, the map alone, or one of
     ``model.motion_prior_weights``) whose maps score best on the val clips with boxes by
-    ``train.select_metric``: a weight must beat every smaller one, so ties keep the smaller.
-    Collective (every rank's clips count); returns the choice and every candidate's score."""
+    ``train.select_metric`` (prior_from_scores: a weight must beat every smaller one, and the
+    map alone by more than ``train.motion_prior_min_gain``). Collective (every rank's clips count); returns the choice and every candidate's score."""
     was_training = model.training
     model.eval()
     model.motion_prior_weight.zero_()
@@ -394,7 +394,7 @@ def calibrate_motion_prior(model: HTFModel, urls: list[str], cfg: TrainConfig,
         cious = [_scored_ciou(with_motion_prior(m[None], mo[None], weight)[0].numpy(), boxes, fmt)
                  for m, mo, boxes, fmt in clips]
         scores[weight] = _box_score(cious, cfg)[0]
-    chosen = _first_best(scores)      # ties keep the smaller weight
+    chosen = prior_from_scores(scores, cfg.train.motion_prior_min_gain)
     model.motion_prior_weight.fill_(chosen)
     return {"motion_prior_weight": chosen, "motion_prior_source": cfg.model.motion_prior,
             "motion_prior_scores": {str(w): round(s, 6) for w, s in scores.items()},
@@ -497,7 +497,7 @@ def _data_settings(urls: list[str], val_urls: list[str], cfg: TrainConfig) -> di
         raise ShardSettingsError(
             f"model.motion_prior: sync chooses its weight on the val clips' sync maps, made from the motion "
             f"series, but the shards ({val_urls[0]}) were made without them: remake every split with the "
-            f"pipeline's --set motion.series=true, or set model.motion_prior=flow")
+            f"pipeline's --set motion.series=eval (series on val and test only) or true, or set model.motion_prior=flow")
     return settings
 
 
@@ -714,6 +714,13 @@ def _first_best(scores: dict[float, float]) -> float:
     return chosen
 
 
+def prior_from_scores(scores: dict[float, float], min_gain: float) -> float:
+    """The motion prior's weight from its val scores (weight 0, the map alone, first): the best,
+    ties keeping the smaller, unless it beats weight 0 by ``min_gain`` or less, then 0."""
+    best = _first_best(scores)
+    return best if scores[best] > scores[0.0] + min_gain else 0.0
+
+
 def gate_from_scores(scores: dict[float, float], both_margin: float) -> float:
     """The gate's position from its val scores: both, unless closed or open scores more than
     ``both_margin`` above it; between those two the higher, ties keeping closed. With margin 0
@@ -789,7 +796,9 @@ def _calibrate_best(model: HTFModel, val_urls: list[str], cfg: TrainConfig, info
     if "motion_prior_weight" in chosen:
         source = "sync" if cfg.model.motion_prior == "sync" else "motion"
         log.print(f"{source} prior: weight {chosen['motion_prior_weight']:g} chosen on validation "
-                  f"{cfg.train.select_metric} (candidates: {chosen['motion_prior_scores'] or 'no val clip has boxes'})")
+                  f"{cfg.train.select_metric} (candidates: {chosen['motion_prior_scores'] or 'no val clip has boxes'}"
+                  + (f"; a weight must gain more than {cfg.train.motion_prior_min_gain:g} over 0)"
+                     if cfg.train.motion_prior_min_gain else ")"))
     if info.is_main:
         for name in after_training_choices(model):
             saved["model"][name] = getattr(model, name).detach().clone()
