@@ -3,7 +3,10 @@
 No shards needed: the clip goes through the pipeline's own per-clip path
 (pipeline.process.process_clip) with the settings the checkpoint was trained on
 (model.data_settings; --set overrides them, e.g. to run flow on a GPU), then through the
-trainer's test-time input preparation and the model. Outputs in DIR:
+trainer's test-time input preparation and the model. ``--baseline NAME`` maps the clip with
+one of the evaluator's training-free baselines instead (pipeline defaults; ``sync``: where
+the change over the audio window follows the loudness), e.g. to see whether motion follows
+the sound in a new dataset before training. Outputs in DIR:
 
 - ``<stem>_keyframe.png``: the keyframe (middle frame unless ``--keyframe``) and the heat
   map over it side by side, with a colour bar, the predicted mask's outline and a legend
@@ -29,6 +32,8 @@ from typing import Any, Iterator
 import cv2
 import numpy as np
 
+from eval.baselines import BASELINES, Baseline
+from eval.config import BaselineConfig
 from eval.runner import ModelPredictor
 from htf.cli import (RERUN, WRITABLE, add_config_options, command, fail, make_parser, parse_args,
                      reported_errors, resolve_config)
@@ -44,6 +49,8 @@ EXAMPLES = """\
   # and an overlay video, a new heat map every 5 frames, flow on the GPU
   %(prog)s --checkpoint RUN/checkpoints/best.pt --video any.mp4 --output DIR --every 5 \\
       --device cuda --set flow.device=cuda
+  # no model: where the clip's motion follows its loudness (the sync baseline)
+  %(prog)s --baseline sync --video any.mp4 --output DIR
 """
 
 
@@ -63,6 +70,15 @@ def checkpoint_settings(data_settings: dict | None) -> dict:
     """The pipeline sections of a checkpoint's ``data_settings`` (older flat flow keys upgraded)."""
     return {k: v for k, v in (upgrade_settings(data_settings) or {}).items()
             if k in ("frames", "flow", "audio", "motion")}
+
+
+def reads_motion_series(model: Any) -> bool:
+    """Whether ``model``'s map reads the clip's motion series: the sync baseline, or a model
+    whose map adds the sync map (model.motion_prior: sync)."""
+    if isinstance(model, Baseline):
+        return model.name == "sync"
+    model_cfg = getattr(model, "cfg", None)
+    return bool(model_cfg is not None and hasattr(model_cfg, "uses_sync") and model_cfg.uses_sync())
 
 
 def _maps(predictor: ModelPredictor, samples: list) -> list[np.ndarray]:
@@ -155,10 +171,9 @@ def localize(model: Any, video: str, output_dir: str | Path, every: int | None =
     if every is not None and every < 1:
         raise ValueError(f"--every must be >= 1, got {every}")
     cfg = pipeline_config(getattr(model, "data_settings", None), overrides)
-    model_cfg = getattr(model, "cfg", None)
     # The motion series (a decode of the whole audio window per analysed frame) only for a
-    # model whose map adds the sync map.
-    cfg.motion.series = bool(model_cfg is not None and hasattr(model_cfg, "uses_sync") and model_cfg.uses_sync())
+    # map that reads them.
+    cfg.motion.series = reads_motion_series(model)
     predictor = model if hasattr(model, "predict") else ModelPredictor(model, device)
     out = Path(output_dir)
     stem = output_stem(video)
@@ -173,6 +188,7 @@ def localize(model: Any, video: str, output_dir: str | Path, every: int | None =
         "keyframe_time": sample.meta.keyframe_time, "map": raw.tolist(), "confidence": confidence,
         "keyframe_png": png.name, "pipeline": sample.meta.pipeline,
         "data_settings_known": getattr(model, "data_settings", None) is not None,
+        "map_from": f"baseline {model.name}" if isinstance(model, Baseline) else "checkpoint",
     }
     if every:
         n = int(sample.meta.frame_count)
@@ -192,8 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "gets STEM_keyframe.png (frame | heat map, colour bar, legend), STEM_localize.json "
                     "(raw 7x7 map, confidence, settings) and with --every STEM_overlay.mp4.", EXAMPLES)
     io = p.add_argument_group("inputs and outputs")
-    io.add_argument("--checkpoint", required=True, metavar="CKPT",
-                    help="trained model: our .pt, the official .pth or a Lightning .ckpt")
+    source = io.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", metavar="CKPT",
+                        help="trained model: our .pt, the official .pth or a Lightning .ckpt")
+    source.add_argument("--baseline", choices=BASELINES,
+                        help="no model: a training-free map of the evaluator (pipeline defaults, --set "
+                             "applies); sync: where the change over the audio window follows the loudness")
     io.add_argument("--video", required=True, metavar="FILE", help="any file ffmpeg reads, with an audio track")
     io.add_argument("--output", required=True, metavar="DIR", help="folder for the picture, JSON and video")
     what = p.add_argument_group("what to analyse")
@@ -218,14 +238,16 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.config import PipelineConfig
     from pipeline.errors import ClipError
 
-    if args.print_config and not args.checkpoint:
-        raise fail("--print-config needs --checkpoint: the settings come from it")
     with reported_errors((EvalError, ConfigError, ClipError, FileNotFoundError, ValueError, RuntimeError),
                          os_hint=WRITABLE, on_interrupt=RERUN):
-        model = load_checkpoint(args.checkpoint, args.device, args.trust_checkpoint) if args.checkpoint else None
+        model: Any = None       # --print-config / --list-keys alone: the pipeline defaults
+        if args.checkpoint:
+            model = load_checkpoint(args.checkpoint, args.device, args.trust_checkpoint)
+        elif args.baseline:
+            model = Baseline(args.baseline, BaselineConfig())
         resolve_config(args, PipelineConfig, None,
                        base=checkpoint_settings(model.data_settings if model is not None else None))
-        if model.data_settings is None:
+        if args.checkpoint and model.data_settings is None:
             print("warning: the checkpoint records no data settings; using the pipeline defaults",
                   file=sys.stderr)
         result = localize(model, args.video, args.output, args.every, args.keyframe, args.overrides,

@@ -138,6 +138,8 @@ def add_config_flag(group: argparse._ArgumentGroup, flag: str, key: str, cls: ty
 
 
 def _relax_required(parser: argparse.ArgumentParser) -> None:
+    for group in parser._mutually_exclusive_groups:
+        group.required = False
     for action in parser._actions:
         action.required = False
         if isinstance(action, argparse._SubParsersAction):

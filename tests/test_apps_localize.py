@@ -6,6 +6,7 @@ import shutil
 import subprocess
 
 import cv2
+import numpy as np
 import pytest
 import torch
 
@@ -120,3 +121,30 @@ def test_a_720p_video_gives_a_still_with_its_aspect_ratio_at_a_readable_size(tmp
     assert panel_h == 256 and abs(panel_w / panel_h - 16 / 9) < 0.01
     assert png.shape[1] == 2 * panel_w + 84                # frame | heat map | colour bar
     assert png.shape[0] > panel_h
+
+
+def test_the_sync_baseline_maps_a_video_without_a_model(tmp_path):
+    from tests.test_sync import _flicker_clip
+
+    video = _flicker_clip(tmp_path / "flicker.mp4")
+    assert main(["--baseline", "sync", "--video", str(video), "--output", str(tmp_path / "out")]) == 0
+    result = json.loads((tmp_path / "out" / "flicker_localize.json").read_text())
+    assert result["map_from"] == "baseline sync" and result["pipeline"]["motion"]["series"] is True
+    amap = np.asarray(result["map"])
+    assert amap.shape == (7, 7) and amap[:3, :3].mean() > amap[4:, 4:].mean() + 0.4   # the top-left quarter
+    assert (tmp_path / "out" / "flicker_keyframe.png").is_file()
+
+
+def test_a_map_comes_from_a_checkpoint_or_a_baseline_not_both(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(["--checkpoint", "x.pt", "--baseline", "sync", "--video", "v.mp4", "--output", str(tmp_path)])
+    assert stopped.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
+def test_a_baseline_other_than_sync_reads_no_motion_series():
+    from apps.localize import reads_motion_series
+    from eval.baselines import Baseline
+    from eval.config import BaselineConfig
+
+    assert reads_motion_series(Baseline("sync", BaselineConfig()))
+    assert not reads_motion_series(Baseline("flow", BaselineConfig()))
