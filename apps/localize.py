@@ -35,7 +35,7 @@ import numpy as np
 from eval.baselines import BASELINES, Baseline
 from eval.config import BaselineConfig
 from eval.runner import ModelPredictor
-from htf.cli import (RERUN, WRITABLE, add_config_options, command, fail, make_parser, parse_args,
+from htf.cli import (RERUN, WRITABLE, add_config_options, command, make_parser, parse_args,
                      reported_errors, resolve_config)
 from htf.config import ConfigError, load_config
 from htf.io import atomic_write_json
