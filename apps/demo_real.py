@@ -1,8 +1,9 @@
 """``make demo-real VIDEOS=DIR``: the same pipeline and ``apps.localize`` over real footage.
 
 Runs ``python -m pipeline run`` over a folder of real videos (``--videos DIR``), then
-``python -m apps.localize`` on every clip the pipeline accepted, and writes
-``OUT/summary.md``: clips processed, clips rejected with their reasons, and the pictures.
+``python -m apps.localize`` on every clip the pipeline accepted, once with the model and
+once with the training-free sync map, and writes ``OUT/summary.md``: clips processed, clips
+rejected with their reasons, and the pictures side by side.
 
 Plainly: the checkpoint used here was trained from scratch on the synthetic world (no
 ImageNet or released weights can be downloaded on this machine, and no real training data
@@ -19,10 +20,15 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from typing import Any
+
 import yaml
 
+from eval.baselines import Baseline
+from eval.config import BaselineConfig
 from htf.cli import command, fail, make_parser, parse_args
 from htf.io import atomic_write_text
+from htf.model import load_model
 from apps.demo import REPO, DemoPlan, make_shards, make_shards_from_folder, make_world, train_model
 
 DEFAULT_CHECKPOINT = REPO / "demo_out" / "runs" / "htf" / "checkpoints" / "best.pt"
@@ -70,16 +76,22 @@ def summarize_pipeline(shards: Path) -> tuple[list[str], list[dict]]:
     return sorted(set(accepted)), failures
 
 
-def localize_all(checkpoint: Path, videos: list[Path], out: Path, every: int,
-                 with_overlay: int) -> tuple[list[str], list[tuple[str, str]]]:
-    """``apps.localize`` on each clip, the model loaded once; a failing clip is recorded, not fatal."""
-    from apps.localize import localize
-    from htf.model import load_model
+SYNC_NOTE = ("The sync map (`apps.localize --baseline sync`) needs no training: per place, how "
+             "closely the frame-to-frame change over the audio window follows the sound's loudness. "
+             "Where the source moves with its sound (a speaking mouth, a struck drum) it can point at "
+             "it on any footage; it also lights whatever else changes in time with the loudness "
+             "(cuts, flicker, gestures), and says nothing where nothing moves with the sound.")
 
-    model = load_model(str(checkpoint))
+
+def localize_all(model: Any, videos: list[Path], out: Path, every: int,
+                 with_overlay: int) -> tuple[list[str], list[tuple[str, str]]]:
+    """``apps.localize`` on each clip with one model (or baseline); a failing clip is recorded,
+    not fatal."""
+    from apps.localize import localize
+
     done, failed = [], []
     for k, video in enumerate(videos):
-        print(f"[demo-real] localize {video.name}", flush=True)
+        print(f"[demo-real] localize {video.name} ({out.name})", flush=True)
         try:
             localize(model, str(video), out, every=every if k < with_overlay else None)
             done.append(video.stem)
@@ -121,27 +133,34 @@ def main(argv: list[str] | None = None) -> int:
                                      pipeline_preset_of(checkpoint, out / "pipeline_from_checkpoint.yaml"))
     accepted, failures = summarize_pipeline(shards)
     videos = {v.stem: v for v in a.videos.iterdir() if v.is_file()}
-    pictures, localize_failures = localize_all(checkpoint, [videos[c] for c in accepted], out / "localize",
+    clips = [videos[c] for c in accepted]
+    pictures, localize_failures = localize_all(load_model(str(checkpoint)), clips, out / "localize",
                                                a.every, a.videos_with_overlay)
+    synced, sync_failures = localize_all(Baseline("sync", BaselineConfig()), clips, out / "sync", a.every, 0)
     reasons = Counter(f.get("reason", "?") for f in failures)
     lines = ["# Real footage through the whole path", "", __doc__.split("\n\n")[2].replace("\n", " "), "",
              f"- videos in {a.videos}: {len(videos)}",
              f"- accepted by the pipeline (became samples): {len(accepted)}",
              f"- rejected by the pipeline: {len(failures)}",
-             f"- localised (keyframe overlay written): {len(pictures)}", "",
+             f"- localised (keyframe overlay written): {len(pictures)}",
+             f"- sync maps written: {len(synced)}", "",
              "## Rejected clips and why", ""]
     lines += [f"- `{f.get('id')}` ({f.get('stage')}): {f.get('reason')} -- {f.get('detail', '')}"
               for f in failures] or ["- none"]
-    if localize_failures:
+    if localize_failures or sync_failures:
         lines += ["", "## Localisation failures", ""] + [f"- `{c}`: {r}" for c, r in localize_failures]
-    lines += ["", f"Rejections by reason: {dict(reasons)}", "", "## Keyframe heat maps", ""]
-    lines += [f"![{c}](localize/{c}_keyframe.png)" for c in pictures]
+        lines += [f"- `{c}` (sync map): {r}" for c, r in sync_failures]
+    lines += ["", f"Rejections by reason: {dict(reasons)}", "", "## Keyframe heat maps: the model and the sync map",
+              "", SYNC_NOTE, "", "| clip | model | sync map |", "|---|---|---|"]
+    lines += [f"| `{c}` | " + (f"![{c}](localize/{c}_keyframe.png)" if c in pictures else "failed") + " | "
+              + (f"![{c} sync](sync/{c}_keyframe.png)" if c in synced else "failed") + " |"
+              for c in accepted if c in pictures or c in synced]
     summary = out / "summary.md"
     atomic_write_text(summary, "\n".join(lines) + "\n")
     print(f"[demo-real] {len(accepted)} accepted, {len(failures)} rejected, {len(pictures)} localised")
     for f in failures:
         print(f"  rejected {f.get('id')}: {f.get('reason')} ({f.get('detail', '')})")
-    print(f"[demo-real] wrote {summary}, pictures in {out / 'localize'}, shards in {shards}")
+    print(f"[demo-real] wrote {summary}, pictures in {out / 'localize'} and {out / 'sync'}, shards in {shards}")
     return 0
 
 

@@ -163,6 +163,8 @@ def test_demo_real_localises_accepted_clips_and_lists_rejected_ones_with_reasons
     assert "accepted by the pipeline (became samples): 2" in summary
     assert "`no_sound` (decode): no_audio_stream" in summary
     assert len(list((out / "localize").glob("*_keyframe.png"))) == 2
+    assert len(list((out / "sync").glob("*_keyframe.png"))) == 2 and "sync maps written: 2" in summary
+    assert all(f"](sync/{clip.stem}_keyframe.png) |" in summary for clip in (world / "video").glob("*.mp4"))
 
 
 def test_results_are_split_by_kind_of_clip_with_the_evaluators_threshold(tmp_path):
