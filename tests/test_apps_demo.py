@@ -111,7 +111,8 @@ def test_miniature_demo_runs_every_stage_and_writes_the_report(miniature_demo):
     # the tiny preset's post-training choice ran under torchrun and the report says what val chose
     chosen = json.loads((plan.output / "results.json").read_text())["htf_chosen_on_val"]
     assert chosen["motion_prior_weight"] in (0.0, 0.25, 0.5, 1.0, 2.0) and chosen["flow_gate"] in (0, 1)
-    assert f"motion prior weight {chosen['motion_prior_weight']:g}" in (plan.output / "report.md").read_text()
+    source = "sync" if chosen.get("motion_prior_source") == "sync" else "motion"
+    assert f"{source} prior weight {chosen['motion_prior_weight']:g}" in (plan.output / "report.md").read_text()
 
 
 @pytest.mark.slow

@@ -182,14 +182,15 @@ def test_rescoring_from_cells_of_a_preset_that_trains_otherwise_is_refused(monke
 def test_an_old_best_checkpoint_given_todays_after_training_choice_is_the_new_run_best(tmp_path, model):
     # The equivalence --rescore-from rests on: a run of the preset without the after-training
     # keys, ended as today's preset ends it, is tensor for tensor the run of today's preset.
-    from tests.test_motion_prior import TINY, _shards
+    from tests.test_motion_prior import TINY
+    from tests.test_sync import _sync_shards     # with motion series: today's prior may be the sync map
     from train import checkpoint as ckpt
     from train.__main__ import main
     from htf.config import load_config
     from train.config import TrainConfig
 
-    train = _shards(tmp_path / "data", "train", True, 8)
-    val = _shards(tmp_path / "data", "val", True, 8)
+    train = _sync_shards(tmp_path / "data", "train", True, 8)
+    val = _sync_shards(tmp_path / "data", "val", True, 8)
     today = load_config(TrainConfig, wm.PRESET)
     todays_keys = [f"{dotted}={getattr(getattr(today, dotted.split('.')[0]), dotted.split('.')[1])}"
                    for dotted in wm.AFTER_TRAINING_KEYS]
