@@ -53,7 +53,9 @@ from apps.demo import (BASELINE_MARGIN, BASELINES, MOTION_MARGIN, NOFLOW_TOLERAN
 from apps.synth import WORLDS  # noqa: E402
 from htf.io import atomic_write_text  # noqa: E402
 
-DEFAULT_WORLDS = ("demo", "indep", "indep-same", "distractors")
+# distractors-same (silent movers and same-class pairs: flow magnitude misleads and only motion
+# with the sound tells) joined with the eighth preset, after its 24 cells, as the harder sibling.
+DEFAULT_WORLDS = ("demo", "indep", "indep-same", "distractors", "distractors-same")
 # Seeds 3-5: no development run used them (dev runs: 1, 2, 7; seeds 0-2 were read by the earlier
 # presets' matrices, archived as bench/results_worlds_preset-<sha>.*).
 DEFAULT_SIZES, DEFAULT_SEEDS = (1000, 400), (3, 4, 5)
