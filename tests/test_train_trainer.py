@@ -13,6 +13,7 @@ from htf.sample import encode_sample
 from tests.train_helpers import PIPELINE, synthetic_sample, write_shards
 from train import checkpoint as ckpt
 from train.__main__ import main
+from train.engine import ValClip
 from htf.model import load_model
 
 TINY = ["model.width=8", "model.image_size=56", "model.freeze_vision=false", "model.audio_frames=32",
@@ -243,10 +244,8 @@ def test_budget_in_steps_ends_inside_an_epoch_and_validates_at_the_end(data, tmp
     assert [r["step"] for r in records if r["kind"] == "val"] == [2, 3]
 
 
-def _fake_clip(with_flow: np.ndarray, without_flow: np.ndarray) -> "ValClip":
+def _fake_clip(with_flow: np.ndarray, without_flow: np.ndarray) -> ValClip:
     """A val clip whose box is on the left object."""
-    from train.engine import ValClip
-
     return ValClip(with_flow, without_flow, [[0.0, 0.0, 3 / 7, 1.0]], "vggss")
 
 
