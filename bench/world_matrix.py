@@ -8,7 +8,7 @@ resumable: a finished cell is never rerun, an interrupted one continues where it
 are rewritten from every finished cell, so a partial matrix is always on disk and says
 which cells ran.
 
-    python bench/world_matrix.py [--worlds demo,indep,indep-same,distractors] [--sizes 1000,400]
+    python bench/world_matrix.py [--worlds demo,indep,indep-same,distractors,distractors-same] [--sizes 1000,400]
                                  [--seeds 3,4,5] [--work DIR] [--max-cells N] [--report-only]
                                  [--rescore-from DIR] [--preset configs/train/CANDIDATE.yaml]
 

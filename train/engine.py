@@ -371,7 +371,8 @@ def calibrate_motion_prior(model: HTFModel, urls: list[str], cfg: TrainConfig,
     """Set ``model.motion_prior_weight`` to the candidate (0, the map alone, or one of
     ``model.motion_prior_weights``) whose maps score best on the val clips with boxes by
     ``train.select_metric`` (prior_from_scores: a weight must beat every smaller one, and the
-    map alone by more than ``train.motion_prior_min_gain``). Collective (every rank's clips count); returns the choice and every candidate's score."""
+    map alone by more than ``train.motion_prior_min_gain``). Collective (every rank's clips
+    count); returns the choice and every candidate's score."""
     was_training = model.training
     model.eval()
     model.motion_prior_weight.zero_()
