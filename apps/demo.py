@@ -141,12 +141,24 @@ def train_model(plan: DemoPlan, shards: Path, name: str, overrides: list[str]) -
     return run_dir
 
 
+def map_blur(plan: DemoPlan) -> float:
+    """The blur of the models' maps (model.map_blur of the training preset and overrides), which
+    the baselines get too: a blur lifts every map, so a comparison blurs all or none."""
+    from htf.config import load_config
+    from train.config import TrainConfig
+
+    return load_config(TrainConfig, plan.train_config, plan.train_overrides).model.map_blur
+
+
 def evaluate(plan: DemoPlan, shards: Path, name: str, checkpoint: Path | None = None,
              baseline: str | None = None) -> dict[str, Any]:
     report = plan.output / "eval" / name
     cmd = [sys.executable, "-m", "eval", "--shards", split_pattern(shards, "test"),
            "--output", str(report), "--config", str(plan.eval_config), "--heatmaps", str(plan.heatmaps)]
     cmd += ["--checkpoint", str(checkpoint)] if checkpoint else ["--baseline", str(baseline)]
+    blur = map_blur(plan) if baseline else 0.0
+    if blur:
+        cmd += ["--set", f"baseline.map_blur={blur}"]
     run_command(cmd, plan.output / "logs" / f"eval_{name}.log")
     return json.loads((report / "metrics.json").read_text())
 
@@ -281,7 +293,7 @@ def chosen_on_val(run: Path) -> dict[str, Any]:
     chosen = {k: best[-1][k] for k in ("step", "ciou_at_0.5", "auc", "flow_gate") if k in best[-1]}
     after = [r for r in records if r.get("kind") in ("after_training", "motion_prior")]   # motion_prior: older logs
     if after:
-        chosen.update({k: after[-1][k] for k in ("flow_gate", "mirror_averaged", "motion_prior_weight",
+        chosen.update({k: after[-1][k] for k in ("flow_gate", "mirror_averaged", "map_blur", "motion_prior_weight",
                                                  "motion_prior_source") if k in after[-1]})
     return chosen
 
@@ -299,6 +311,8 @@ def _chosen_line(chosen: dict[str, Any]) -> str:
     if "motion_prior_weight" in chosen:
         source = "sync" if chosen.get("motion_prior_source") == "sync" else "motion"
         parts.append(f"{source} prior weight {chosen['motion_prior_weight']:g}")
+    if chosen.get("map_blur"):
+        parts.append(f"maps blurred by {chosen['map_blur']:g} cells")
     return "HTF, chosen on the val split: " + ", ".join(parts) + "."
 
 
@@ -308,6 +322,11 @@ def _verdict_lines(v: dict[str, Any]) -> list[str]:
             f"{'met' if v['beats_baselines'] else 'NOT met'})",
             f"HTF vs no flow: {v['htf_vs_noflow']:+.3f} cIoU@0.5 (target >= -{NOFLOW_TOLERANCE}: "
             f"{'met' if v['flow_never_costs'] else 'NOT met'})"]
+
+
+def _blur_lines(plan: DemoPlan) -> list[str]:
+    sigma = map_blur(plan)
+    return [f"Every map blurred by {sigma:g} cells (model.map_blur), the baselines' as the models'."] if sigma else []
 
 
 def _md_table(table: list[list[str]]) -> list[str]:
@@ -337,7 +356,8 @@ def write_report(plan: DemoPlan, results: dict[str, dict[str, Any]], seconds: di
     md = ["# Hear The Flow demo on the synthetic world", "",
           f"World `{plan.world}`, {plan.n} clips, seed {plan.seed}; test split never used for training "
           f"or model selection.", ""]
-    md += _md_table(table) + [""] + [f"- {line}" for line in _verdict_lines(v) + [_chosen_line(chosen)]] + [""]
+    notes = _verdict_lines(v) + [_chosen_line(chosen)] + _blur_lines(plan)
+    md += _md_table(table) + [""] + [f"- {line}" for line in notes] + [""]
     if per_kind:
         md += ["## cIoU@0.5 by kind of test clip", ""] + _md_table(per_kind) + [""]
     claims, claims_note = matrix_claims(MATRIX_RESULTS)
@@ -361,7 +381,7 @@ def write_report(plan: DemoPlan, results: dict[str, dict[str, Any]], seconds: di
     e = html.escape
     body = [f"<p>World {e(plan.world)}, {plan.n} clips, seed {plan.seed}; the test split is never used for training or "
             "model selection (that is the val split).</p>", html_table(table),
-            "<ul>" + "".join(f"<li>{e(line)}</li>" for line in _verdict_lines(v) + [_chosen_line(chosen)]) + "</ul>"]
+            "<ul>" + "".join(f"<li>{e(line)}</li>" for line in notes) + "</ul>"]
     if per_kind:
         body += ["<h2>cIoU@0.5 by kind of test clip</h2>", html_table(per_kind)]
     body += ["<h2>The claim on other worlds</h2>"] + ([html_table(claims)] if claims else []) + [f"<p>{e(claims_note)}</p>"]

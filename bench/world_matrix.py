@@ -130,7 +130,7 @@ def run_cell(work: Path, world: str, n: int, seed: int) -> dict[str, Any]:
 # differs from another only in these trains exactly the same networks.
 AFTER_TRAINING_KEYS = ("model.motion_prior_weights", "model.motion_prior_floor", "model.motion_prior",
                        "model.sync_smooth_frames", "model.mirror_average", "model.twin_average",
-                       "train.gate_both_margin", "train.motion_prior_min_gain")
+                       "model.map_blur", "train.gate_both_margin", "train.motion_prior_min_gain")
 
 
 def _after_training_keys() -> list[tuple[str, str]]:
@@ -194,8 +194,9 @@ def rescore_cell(old: Path, work: Path, world: str, n: int, seed: int) -> dict[s
     (trains_the_same): the world and its val and test shards are made again (checked to be the
     same world), each old best.pt (HTF, no flow) gets today's after-training keys and the
     trainer's after-training choices on val (make_after_training_choices), and a run that has
-    any is evaluated again on test. The baselines keep their results."""
-    from apps.demo import clip_kinds, evaluate, make_world, results_by_kind, run_pipeline
+    any is evaluated again on test. The baselines are evaluated again too (their blur follows
+    today's model.map_blur, apps.demo.map_blur)."""
+    from apps.demo import BASELINES, clip_kinds, evaluate, make_world, results_by_kind, run_pipeline
 
     before = json.loads((old / "cell.json").read_text())
     out = work / cell_name(world, n, seed)
@@ -220,6 +221,9 @@ def rescore_cell(old: Path, work: Path, world: str, n: int, seed: int) -> dict[s
         atomic_write_text(run / "metrics.jsonl", metrics + json.dumps({"kind": "after_training", **chosen}) + "\n")
         results[method] = evaluate(plan, shards, method, checkpoint=best)
         by_kind[method] = results_by_kind(out / "eval" / method, clip_kinds(made))
+    for baseline in BASELINES:
+        results[baseline] = evaluate(plan, shards, baseline, baseline=baseline)
+        by_kind[baseline] = results_by_kind(out / "eval" / baseline, clip_kinds(made))
     run = out / "runs" / "htf"
     cell = {"world": world, "n": n, "seed": seed, "preset": {"file": shown(PRESET),
                                                              "sha256": preset_id(), "commit": git_commit()},

@@ -19,6 +19,9 @@ same upsampling, min-max normalisation and median threshold as a model's 7x7 map
   smoothed over ``sync_smooth_frames``). Motion over time against the sound: strong
   wherever the sounding thing moves with its sound, and still no training.
 
+With ``map_blur`` each map is blurred as ``model.map_blur`` blurs a model's
+(``htf.model.smooth_maps``), so a comparison can give both the same smoothing.
+
 Only ``sync`` listens to the audio, and only to the clip's own: in the extended protocol
 every baseline's confidence is the same for a frame whatever sound it is paired with.
 """
@@ -29,8 +32,10 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import torch
 
 from eval.config import BaselineConfig
+from htf.model import smooth_maps
 from htf.sample import ClipSample
 from htf.sync import sync_map
 
@@ -97,7 +102,11 @@ class Baseline:
         return pool_mean(mag, n)
 
     def predict(self, samples: list[ClipSample]) -> list[np.ndarray]:
-        return [self.map_for(s) for s in samples]
+        maps = [self.map_for(s) for s in samples]
+        if not self.cfg.map_blur:
+            return maps
+        return [smooth_maps(torch.from_numpy(np.asarray(m, np.float32))[None], self.cfg.map_blur)[0].numpy()
+                for m in maps]
 
     def describe(self) -> str:
         return f"baseline:{self.name}"

@@ -65,12 +65,20 @@ class BaselineConfig:
     map_size: int = 7
     seed: int = 0                    # random baseline: per clip seeded by (seed, clip id)
     sync_smooth_frames: int = 12     # sync baseline: both series smoothed over this many frames
+    # Every baseline's map blurred as a model's is by model.map_blur (htf.model.smooth_maps: a
+    # 5x5 Gaussian of this many map cells); 0: none. Give both the same value, or neither.
+    map_blur: float = 0.0
 
     def validate(self) -> None:
         if self.center_sigma <= 0 or self.map_size < 1:
             raise ValueError("center_sigma must be > 0 and map_size >= 1")
         if self.sync_smooth_frames < 1:
             raise ValueError("sync_smooth_frames must be >= 1")
+        if self.map_blur < 0:
+            raise ValueError(f"map_blur must be >= 0 map cells (0: no blur), got {self.map_blur}")
+        if self.map_blur and self.flow_resolution == "full":
+            raise ValueError("map_blur is in cells of the map_size grid; flow_resolution 'full' makes no grid: "
+                             "set one of them back (map_blur: 0 or flow_resolution: map)")
 
 
 @dataclass

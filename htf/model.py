@@ -213,6 +213,9 @@ class HTFModel(nn.Module):
         if cfg.mirror_average:
             # Set by the trainer in best.pt after training; 0 until then (the clip as it is).
             self.register_buffer("mirror_averaged", torch.zeros(()))
+        if cfg.map_blur > 0:
+            # Set by the trainer in best.pt after training; 0 until then (the map as it is).
+            self.register_buffer("map_blurred", torch.zeros(()))
         if cfg.flow != "none" and cfg.attention_value_init == "zero":
             # Residual branch starts at zero: the model begins as the no-flow model and
             # adds flow context only as far as it helps (from-scratch training on a CPU).
@@ -237,7 +240,8 @@ class HTFModel(nn.Module):
         so the gate compares what flow adds, not two random starts."""
         twin = HTFModel(dataclasses.replace(self.cfg, flow="none", flow_local=False, flow_dropout=0.0, flow_gate=False,
                                             flow_fallback="shared", vision_weights=None,   # copied below
-                                            mirror_average=False, twin_average=False))  # the holder averages
+                                            mirror_average=False, twin_average=False,  # the holder averages
+                                            map_blur=0.0))                              # and blurs
         twin.imgnet.load_state_dict(self.imgnet.state_dict())
         twin.audnet.load_state_dict(self.audnet.state_dict())
         return twin
@@ -310,6 +314,8 @@ class HTFModel(nn.Module):
         weight = self.motion_prior()
         if not self.training and weight > 0:
             amap = with_motion_prior(amap, self.prior_map(flow, sync), weight)
+        if not self.training and self.blurs():
+            amap = smooth_maps(amap, self.cfg.map_blur)
         out["map"] = amap
         return out
 
@@ -332,6 +338,10 @@ class HTFModel(nn.Module):
     def mirrors(self) -> bool:
         """True once the trainer has switched on model.mirror_average (after training)."""
         return hasattr(self, "mirror_averaged") and float(self.mirror_averaged) > 0
+
+    def blurs(self) -> bool:
+        """True once the trainer has switched on model.map_blur (after training)."""
+        return hasattr(self, "map_blurred") and float(self.map_blurred) > 0
 
     def _averaged_map(self, image: torch.Tensor, flow: torch.Tensor | None, spec: torch.Tensor,
                       first: torch.Tensor) -> torch.Tensor:
@@ -376,6 +386,8 @@ class HTFModel(nn.Module):
         if hasattr(self, "motion_prior_weight"):
             source = "sync" if self.cfg.motion_prior == "sync" else "motion"
             parts.append(f"{source} prior weight {self.motion_prior():g}")
+        if self.blurs():
+            parts.append(f"blurred by {self.cfg.map_blur:g} cells")
         return f"HTFModel ({', '.join(parts)})"
 
     def motion_prior(self) -> float:
@@ -387,6 +399,25 @@ def _min_max(amap: torch.Tensor) -> torch.Tensor:
     """[B, h, w] -> each map scaled to [0, 1] (a constant map to 0)."""
     low = amap.amin(dim=(1, 2), keepdim=True)
     return (amap - low) / (amap.amax(dim=(1, 2), keepdim=True) - low).clamp(min=1e-6)
+
+
+# The blur's reach: 2 cells each side (a 5x5 kernel), a third of the 7x7 map.
+BLUR_RADIUS = 2
+
+
+def smooth_maps(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """[B, h, w] -> each map blurred by a (2 BLUR_RADIUS + 1)-tap Gaussian of ``sigma`` cells
+    along each axis, edges replicated; sigma 0 gives the maps back. The one map blur, for
+    models (model.map_blur) and baselines (eval's baseline.map_blur)."""
+    if sigma <= 0:
+        return maps
+    offsets = torch.arange(-BLUR_RADIUS, BLUR_RADIUS + 1, dtype=torch.float32, device=maps.device)
+    taps = torch.exp(-offsets ** 2 / (2.0 * sigma ** 2))
+    taps = taps / taps.sum()
+    r = BLUR_RADIUS
+    x = F.pad(maps[:, None].float(), (r, r, r, r), mode="replicate")
+    x = F.conv2d(F.conv2d(x, taps.view(1, 1, 1, -1)), taps.view(1, 1, -1, 1))
+    return x[:, 0].to(maps.dtype)
 
 
 def motion_map(flow: torch.Tensor, floor: float) -> torch.Tensor:

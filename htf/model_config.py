@@ -85,6 +85,12 @@ class ModelConfig:
     # (flow: none, or flow_fallback shared, as ablations of a preset set them) has nothing to
     # average: the key does nothing there.
     twin_average: bool = False
+    # map_blur: the map (with any prior) blurred by a 5x5 Gaussian of this many map cells,
+    # edges replicated; 0: none. The median threshold keeps half the frame, and a noisy 7x7
+    # map spends it on scattered cells; blurred, the half it keeps gathers around the peaks.
+    # The buffer ``map_blurred``. Any model, `flow: none` included (the no-flow run of a
+    # preset is blurred alike); eval's `baseline.map_blur` does the same to a baseline.
+    map_blur: float = 0.0
     width: int = 64                 # ResNet-18 base width: 64 is the standard (and official) net
     image_size: int = 224           # input side S; the backbone stride is S / 7 (32, 16 or 8)
     freeze_vision: bool = True      # official: vision ResNet has requires_grad=False
@@ -120,6 +126,8 @@ class ModelConfig:
                              f"candidate), got {self.motion_prior_weights}")
         if self.sync_smooth_frames < 1:
             raise ValueError(f"sync_smooth_frames must be >= 1, got {self.sync_smooth_frames}")
+        if self.map_blur < 0:
+            raise ValueError(f"map_blur must be >= 0 map cells (0: no blur), got {self.map_blur}")
         if self.motion_prior_floor <= 0:
             raise ValueError(f"motion_prior_floor must be > 0 pixels, got {self.motion_prior_floor}")
         if self.audio_frames is not None and self.audio_frames < 1:

@@ -1,5 +1,6 @@
 """The demo's report: the verdict it prints is computed from the measured metrics."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -184,3 +185,24 @@ def test_results_are_split_by_kind_of_clip_with_the_evaluators_threshold(tmp_pat
     assert by_kind["distinct"]["ciou_at_0.5"] == 0.5 and by_kind["distinct"]["n"] == 2
     table = kinds_table({"htf": by_kind})
     assert table[1][0].startswith("HTF") and table[1][1:] == ["0.500", "0.000"]
+
+
+@pytest.mark.parametrize("blur", [0.0, 1.5])
+def test_baselines_are_blurred_as_the_preset_blurs_the_models_maps(tmp_path, monkeypatch, blur):
+    import apps.demo as demo
+    commands = []
+
+    def fake_run(cmd, log):
+        commands.append(cmd)
+        report = Path(cmd[cmd.index("--output") + 1])
+        report.mkdir(parents=True)
+        (report / "metrics.json").write_text("{}")
+
+    monkeypatch.setattr(demo, "run_command", fake_run)
+    plan = demo.DemoPlan(output=tmp_path, train_overrides=[f"model.map_blur={blur}"])
+    demo.evaluate(plan, tmp_path / "shards", "sync", baseline="sync")
+    demo.evaluate(plan, tmp_path / "shards", "htf", checkpoint=tmp_path / "best.pt")
+    baseline_cmd, model_cmd = commands
+    assert (f"baseline.map_blur={blur}" in baseline_cmd) == bool(blur)
+    assert not any("map_blur" in part for part in model_cmd)    # a model's blur is in its checkpoint
+    assert (f"Every map blurred by {blur:g} cells" in " ".join(demo._blur_lines(plan))) == bool(blur)

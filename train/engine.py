@@ -658,6 +658,8 @@ def closing_block(output: Path, state: RunState, cfg: TrainConfig, seconds: floa
             chosen += "; flow gate both (the mean of the flow net's and the twin's maps, chosen after training)"
         if best.get("mirror_averaged"):
             chosen += "; maps averaged with the mirror image"
+        if best.get("map_blur"):
+            chosen += f"; maps blurred by {best['map_blur']:g} cells"
         if "motion_prior_weight" in best:
             source = "sync" if cfg.model.motion_prior == "sync" else "motion"
             chosen += f"; {source} prior weight {best['motion_prior_weight']:g} (chosen on validation after training)"
@@ -698,9 +700,9 @@ def _validate_and_select(model: HTFModel, val_urls: list[str], cfg: TrainConfig,
 
 
 def after_training_choices(model: HTFModel) -> list[str]:
-    """The buffers best.pt gets after training: the mirror average, the gate chosen again with
+    """The buffers best.pt gets after training: the mirror average, the blur, the gate chosen again with
     its third position (model.twin_average), the motion prior weight."""
-    names = ["mirror_averaged"] if hasattr(model, "mirror_averaged") else []
+    names = [name for name in ("mirror_averaged", "map_blurred") if hasattr(model, name)]
     if model.cfg.twin_average and hasattr(model, "twin"):
         names.append("flow_gate")
     return names + (["motion_prior_weight"] if hasattr(model, "motion_prior_weight") else [])
@@ -764,7 +766,7 @@ def choose_gate_position(model: HTFModel, urls: list[str], cfg: TrainConfig, inf
 
 def make_after_training_choices(model: HTFModel, val_urls: list[str], cfg: TrainConfig,
                                 info: du.DistInfo) -> dict[str, Any]:
-    """Switch on the mirror average (model.mirror_average), choose the gate's position again
+    """Switch on the mirror average (model.mirror_average) and the blur (model.map_blur), choose the gate's position again
     with its third, both (model.twin_average), then the motion prior weight for that map, all
     on val. Collective."""
     chosen: dict[str, Any] = {}
@@ -773,6 +775,9 @@ def make_after_training_choices(model: HTFModel, val_urls: list[str], cfg: Train
     if hasattr(model, "mirror_averaged"):
         model.mirror_averaged.fill_(1.0)
         chosen["mirror_averaged"] = 1
+    if hasattr(model, "map_blurred"):        # the gate and the prior are chosen for the blurred map
+        model.map_blurred.fill_(1.0)
+        chosen["map_blur"] = model.cfg.map_blur
     if "flow_gate" in after_training_choices(model):
         chosen.update(choose_gate_position(model, val_urls, cfg, info))
     if hasattr(model, "motion_prior_weight"):
