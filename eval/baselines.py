@@ -16,8 +16,9 @@ same upsampling, min-max normalisation and median threshold as a model's 7x7 map
   map in every run and in any order.
 - ``sync``: per cell, the correlation over time of the cell's change with the loudness of
   the clip's own audio (``htf.sync``; the sample's ``motion.npy`` and ``loudness.npy``,
-  smoothed over ``sync_smooth_frames``). Motion over time against the sound: strong
-  wherever the sounding thing moves with its sound, and still no training.
+  smoothed over ``sync_smooth_frames``), negative correlation counting as none: the map
+  HTF's sync prior adds. Motion over time against the sound: strong wherever the sounding
+  thing moves with its sound, and still no training.
 
 With ``map_blur`` each map is blurred as ``model.map_blur`` blurs a model's
 (``htf.model.smooth_maps``), so a comparison can give both the same smoothing.
@@ -37,7 +38,7 @@ import torch
 from eval.config import BaselineConfig
 from htf.model import smooth_maps
 from htf.sample import ClipSample
-from htf.sync import sync_map
+from htf.sync import sync_prior
 
 BASELINES: tuple[str, ...] = ("center", "flow", "random", "sync")
 
@@ -94,7 +95,7 @@ class Baseline:
             if sample.motion is None:
                 raise ValueError(f"clip '{sample.id}' has no motion.npy, which the sync baseline needs: remake "
                                  f"the test shards with the pipeline's --set motion.series=eval (or true)")
-            return sync_map(sample.motion, sample.loudness, self.cfg.sync_smooth_frames)
+            return sync_prior(sample.motion, sample.loudness, self.cfg.sync_smooth_frames)
         mag = flow_magnitude(sample.flow)
         if self.cfg.flow_resolution == "full":
             size = self.metric_size

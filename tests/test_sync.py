@@ -146,7 +146,14 @@ def _with_series(sample, moving_cell: tuple[int, int] = (2, 3)):
 def test_the_sync_baseline_maps_each_clip_by_its_series():
     sample = _with_series(synthetic_sample(0))
     amap = Baseline("sync", BaselineConfig(sync_smooth_frames=6)).predict([sample])[0]
-    assert np.array_equal(amap, sync_map(sample.motion, sample.loudness, 6))
+    assert np.array_equal(amap, sync_prior(sample.motion, sample.loudness, 6))
+
+
+def test_the_sync_baseline_counts_motion_against_the_sound_as_none():
+    sample = _with_series(synthetic_sample(0))
+    sample.motion[:, 6, 0] = 3.0 - 2.0 * sample.loudness        # moves exactly when the sound is quiet
+    amap = Baseline("sync", BaselineConfig(sync_smooth_frames=6)).predict([sample])[0]
+    assert sync_map(sample.motion, sample.loudness, 6)[6, 0] < -0.9 and amap[6, 0] == 0 and amap.min() == 0
 
 
 def test_the_sync_baseline_refuses_shards_without_motion_and_says_how_to_make_them():
