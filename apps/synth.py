@@ -99,6 +99,10 @@ class WorldConfig:
     # (phrases, swells and near-silences) and the sounding object moves in proportion to it;
     # a silent object that moves follows a contour of its own.
     envelope_motion: bool = False
+    # With envelope_motion, a silent object that moves follows the sound's contour too (a
+    # dancer to the music, a crowd clapping along): motion that rises and falls with the
+    # sound then marks silent movers as well, and only what an object is tells which sounds.
+    silent_movers_follow_sound: bool = False
     background: str = "noise"        # noise (smooth colour noise) | plain | textured (varied patterns)
     object_texture: str = "class"    # class (each class its own texture) | plain | varied (per object)
     n_objects: tuple[int, int] = (2, 2)   # large objects per clip, drawn uniformly in [lo, hi]
@@ -118,6 +122,8 @@ class WorldConfig:
         lo, hi = self.n_objects
         if not 2 <= lo <= hi <= 4:
             raise ValueError(f"world setting n_objects must be [lo, hi] with 2 <= lo <= hi <= 4, got {self.n_objects}")
+        if self.silent_movers_follow_sound and not self.envelope_motion:
+            raise ValueError("world setting silent_movers_follow_sound needs envelope_motion (a contour to follow)")
         if self.playing_motion and self.motion_pattern != "oscillate":
             raise ValueError("world settings playing_motion and motion_pattern 'free' exclude each other "
                              "(class-axis motion vs class-independent motion)")
@@ -142,6 +148,8 @@ WORLDS: dict[str, dict[str, Any]] = {
 WORLDS["indep-same"] = {**WORLDS["indep"], "p_same_class": 0.35}        # two of one class: only motion tells
 WORLDS["distractors"] = {**WORLDS["indep"], "p_distractor_moves": 0.8}  # silent objects mostly move too
 WORLDS["distractors-same"] = {**WORLDS["distractors"], "p_same_class": 0.35}
+# Silent movers keep time with the sound: the sync map and flow magnitude point at every mover.
+WORLDS["distractors-sync"] = {**WORLDS["distractors"], "silent_movers_follow_sound": True}
 
 
 def world_config(name: str, **settings: Any) -> WorldConfig:
@@ -317,7 +325,8 @@ def _object_motion(rng: np.random.Generator, extra: np.random.Generator, cfg: Wo
     else:
         motion = _free_motion(extra, cfg.size) if moves else _motion(rng, False, cfg.size)
     if moves and cfg.envelope_motion:   # the sounder follows the sound, a silent mover its own contour
-        motion["envelope"] = sound_envelope if sounds else _envelope(extra, cfg.seconds)
+        follows_sound = sounds or cfg.silent_movers_follow_sound
+        motion["envelope"] = sound_envelope if follows_sound else _envelope(extra, cfg.seconds)
     return motion
 
 
@@ -613,7 +622,7 @@ SYNTH_EXAMPLES = """\
 
 # World options on the command line: None = as the named world has it.
 WORLD_OPTIONS = ("sound_families", "p_same_family", "p_same_class", "playing_motion", "motion_pattern",
-                 "envelope_motion", "p_distractor_moves", "background", "object_texture", "n_objects")
+                 "envelope_motion", "silent_movers_follow_sound", "p_distractor_moves", "background", "object_texture", "n_objects")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -646,6 +655,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="oscillate: along one direction; free: line, orbit or wandering path, whatever the class")
     world.add_argument("--envelope-motion", action="store_const", const=True, default=None,
                        help="motion amplitude follows the sound's loudness contour (silent movers: their own)")
+    world.add_argument("--silent-movers-follow-sound", action="store_const", const=True, default=None,
+                       help="with --envelope-motion: silent movers follow the sound's contour too")
     world.add_argument("--p-silent-moves", dest="p_distractor_moves", type=float, default=None, metavar="P",
                        help="probability that a silent large object moves")
     world.add_argument("--background", choices=BACKGROUNDS, default=None,

@@ -8,7 +8,7 @@ resumable: a finished cell is never rerun, an interrupted one continues where it
 are rewritten from every finished cell, so a partial matrix is always on disk and says
 which cells ran.
 
-    python bench/world_matrix.py [--worlds demo,indep,indep-same,distractors,distractors-same] [--sizes 1000,400]
+    python bench/world_matrix.py [--worlds demo,indep,...,distractors-sync] [--sizes 1000,400]
                                  [--seeds 3,4,5] [--work DIR] [--max-cells N] [--report-only]
                                  [--rescore-from DIR] [--preset configs/train/CANDIDATE.yaml]
 
@@ -55,7 +55,9 @@ from htf.io import atomic_write_text  # noqa: E402
 
 # distractors-same (silent movers and same-class pairs: flow magnitude misleads and only motion
 # with the sound tells) joined with the eighth preset, after its 24 cells, as the harder sibling.
-DEFAULT_WORLDS = ("demo", "indep", "indep-same", "distractors", "distractors-same")
+# distractors-sync (silent movers keep time with the sound: the sync map points at every mover)
+# joined after the map blur showed a blurred sync map close to HTF on indep, as its harder sibling.
+DEFAULT_WORLDS = ("demo", "indep", "indep-same", "distractors", "distractors-same", "distractors-sync")
 # Seeds 3-5: no development run used them (dev runs: 1, 2, 7; seeds 0-2 were read by the earlier
 # presets' matrices, archived as bench/results_worlds_preset-<sha>.*).
 DEFAULT_SIZES, DEFAULT_SEEDS = (1000, 400), (3, 4, 5)

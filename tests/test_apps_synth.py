@@ -280,7 +280,7 @@ def _axis_bin(direction: float) -> int:
     return int((direction % (2 * np.pi)) // (np.pi / 2))
 
 
-@pytest.mark.parametrize("name,lo,hi", [("indep", 0.25, 0.42), ("distractors", 0.7, 0.9)])
+@pytest.mark.parametrize("name,lo,hi", [("indep", 0.25, 0.42), ("distractors", 0.7, 0.9), ("distractors-sync", 0.7, 0.9)])
 def test_sounder_moves_in_most_clips_and_silent_objects_at_the_world_rate(name, lo, hi):
     from apps.synth import world_config
     cfg = world_config(name, n=400, seed=3, size=128)
@@ -313,6 +313,24 @@ def test_sounding_objects_motion_follows_the_sound_envelope_and_silent_movers_th
                 assert obj["motion"]["envelope"] != plan["audio"]["envelope"]
                 silent += 1
     assert sounders > 50 and silent > 10
+
+
+def test_in_distractors_sync_silent_movers_follow_the_sound_envelope_too():
+    from apps.synth import world_config
+    cfg = world_config("distractors-sync", n=60, seed=4, size=64, seconds=2.0)
+    silent = 0
+    for i in range(cfg.n):
+        plan = plan_clip(cfg, i)
+        for j, obj in enumerate(plan["objects"]):
+            if obj["motion"]["amp"] > 0:
+                assert obj["motion"]["envelope"] == plan["audio"]["envelope"]
+                silent += j != plan["sounding"]
+    assert silent > 30
+
+
+def test_silent_movers_cannot_follow_a_sound_without_an_envelope():
+    with pytest.raises(ValueError, match="silent_movers_follow_sound needs envelope_motion"):
+        WorldConfig(silent_movers_follow_sound=True).validate()
 
 
 def test_sound_loudness_follows_its_envelope():
