@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -99,11 +100,13 @@ def test_a_model_says_its_maps_are_averaged():
                                 "twin's maps), averaged with the mirror image)")
 
 
-def test_training_is_unchanged_and_best_alone_gets_the_averaged_maps(tmp_path):
+def plain_and_after_training_runs(tmp_path, after_training: list[str]) -> dict[str, Path]:
+    """Two tiny twin runs on the same shards, one with ``after_training`` keys; their
+    validation records during training are checked to be the same."""
     train = _shards(tmp_path / "data", "train", True, 8)
     val = _shards(tmp_path / "data", "val", True, 8)
     runs = {}
-    for name, extra in (("plain", []), ("averaged", ["model.twin_average=true", "model.mirror_average=true"])):
+    for name, extra in (("plain", []), ("after", after_training)):
         argv = ["--train-shards", train, "--val-shards", val, "--output", str(tmp_path / name)]
         for item in TINY + TWIN + extra:
             argv += ["--set", item]
@@ -113,6 +116,12 @@ def test_training_is_unchanged_and_best_alone_gets_the_averaged_maps(tmp_path):
                     for line in (run / "metrics.jsonl").read_text().splitlines() if '"val"' in line]
                    for run in runs.values()]
     assert val_records[0] == val_records[1]
+    return runs
+
+
+def test_training_is_unchanged_and_best_alone_gets_the_averaged_maps(tmp_path):
+    runs = plain_and_after_training_runs(tmp_path, ["model.twin_average=true", "model.mirror_average=true"])
+    runs["averaged"] = runs.pop("after")
     plain, averaged = (ckpt.load(ckpt.latest_path(run))["model"] for run in runs.values())
     assert set(averaged) - set(plain) == {"mirror_averaged"} and float(averaged["mirror_averaged"]) == 0
     for name, weight in plain.items():

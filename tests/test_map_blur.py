@@ -10,11 +10,10 @@ import torch
 from eval.baselines import Baseline
 from eval.config import BaselineConfig
 from htf.config import load_config
-from htf.model import HTFModel, load_model, smooth_maps
-from tests.test_averaged_maps import TWIN, _inputs, _model
-from tests.test_motion_prior import TINY, _shards
+from htf.model import load_model, smooth_maps
+from tests.test_averaged_maps import TWIN, _inputs, _model, plain_and_after_training_runs
+from tests.test_motion_prior import TINY
 from train import checkpoint as ckpt
-from train.__main__ import main
 from train.config import TrainConfig
 
 
@@ -85,19 +84,8 @@ def test_a_negative_blur_is_refused_naming_the_key():
 
 
 def test_training_is_unchanged_and_best_alone_gets_the_blur(tmp_path):
-    train = _shards(tmp_path / "data", "train", True, 8)
-    val = _shards(tmp_path / "data", "val", True, 8)
-    runs = {}
-    for name, extra in (("plain", []), ("blurred", ["model.map_blur=1.5"])):
-        argv = ["--train-shards", train, "--val-shards", val, "--output", str(tmp_path / name)]
-        for item in TINY + TWIN + extra:
-            argv += ["--set", item]
-        assert main(argv) == 0
-        runs[name] = tmp_path / name
-    val_records = [[{k: v for k, v in json.loads(line).items() if k != "time"}
-                    for line in (run / "metrics.jsonl").read_text().splitlines() if '"val"' in line]
-                   for run in runs.values()]
-    assert val_records[0] == val_records[1]
+    runs = plain_and_after_training_runs(tmp_path, ["model.map_blur=1.5"])
+    runs["blurred"] = runs.pop("after")
     plain, blurred = (ckpt.load(ckpt.latest_path(run))["model"] for run in runs.values())
     assert set(blurred) - set(plain) == {"map_blurred"} and float(blurred["map_blurred"]) == 0
     best = load_model(ckpt.best_path(runs["blurred"]))
