@@ -111,9 +111,11 @@ def test_miniature_demo_runs_every_stage_and_writes_the_report(miniature_demo):
     assert ROWS[0][1] in (plan.output / "report.md").read_text()
     # the tiny preset's post-training choice ran under torchrun and the report says what val chose
     chosen = json.loads((plan.output / "results.json").read_text())["htf_chosen_on_val"]
-    assert chosen["motion_prior_weight"] in (0.0, 0.25, 0.5, 1.0, 2.0) and chosen["flow_gate"] in (0, 1)
+    assert chosen["motion_prior_weight"] in (0.0, 0.25, 0.5, 1.0, 2.0) and chosen["flow_gate"] in (0, 0.5, 1)
     source = "sync" if chosen.get("motion_prior_source") == "sync" else "motion"
-    assert f"{source} prior weight {chosen['motion_prior_weight']:g}" in (plan.output / "report.md").read_text()
+    report = (plan.output / "report.md").read_text()
+    assert f"{source} prior weight {chosen['motion_prior_weight']:g}" in report
+    assert chosen["map_blur"] == 1.5 and "Every map blurred by 1.5 cells" in report   # the baselines too
 
 
 @pytest.mark.slow
