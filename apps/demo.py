@@ -104,12 +104,23 @@ def run_pipeline(config: Path, videos: Path, shards: Path, prefix: str, workers:
                  "--no-progress", *(extra or [])], log)
 
 
+def pipeline_overrides(plan: DemoPlan) -> list[str]:
+    """What the shards need beyond the pipeline preset for this training preset: motion series
+    on every split when the loss reads the training clips' sync maps (model.loss.sync_guide)."""
+    from htf.config import load_config
+    from train.config import TrainConfig
+
+    model = load_config(TrainConfig, plan.train_config, plan.train_overrides).model
+    return ["--set", "motion.series=true"] if model.trains_with_sync() else []
+
+
 def make_shards(plan: DemoPlan, world: Path) -> Path:
     shards = plan.output / "shards"
+    extra = pipeline_overrides(plan)
     for split in SPLITS:
         run_pipeline(plan.pipeline_config, world, shards, split, plan.nproc,
                      plan.output / "logs" / f"pipeline_{split}.log",
-                     ["--split-list", str(world / f"{split}.txt"), "--annotations", str(world / "boxes.json")])
+                     ["--split-list", str(world / f"{split}.txt"), "--annotations", str(world / "boxes.json"), *extra])
     sizes = json.loads((shards / "sizes.json").read_text())
     failures = (shards / "failures.jsonl").read_text().splitlines() if (shards / "failures.jsonl").exists() else []
     print(f"[demo] shards: {sum(sizes.values())} samples in {len(sizes)} shard(s), "

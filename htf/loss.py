@@ -68,9 +68,11 @@ def _soft_mean(values: torch.Tensor, log_w: torch.Tensor) -> torch.Tensor:
 
 
 def lvs_loss(img: torch.Tensor, aud: torch.Tensor, cfg: LossConfig,
-             gather: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+             gather: bool = False, guide: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Official trimap loss. ``img`` [B, C, H, W] and ``aud`` [B, C], both L2-normalised.
     ``gather``: every process's audio serves as negatives (rows stay this process's clips).
+    ``guide`` [B, H, W] (with ``cfg.sync_guide`` > 0): each clip's sync map; the trimap of
+    the clip with its own sound is read from A + sync_guide x guide, the averages stay of A.
 
     Returns (loss, own-pair map [B, H, W]).
     """
@@ -79,9 +81,11 @@ def lvs_loss(img: torch.Tensor, aud: torch.Tensor, cfg: LossConfig,
     a = own_maps(img, aud)                       # A: [B, H, W]
     a0 = pair_maps(img, aud_all)                 # A0: [B, B_all, H, W]
     eps, eps2, tau = cfg.epsilon, cfg.epsilon - cfg.epsilon_margin, cfg.tau
-    log_pos = F.logsigmoid((a - eps) / tau)                        # log σ((A-ε)/τ)
+    # Where the trimap is read: A itself (official), or A pointed at motion that follows the sound.
+    region = a if guide is None or cfg.sync_guide <= 0 else a + cfg.sync_guide * guide.to(a.dtype)
+    log_pos = F.logsigmoid((region - eps) / tau)                   # log σ((A-ε)/τ)
     neg_eps = eps2 if cfg.trimap else eps
-    log_neg = F.logsigmoid(-(a - neg_eps) / tau)                   # log(1 - σ((A-ε₂)/τ))
+    log_neg = F.logsigmoid(-(region - neg_eps) / tau)              # log(1 - σ((A-ε₂)/τ))
     log_pos_all = F.logsigmoid((a0 - eps) / tau)
     sim1 = _soft_mean(a, log_pos)                                  # [B]
     own = torch.zeros(b, a0.shape[1], device=img.device, dtype=a0.dtype)
@@ -112,9 +116,12 @@ LOSSES = {"lvs": lvs_loss, "ezvsl": ezvsl_loss}
 
 
 def localization_loss(img: torch.Tensor, aud: torch.Tensor, cfg: LossConfig,
-                      training: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                      training: bool = True, guide: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Dispatch on ``cfg.kind``; features are cast to float32 so AMP never changes the loss.
     Negatives are gathered across processes only in training with ``negatives: global``
-    (validation batches differ in size and count between processes)."""
+    (validation batches differ in size and count between processes). ``guide``: the clips'
+    sync maps for ``cfg.sync_guide`` (lvs only; None: the loss without it)."""
     gather = training and cfg.negatives == "global"
+    if guide is not None and cfg.kind == "lvs":
+        return lvs_loss(img.float(), aud.float(), cfg, gather, guide.float())
     return LOSSES[cfg.kind](img.float(), aud.float(), cfg, gather)

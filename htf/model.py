@@ -304,9 +304,10 @@ class HTFModel(nn.Module):
         img, aud = self.features(image, flow, spec)
         out: dict[str, torch.Tensor] = {"image_features": img, "audio_features": aud}
         if return_loss:
-            out["loss"], amap = localization_loss(img, aud, self.cfg.loss, training=self.training)
+            guide = sync if self.training and self.cfg.trains_with_sync() else None
+            out["loss"], amap = localization_loss(img, aud, self.cfg.loss, training=self.training, guide=guide)
             if self.training and hasattr(self, "twin"):   # the fallback learns on the same batch
-                out["loss"] = out["loss"] + self.twin(image, None, spec, return_loss=True)["loss"]
+                out["loss"] = out["loss"] + self.twin(image, None, spec, sync=guide, return_loss=True)["loss"]
         elif not self.training and (self.gate_is_both() or self.mirrors()):
             amap = self._averaged_map(image, flow, spec, own_maps(img, aud))
         else:

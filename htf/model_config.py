@@ -30,10 +30,22 @@ class LossConfig:
     # (features gathered with gradients: 64 x 2 processes = batch 128); local: only with
     # the clips of its own batch.
     negatives: Literal["global", "local"] = "global"
+    # sync_guide (lvs only): in training, the trimap's positive and negative regions of a clip
+    # with its own sound are read from its map plus sync_guide x its sync map (htf.sync: where
+    # the change over the audio window follows the loudness; negatives at 0), while the values
+    # averaged stay the network's. Motion that keeps time with the sound points the loss at
+    # the place to learn, a self-supervised hint that needs no label; 0: the official loss.
+    # Needs training shards with motion series (the pipeline's motion.series: true).
+    sync_guide: float = 0.0
 
     def validate(self) -> None:
         if self.tau <= 0 or self.logit_temperature <= 0 or self.ezvsl_temperature <= 0:
             raise ValueError("tau, logit_temperature and ezvsl_temperature must be > 0")
+        if self.sync_guide < 0:
+            raise ValueError(f"sync_guide must be >= 0 (0: no guide), got {self.sync_guide}")
+        if self.sync_guide > 0 and self.kind != "lvs":
+            raise ValueError(f"sync_guide shapes the lvs loss's trimap; kind '{self.kind}' has none: "
+                             f"set loss.kind=lvs or loss.sync_guide=0")
 
 
 @dataclass
@@ -106,6 +118,10 @@ class ModelConfig:
     def uses_sync(self) -> bool:
         """True when the map may add the sync prior: the model's inputs then include the sync map."""
         return self.flow != "none" and bool(self.motion_prior_weights) and self.motion_prior == "sync"
+
+    def trains_with_sync(self) -> bool:
+        """True when the loss reads each training clip's sync map (loss.sync_guide)."""
+        return self.loss.sync_guide > 0
 
     def validate(self) -> None:
         if self.width < 8 or self.width % 8:

@@ -189,6 +189,25 @@ def test_results_are_split_by_kind_of_clip_with_the_evaluators_threshold(tmp_pat
     assert table[1][0].startswith("HTF") and table[1][1:] == ["0.500", "0.000"]
 
 
+@pytest.mark.parametrize("guide,series", [(0.0, False), (0.5, True)])
+def test_every_split_gets_motion_series_when_the_preset_trains_with_the_sync_guide(tmp_path, monkeypatch,
+                                                                                  guide, series):
+    import apps.demo as demo
+    commands = []
+
+    def fake_run(cmd, log):
+        commands.append(cmd)
+        shards = Path(cmd[cmd.index("--output") + 1])
+        shards.mkdir(parents=True, exist_ok=True)
+        (shards / "sizes.json").write_text('{"x": 1}')
+
+    monkeypatch.setattr(demo, "run_command", fake_run)
+    plan = demo.DemoPlan(output=tmp_path, train_overrides=[f"model.loss.sync_guide={guide}"])
+    demo.make_shards(plan, tmp_path / "world")
+    assert len(commands) == 3
+    assert all(("motion.series=true" in cmd) == series for cmd in commands)
+
+
 @pytest.mark.parametrize("blur", [0.0, 1.5])
 def test_baselines_are_blurred_as_the_preset_blurs_the_models_maps(tmp_path, monkeypatch, blur):
     import apps.demo as demo

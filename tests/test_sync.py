@@ -1,5 +1,5 @@
 """The sync map: motion over time against the sound, from the pipeline's motion series to the
-evaluator's ``sync`` baseline and HTF's sync prior."""
+evaluator's ``sync`` baseline, HTF's sync prior and the loss's sync guide."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -313,3 +313,126 @@ def test_in_the_extended_protocol_a_frame_is_synced_against_the_paired_sound():
     paired = [float(r["confidence"]) for r in rows if r["sounding"] == "0"]
     assert metrics["ciou_at_0.5"] == 1.0 and len(paired) == 6
     assert min(own) > max(paired)
+
+
+# ----------------------------------------------------- the sync guide: a hint for the loss in training
+
+def _loss_features(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    img = torch.nn.functional.normalize(torch.randn(4, 16, 7, 7, generator=g), dim=1)
+    aud = torch.nn.functional.normalize(torch.randn(4, 16, generator=g), dim=1)
+    return img, aud
+
+
+def _guided_loss_config(weight: float):
+    from htf.model_config import LossConfig
+    return LossConfig(sync_guide=weight, negatives="local")
+
+
+def test_a_zero_sync_guide_gives_the_official_loss():
+    from htf.loss import localization_loss
+
+    img, aud = _loss_features()
+    guide = torch.rand(4, 7, 7)
+    plain, _ = localization_loss(img, aud, _guided_loss_config(0.0))
+    unused, _ = localization_loss(img, aud, _guided_loss_config(0.0), guide=guide)
+    assert torch.equal(plain, unused)
+
+
+def test_the_sync_guide_points_the_loss_at_the_place_that_moves_with_the_sound():
+    from htf.loss import localization_loss
+
+    img, aud = _loss_features()
+    guide = torch.zeros(4, 7, 7)
+    guide[:, 4, 5] = 1.0
+
+    def push_towards_the_sound(cfg, given):
+        leaf = img.clone().requires_grad_(True)
+        localization_loss(leaf, aud, cfg, guide=given)[0].backward()
+        return -torch.einsum("nchw,nc->nhw", leaf.grad, aud)[0]      # how descent raises clip 0's map
+
+    plain = push_towards_the_sound(_guided_loss_config(0.0), None)
+    guided = push_towards_the_sound(_guided_loss_config(1.0), guide)
+    assert np.unravel_index(int(guided.argmax()), (7, 7)) == (4, 5)
+    assert float(guided[4, 5]) > 10 * abs(float(plain[4, 5]))
+
+
+@pytest.mark.parametrize("item,message", [
+    ("model.loss.sync_guide=-0.5", "sync_guide must be >= 0"),
+    ("model.loss.kind=ezvsl", "kind 'ezvsl' has none"),
+])
+def test_the_sync_guide_refuses_a_negative_weight_and_a_loss_without_a_trimap(item, message):
+    from htf.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(TrainConfig, None, TINY + ["model.loss.sync_guide=0.5", item])
+
+
+def _guided_arrays(sample, crop_fraction: float, flip: bool):
+    from train.config import AugmentConfig
+    from train.transforms import train_arrays
+
+    cfg = load_config(TrainConfig, None, TINY + ["model.loss.sync_guide=0.5", "model.sync_smooth_frames=6"])
+    aug = AugmentConfig(crop_fraction=[crop_fraction, crop_fraction], hflip=1.0 if flip else 0.0)
+    return train_arrays(sample, cfg.model, aug, np.random.default_rng(0))
+
+
+def test_the_guide_is_cut_and_flipped_as_the_image_is():
+    sample = _with_series(synthetic_sample(0, size=56), (3, 1))
+    *_, whole = _guided_arrays(sample, 1.0, flip=False)
+    *_, mirrored = _guided_arrays(sample, 1.0, flip=True)
+    assert whole.shape == (7, 7) and np.unravel_index(int(whole.argmax()), (7, 7)) == (3, 1)
+    assert np.unravel_index(int(mirrored.argmax()), (7, 7)) == (3, 5)
+
+
+def test_a_training_clip_without_motion_series_is_named_when_the_loss_needs_its_guide():
+    with pytest.raises(ValueError, match="clip 'clip0_00000' has no motion series.*--set motion.series=true"):
+        _guided_arrays(synthetic_sample(0, size=56), 1.0, flip=False)
+
+
+GUIDED_TRAINING = TINY + ["data.batch_size=4", "data.workers=0", "data.shuffle_buffer=8", "data.val_batch_size=8",
+                          "data.expect_settings={}", "train.epochs=1", "train.amp=none",
+                          "model.sync_smooth_frames=6", "model.loss.sync_guide=0.5"]
+
+
+def test_training_with_the_sync_guide_on_shards_without_training_series_stops_before_the_first_step(tmp_path, capsys):
+    from train.__main__ import main
+
+    train = _sync_shards(tmp_path / "data", "train", True, 4, series="eval")
+    val = _sync_shards(tmp_path / "data", "val", True, 4, series="eval")
+    argv = ["--train-shards", train, "--val-shards", val, "--output", str(tmp_path / "run")]
+    for item in GUIDED_TRAINING:
+        argv += ["--set", item]
+    assert main(argv) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: model.loss.sync_guide") and "--set motion.series=true" in err[-1]
+    assert not (tmp_path / "run" / "checkpoints" / "latest.pt").exists()
+
+
+def test_the_flow_net_and_its_twin_both_learn_with_the_guide():
+    cfg = load_config(TrainConfig, None, TINY + ["model.loss.sync_guide=1.0", "model.flow_gate=true",
+                                                 "model.flow_fallback=twin", "model.loss.negatives=local"])
+    model = HTFModel(cfg.model).train()
+    image, flow, spec, guide = (torch.stack(t) for t in zip(*[
+        _guided_arrays(_with_series(synthetic_sample(i, size=56), (3, 1)), 1.0, flip=False) for i in range(4)]))
+    with torch.no_grad():
+        guided = model(image, flow, spec, sync=guide, return_loss=True)["loss"]
+        plain = model(image, flow, spec, return_loss=True)["loss"]
+        twin_guided = model.twin(image, None, spec, sync=guide, return_loss=True)["loss"]
+        twin_plain = model.twin(image, None, spec, return_loss=True)["loss"]
+    assert float(twin_guided) != float(twin_plain)
+    assert float(guided - twin_guided) != float(plain - twin_plain)      # the flow net's own loss changes too
+
+
+def test_a_model_trains_with_the_sync_guide_on_shards_with_motion_series(tmp_path):
+    from htf.model import load_model
+    from train import checkpoint as ckpt
+    from train.__main__ import main
+
+    train = _sync_shards(tmp_path / "data", "train", True, 8)
+    val = _sync_shards(tmp_path / "data", "val", True, 8)
+    argv = ["--train-shards", train, "--val-shards", val, "--output", str(tmp_path / "run")]
+    for item in GUIDED_TRAINING:
+        argv += ["--set", item]
+    assert main(argv) == 0
+    assert load_model(ckpt.best_path(tmp_path / "run")).cfg.loss.sync_guide == 0.5

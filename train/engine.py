@@ -230,8 +230,9 @@ def train_step(model: torch.nn.Module, batch: dict[str, torch.Tensor], optimizer
     fmt = torch.channels_last if use_channels_last(cfg, dev) else torch.contiguous_format
     image, flow = (batch[k].to(dev, non_blocking=True, memory_format=fmt) for k in ("image", "flow"))
     spec = batch["spec"].to(dev, non_blocking=True)
+    guide = batch["sync"].to(dev, non_blocking=True) if "sync" in batch else None   # loss.sync_guide
     with autocast(cfg, dev):
-        loss = model(image, flow, spec, return_loss=True)["loss"]
+        loss = model(image, flow, spec, sync=guide, return_loss=True)["loss"]
     mean_loss = None
     if step % cfg.train.check_finite_every == 0:
         total = du.all_reduce_sum(loss.detach().float().reshape(1).clone(), info)
@@ -499,6 +500,11 @@ def _data_settings(urls: list[str], val_urls: list[str], cfg: TrainConfig) -> di
             f"model.motion_prior: sync chooses its weight on the val clips' sync maps, made from the motion "
             f"series, but the shards ({val_urls[0]}) were made without them: remake every split with the "
             f"pipeline's --set motion.series=eval (series on val and test only) or true, or set model.motion_prior=flow")
+    if cfg.model.trains_with_sync() and urls and settings is not None and (settings.get("motion") or {}).get("series") is not True:
+        raise ShardSettingsError(
+            f"model.loss.sync_guide reads every training clip's sync map, made from the motion series, but the "
+            f"shards ({urls[0]}) were made with motion.series: {(settings.get('motion') or {}).get('series')}: remake "
+            f"the training shards with the pipeline's --set motion.series=true, or set model.loss.sync_guide=0")
     return settings
 
 

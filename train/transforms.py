@@ -6,12 +6,14 @@ vectors following it unless the flow is the official uint8 encoding) and its nor
 """
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import torch
 
 from htf.inputs import fit_time, geometry, official_flow, to_tensors
-from htf.model_config import ModelConfig
+from htf.model_config import MAP_SIZE, ModelConfig
 from htf.sample import ClipSample
+from htf.sync import sync_prior
 from train.config import AugmentConfig
 
 
@@ -34,10 +36,28 @@ def _augment_spec(spec: np.ndarray, aug: AugmentConfig, rng: np.random.Generator
     return spec
 
 
+def guide_map(sample: ClipSample, cfg: ModelConfig, box: tuple[int, int, int, int], flip: bool) -> torch.Tensor:
+    """[7, 7] the clip's sync map (negatives at 0) over the crop ``box`` = (x0, y0, w, h) of its
+    frame, flipped with it: the grid's cells stretched over the frame, cut and shrunk as the
+    image is, so the guide lies where the augmented image shows that place."""
+    if sample.motion is None or sample.loudness is None:
+        raise ValueError(f"clip '{sample.id}' has no motion series, and loss.sync_guide reads the training "
+                         f"clips' sync maps: remake the training shards with the pipeline's --set motion.series=true")
+    h, w = sample.frame.shape[:2]
+    grid = sync_prior(sample.motion, sample.loudness, cfg.sync_smooth_frames)
+    frame_sized = cv2.resize(grid, (w, h), interpolation=cv2.INTER_NEAREST)
+    x0, y0, bw, bh = box
+    guide = cv2.resize(frame_sized[y0:y0 + bh, x0:x0 + bw], (MAP_SIZE, MAP_SIZE), interpolation=cv2.INTER_AREA)
+    if flip:
+        guide = cv2.flip(guide, 1)
+    return torch.from_numpy(np.ascontiguousarray(guide, dtype=np.float32))
+
+
 def train_arrays(sample: ClipSample, cfg: ModelConfig, aug: AugmentConfig,
-                 rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 rng: np.random.Generator) -> tuple[torch.Tensor, ...]:
     """Augmented training inputs: random square crop (a fraction of the short side), flip,
-    brightness/contrast jitter; random audio crop in time, gain, noise, masks."""
+    brightness/contrast jitter; random audio crop in time, gain, noise, masks; with
+    loss.sync_guide, the clip's sync map cut and flipped as the image is (``guide_map``)."""
     h, w = sample.frame.shape[:2]
     side = int(round(min(h, w) * rng.uniform(*aug.crop_fraction)))
     side = max(1, min(side, h, w))
@@ -54,4 +74,5 @@ def train_arrays(sample: ClipSample, cfg: ModelConfig, aug: AugmentConfig,
         spec = fit_time(spec, cfg.audio_frames, int(rng.integers(0, spec.shape[1] - cfg.audio_frames + 1)))
     else:
         spec = fit_time(spec, cfg.audio_frames)
-    return to_tensors(frame, flow, _augment_spec(spec, aug, rng), cfg)
+    tensors = to_tensors(frame, flow, _augment_spec(spec, aug, rng), cfg)
+    return (*tensors, guide_map(sample, cfg, box, flip)) if cfg.trains_with_sync() else tensors
