@@ -166,6 +166,17 @@ def test_presets_that_differ_only_after_training_train_the_same_networks(monkeyp
     assert not wm.trains_the_same("abc1234")
 
 
+def test_with_the_sync_guide_the_sync_maps_smoothing_acts_in_training(monkeypatch, tmp_path):
+    guided = {"model": {"flow": "maxpool", "loss": {"sync_guide": 0.5}, "sync_smooth_frames": 12}}
+    (tmp_path / "tiny.yaml").write_text("model: {flow: maxpool, loss: {sync_guide: 0.5}, sync_smooth_frames: 6}\n")
+    monkeypatch.setattr(wm, "PRESET", tmp_path / "tiny.yaml")
+    monkeypatch.setattr(wm, "_preset_at", lambda commit: guided)
+    assert not wm.trains_the_same("abc1234")
+    (tmp_path / "tiny.yaml").write_text("model: {flow: maxpool, loss: {sync_guide: 0.5}, sync_smooth_frames: 12,"
+                                        " map_blur: 1.5}\n")
+    assert wm.trains_the_same("abc1234")
+
+
 def test_rescoring_from_cells_of_a_preset_that_trains_otherwise_is_refused(monkeypatch, tmp_path, capsys):
     old = tmp_path / "old"
     _write_cell(old, _cell("indep", 400, 0, 0.8, 0.7, 0.5, preset="0123456789ab"))
