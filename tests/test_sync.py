@@ -232,15 +232,21 @@ SYNC_TRAINING = TINY + ["data.batch_size=4", "data.workers=0", "data.shuffle_buf
                         "model.sync_smooth_frames=6", "model.motion_prior_weights=[0.5, 2.0]"]
 
 
-def test_training_a_sync_prior_model_on_shards_without_motion_series_stops_before_the_first_step(tmp_path, capsys):
+def _train(train: str, val: str, output: Path, items: list[str]) -> int:
+    """``python -m train`` on these shards with these ``--set`` items; its exit status."""
     from train.__main__ import main
+
+    argv = ["--train-shards", train, "--val-shards", val, "--output", str(output)]
+    for item in items:
+        argv += ["--set", item]
+    return main(argv)
+
+
+def test_training_a_sync_prior_model_on_shards_without_motion_series_stops_before_the_first_step(tmp_path, capsys):
 
     train = _sync_shards(tmp_path / "data", "train", True, 4, series=False)
     val = _sync_shards(tmp_path / "data", "val", True, 4, series=False)
-    argv = ["--train-shards", train, "--val-shards", val, "--output", str(tmp_path / "run")]
-    for item in SYNC_TRAINING:
-        argv += ["--set", item]
-    assert main(argv) != 0
+    assert _train(train, val, tmp_path / "run", SYNC_TRAINING) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: model.motion_prior: sync") and "--set motion.series=eval" in err[-1]
     assert not (tmp_path / "run" / "checkpoints" / "latest.pt").exists()
@@ -249,14 +255,10 @@ def test_training_a_sync_prior_model_on_shards_without_motion_series_stops_befor
 def test_a_sync_prior_model_trains_on_shards_with_motion_series_on_the_evaluation_splits_only(tmp_path):
     from htf.model import load_model
     from train import checkpoint as ckpt
-    from train.__main__ import main
 
     train = _sync_shards(tmp_path / "data", "train", True, 8, series="eval")
     val = _sync_shards(tmp_path / "data", "val", True, 8, series="eval")
-    argv = ["--train-shards", train, "--val-shards", val, "--output", str(tmp_path / "run")]
-    for item in SYNC_TRAINING:
-        argv += ["--set", item]
-    assert main(argv) == 0
+    assert _train(train, val, tmp_path / "run", SYNC_TRAINING) == 0
     assert load_model(ckpt.best_path(tmp_path / "run")).motion_prior() == 2.0    # chosen on val's series
 
 
@@ -266,14 +268,10 @@ def test_after_training_the_sync_prior_weight_is_chosen_on_val_and_evaluation_us
     from eval.runner import evaluate
     from htf.model import load_model
     from train import checkpoint as ckpt
-    from train.__main__ import main
 
     train = _sync_shards(tmp_path / "data", "train", in_time_on_the_box, 8)
     val = _sync_shards(tmp_path / "data", "val", in_time_on_the_box, 8)
-    argv = ["--train-shards", train, "--val-shards", val, "--output", str(tmp_path / "run")]
-    for item in SYNC_TRAINING:
-        argv += ["--set", item]
-    assert main(argv) == 0
+    assert _train(train, val, tmp_path / "run", SYNC_TRAINING) == 0
     model = load_model(ckpt.best_path(tmp_path / "run"))
     assert model.motion_prior() == chosen
     assert f"sync prior weight {chosen:g}" in (tmp_path / "run/train.log").read_text()
@@ -396,14 +394,10 @@ GUIDED_TRAINING = TINY + ["data.batch_size=4", "data.workers=0", "data.shuffle_b
 
 
 def test_training_with_the_sync_guide_on_shards_without_training_series_stops_before_the_first_step(tmp_path, capsys):
-    from train.__main__ import main
 
     train = _sync_shards(tmp_path / "data", "train", True, 4, series="eval")
     val = _sync_shards(tmp_path / "data", "val", True, 4, series="eval")
-    argv = ["--train-shards", train, "--val-shards", val, "--output", str(tmp_path / "run")]
-    for item in GUIDED_TRAINING:
-        argv += ["--set", item]
-    assert main(argv) != 0
+    assert _train(train, val, tmp_path / "run", GUIDED_TRAINING) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: model.loss.sync_guide") and "--set motion.series=true" in err[-1]
     assert not (tmp_path / "run" / "checkpoints" / "latest.pt").exists()
@@ -427,12 +421,8 @@ def test_the_flow_net_and_its_twin_both_learn_with_the_guide():
 def test_a_model_trains_with_the_sync_guide_on_shards_with_motion_series(tmp_path):
     from htf.model import load_model
     from train import checkpoint as ckpt
-    from train.__main__ import main
 
     train = _sync_shards(tmp_path / "data", "train", True, 8)
     val = _sync_shards(tmp_path / "data", "val", True, 8)
-    argv = ["--train-shards", train, "--val-shards", val, "--output", str(tmp_path / "run")]
-    for item in GUIDED_TRAINING:
-        argv += ["--set", item]
-    assert main(argv) == 0
+    assert _train(train, val, tmp_path / "run", GUIDED_TRAINING) == 0
     assert load_model(ckpt.best_path(tmp_path / "run")).cfg.loss.sync_guide == 0.5
