@@ -99,9 +99,10 @@ def lvs_loss(img: torch.Tensor, aud: torch.Tensor, cfg: LossConfig,
 
 
 def ezvsl_loss(img: torch.Tensor, aud: torch.Tensor, cfg: LossConfig,
-               gather: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+               gather: bool = False, guide: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Multiple-instance InfoNCE: pair score = max over locations, symmetric over the batch
-    (this process's images against every audio, this process's audio against every image)."""
+    (this process's images against every audio, this process's audio against every image).
+    It has no trimap for a ``guide`` to shape (LossConfig refuses sync_guide with it)."""
     img_all, offset = gather_negatives(img, gather)
     aud_all, _ = gather_negatives(aud, gather)
     t = cfg.ezvsl_temperature
@@ -122,6 +123,4 @@ def localization_loss(img: torch.Tensor, aud: torch.Tensor, cfg: LossConfig,
     (validation batches differ in size and count between processes). ``guide``: the clips'
     sync maps for ``cfg.sync_guide`` (lvs only; None: the loss without it)."""
     gather = training and cfg.negatives == "global"
-    if guide is not None and cfg.kind == "lvs":
-        return lvs_loss(img.float(), aud.float(), cfg, gather, guide.float())
-    return LOSSES[cfg.kind](img.float(), aud.float(), cfg, gather)
+    return LOSSES[cfg.kind](img.float(), aud.float(), cfg, gather, None if guide is None else guide.float())

@@ -243,7 +243,6 @@ def _train(train: str, val: str, output: Path, items: list[str]) -> int:
 
 
 def test_training_a_sync_prior_model_on_shards_without_motion_series_stops_before_the_first_step(tmp_path, capsys):
-
     train = _sync_shards(tmp_path / "data", "train", True, 4, series=False)
     val = _sync_shards(tmp_path / "data", "val", True, 4, series=False)
     assert _train(train, val, tmp_path / "run", SYNC_TRAINING) != 0
@@ -394,7 +393,6 @@ GUIDED_TRAINING = TINY + ["data.batch_size=4", "data.workers=0", "data.shuffle_b
 
 
 def test_training_with_the_sync_guide_on_shards_without_training_series_stops_before_the_first_step(tmp_path, capsys):
-
     train = _sync_shards(tmp_path / "data", "train", True, 4, series="eval")
     val = _sync_shards(tmp_path / "data", "val", True, 4, series="eval")
     assert _train(train, val, tmp_path / "run", GUIDED_TRAINING) != 0
