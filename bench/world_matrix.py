@@ -13,8 +13,10 @@ which cells ran.
                                  [--rescore-from DIR] [--preset configs/train/CANDIDATE.yaml]
 
 Every cell records the preset it was trained with (the SHA-256 of its file and the commit);
-the default work folder is one per preset (bench/world_runs/preset-<sha>), and a work folder
-holding cells of another preset is refused, so one table never mixes presets.
+the default work folder is one per preset (bench/world_runs/preset-<sha>-scoring<N>), and a work
+folder holding cells of another preset is refused, so one table never mixes presets. Cells
+also record ``SCORING``, the revision of the code that scores them: a cell of another revision
+counts as another preset's.
 
 The claimed preset is the demo's, configs/train/tiny.yaml. A candidate (``--preset``, a full
 copy of tiny.yaml with its changes) gets its matrix beside the claimed one, over as many
@@ -89,6 +91,25 @@ def preset_id(path: Path | None = None) -> str:
     return hashlib.sha256((path or PRESET).read_bytes()).hexdigest()[:12]
 
 
+# What a preset's cells measure depends on code too; this is raised when code changes the
+# numbers of an unchanged preset, so cells made the old way are neither reused nor mixed in.
+# 1: cells before it was recorded; 2: the prior's weight is scored on the maps the model then
+# gives (the prior added, then the blur), no longer on the blurred map plus the prior.
+SCORING = 2
+
+
+def cell_identity(cell: dict[str, Any]) -> str:
+    """The preset SHA a cell was made with, marked with its scoring when that is not today's."""
+    preset = cell.get("preset", {})
+    sha, scoring = preset.get("sha256", "unrecorded"), preset.get("scoring", 1)
+    return sha if scoring == SCORING else f"{sha} (scoring {scoring})"
+
+
+def preset_record() -> dict[str, Any]:
+    """What a cell records of how it was made: preset file, SHA, commit and scoring."""
+    return {"file": shown(PRESET), "sha256": preset_id(), "commit": git_commit(), "scoring": SCORING}
+
+
 # Files whose edits cannot change a cell: the pages and the results this script rewrites
 # after every cell (so a running matrix does not call its own checkout dirty).
 NOT_CODE = (":(exclude)*.md", ":(exclude)bench/results_worlds*.json")
@@ -117,8 +138,7 @@ def run_cell(work: Path, world: str, n: int, seed: int) -> dict[str, Any]:
     plan = DemoPlan(output=out.resolve(), n=n, seed=seed, world=world, heatmaps=0, train_config=PRESET)
     summary = run_demo(plan)
     results = json.loads((out / "results.json").read_text())
-    cell = {"world": world, "n": n, "seed": seed, "preset": {"file": shown(PRESET),
-                                                             "sha256": preset_id(), "commit": git_commit()},
+    cell = {"world": world, "n": n, "seed": seed, "preset": preset_record(),
             "results": results["results"],
             "by_kind": results["by_kind"], "seconds": summary["seconds"],
             "selected": chosen_on_val(out / "runs" / "htf")}
@@ -230,8 +250,7 @@ def rescore_cell(old: Path, work: Path, world: str, n: int, seed: int) -> dict[s
         results[baseline] = evaluate(plan, shards, baseline, baseline=baseline)
         by_kind[baseline] = results_by_kind(out / "eval" / baseline, clip_kinds(made))
     run = out / "runs" / "htf"
-    cell = {"world": world, "n": n, "seed": seed, "preset": {"file": shown(PRESET),
-                                                             "sha256": preset_id(), "commit": git_commit()},
+    cell = {"world": world, "n": n, "seed": seed, "preset": preset_record(),
             "results": {k: results[k] for k in before["results"]}, "by_kind": by_kind,
             "seconds": before["seconds"], "selected": chosen_on_val(run),
             "rescored_from": {"preset": before["preset"], "cell": str(old)}}
@@ -287,11 +306,11 @@ def _check(ok: bool | None) -> str:
 
 
 def cell_preset(path: Path) -> str | None:
-    """The preset SHA a finished cell was trained with; None: not finished; 'unrecorded': made
-    before cells recorded their preset."""
+    """The preset a finished cell was made with (cell_identity); None: not finished;
+    'unrecorded': made before cells recorded their preset."""
     if not path.is_file():
         return None
-    return json.loads(path.read_text()).get("preset", {}).get("sha256", "unrecorded")
+    return cell_identity(json.loads(path.read_text()))
 
 
 def write_results(work: Path, planned: list[tuple[str, int, int]], json_path: Path, md_path: Path,
@@ -314,7 +333,7 @@ def write_results(work: Path, planned: list[tuple[str, int, int]], json_path: Pa
     missing = [cell_name(*p) for p in planned if cell_name(*p) not in cells]
     commits = sorted({c["preset"]["commit"] for c in cells.values()})
     atomic_write_text(json_path, json.dumps({"preset": {"file": shown(PRESET), "sha256": preset,
-                                                "commits": commits},
+                                                "commits": commits, "scoring": SCORING},
                                      "cells": cells, "rows": rows, "not_run": missing,
                                      "goal": {"noflow_tolerance": NOFLOW_TOLERANCE,
                                               "baseline_margin": BASELINE_MARGIN,
@@ -349,7 +368,7 @@ def recover_cells(json_path: Path, work: Path, preset: str) -> int:
     recovered = 0
     for name, cell in json.loads(json_path.read_text()).get("cells", {}).items():
         target = work / name / "cell.json"
-        if cell.get("preset", {}).get("sha256") == preset and not target.is_file():
+        if cell_identity(cell) == preset and not target.is_file():
             target.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(target, json.dumps(cell, indent=1))
             recovered += 1
@@ -400,7 +419,8 @@ def render_markdown(rows: list[dict[str, Any]], missing: list[str], preset: str,
              "Written by `python bench/world_matrix.py`; every cell is one `apps.demo --world NAME` run "
              "(selection on the val split only). Every row was made with one preset: "
              f"`{shown(PRESET)}` of SHA-256 `{preset}…`"
-             + (f" (commit {', '.join(commits)})" if commits else "") + ".", "",
+             + (f" (commit {', '.join(commits)})" if commits else "") + f", scored the way revision {SCORING} "
+             "scores (`SCORING` in bench/world_matrix.py).", "",
              "| world | clips | seeds | HTF | no flow | flow magnitude | center | sync | HTF − no flow | "
              "HTF − best baseline | same-class clips: HTF / no flow | never costs (≥ −0.02) | "
              "beats baselines (≥ +0.15) | motion tells (≥ +0.10) | flow gate (val) | motion prior (val) |",
@@ -434,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
                         "one is a candidate: its results go to bench/results_worlds_<name>.* and no page is "
                         "rewritten, so the claimed matrix stays until the candidate's file replaces tiny.yaml")
     p.add_argument("--work", default=None,
-                   help="one folder per cell (default: bench/world_runs/preset-<sha of the preset>)")
+                   help="one folder per cell (default: bench/world_runs/preset-<sha of the preset>-scoring<SCORING>)")
     p.add_argument("--max-cells", type=int, default=None, help="stop after running this many cells")
     p.add_argument("--report-only", action="store_true", help="rewrite the results from finished cells")
     p.add_argument("--out", default=None,
@@ -483,7 +503,7 @@ def _matrix(a: argparse.Namespace) -> int:
     page = Path(a.page) if a.page else (defaults["page"] if a.page is None else None)
     readme = Path(a.readme) if a.readme else (defaults["readme"] if a.readme is None else None)
     preset = preset_id()
-    work = Path(a.work) if a.work else ROOT / "bench" / "world_runs" / f"preset-{preset}"
+    work = Path(a.work) if a.work else ROOT / "bench" / "world_runs" / f"preset-{preset}-scoring{SCORING}"
     foreign = [cell_name(*p) for p in planned
                if cell_preset(work / cell_name(*p) / "cell.json") not in (None, preset)]
     if foreign:

@@ -298,9 +298,12 @@ class HTFModel(nn.Module):
         return img
 
     def forward(self, image: torch.Tensor, flow: torch.Tensor | None, spec: torch.Tensor,
-                sync: torch.Tensor | None = None, return_loss: bool = False) -> dict[str, torch.Tensor]:
+                sync: torch.Tensor | None = None, return_loss: bool = False,
+                finish: bool = True) -> dict[str, torch.Tensor]:
         """``sync`` [B, 7, 7]: the clips' sync prior (htf.inputs.sync_input), needed only by a
-        model whose map adds it (``model.motion_prior: sync`` with a weight chosen)."""
+        model whose map adds it (``model.motion_prior: sync`` with a weight chosen).
+        ``finish`` False: the evaluation map before the prior and the blur (``finish_map``), the
+        map the trainer weighs prior weights on."""
         img, aud = self.features(image, flow, spec)
         out: dict[str, torch.Tensor] = {"image_features": img, "audio_features": aud}
         if return_loss:
@@ -312,13 +315,21 @@ class HTFModel(nn.Module):
             amap = self._averaged_map(image, flow, spec, own_maps(img, aud))
         else:
             amap = own_maps(img, aud)
-        weight = self.motion_prior()
-        if not self.training and weight > 0:
-            amap = with_motion_prior(amap, self.prior_map(flow, sync), weight)
-        if not self.training and self.blurs():
-            amap = smooth_maps(amap, self.cfg.map_blur)
+        if not self.training and finish:
+            weight = self.motion_prior()
+            amap = self.finish_map(amap, self.prior_map(flow, sync) if weight > 0 else None, weight)
         out["map"] = amap
         return out
+
+    def finish_map(self, amap: torch.Tensor, prior: torch.Tensor | None, weight: float) -> torch.Tensor:
+        """The evaluation map's last steps: ``weight`` x the prior added (with_motion_prior),
+        then the blur once switched on. The trainer scores each candidate weight through this
+        too, so val weighs the very maps the model then gives."""
+        if weight > 0:
+            amap = with_motion_prior(amap, prior, weight)
+        if self.blurs():
+            amap = smooth_maps(amap, self.cfg.map_blur)
+        return amap
 
     def prior_map(self, flow: torch.Tensor | None, sync: torch.Tensor | None) -> torch.Tensor:
         """[B, 7, 7] the motion the prior adds: the flow's (``motion_map``) or the sync map."""

@@ -116,6 +116,29 @@ def test_after_training_the_weight_is_chosen_on_val_and_written_into_best(tmp_pa
     assert f"motion prior weight {chosen:g}" in metrics["predictor"]          # the report says which map
 
 
+def test_each_prior_weight_is_scored_on_the_very_maps_the_model_then_gives(tmp_path):
+    """With the blur on, val weighs blur(map + w x prior), the map evaluation sees, not the
+    blurred map plus an unblurred prior."""
+    from htf.shards import read_samples
+    from htf.inputs import eval_inputs
+    from train.distributed import DistInfo
+    from train.engine import _box_score, _scored_ciou, calibrate_motion_prior
+    torch.manual_seed(0)
+    val = _shards(tmp_path, "val", True, 16)
+    cfg = load_config(TrainConfig, None, TINY + ["model.motion_prior_weights=[0.5, 2.0, 8.0]", "model.map_blur=1.5"])
+    model = HTFModel(cfg.model).eval()
+    model.map_blurred.fill_(1)
+    record = calibrate_motion_prior(model, [val], cfg, DistInfo())
+    samples = [s for _, s in read_samples([val], lambda *a: None)]
+    inputs = [torch.stack(parts) for parts in zip(*(eval_inputs(s, model) for s in samples))]
+    for weight, score in record["motion_prior_scores"].items():
+        model.motion_prior_weight.fill_(float(weight))
+        with torch.no_grad():
+            maps = model(*inputs)["map"].numpy()
+        given = _box_score([_scored_ciou(m, s.boxes, s.meta.box_format) for m, s in zip(maps, samples)], cfg)[0]
+        assert score == pytest.approx(given, abs=1e-6), weight
+
+
 def test_with_no_minimum_gain_the_prior_weight_is_the_first_best():
     from train.engine import _first_best, prior_from_scores
     for values in [(0.5, 0.6, 0.55), (0.5, 0.5, 0.4), (0.6, 0.5, 0.6), (0.5, 0.55, 0.55)]:

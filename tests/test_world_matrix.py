@@ -19,7 +19,8 @@ def _cell(world, n, seed, htf, noflow, flow, same=None, preset=None, prior=None)
                    "noflow": {"same": {"ciou_at_0.5": same[1], "n": 60}}}
     selected = {"flow_gate": 1} if prior is None else {"flow_gate": 1, "motion_prior_weight": prior}
     return {"world": world, "n": n, "seed": seed, "by_kind": by_kind, "selected": selected,
-            "preset": {"file": "configs/train/tiny.yaml", "sha256": preset or wm.preset_id(), "commit": "abc1234"},
+            "preset": {"file": "configs/train/tiny.yaml", "sha256": preset or wm.preset_id(), "commit": "abc1234",
+                       "scoring": wm.SCORING},
             "results": {"htf": m(htf), "noflow": m(noflow), "flow": m(flow), "center": m(0.0), "random": m(0.0)}}
 
 
@@ -234,6 +235,21 @@ def test_a_candidate_preset_writes_its_own_results_and_no_page():
     assert candidate == {"out": wm.ROOT / "bench" / "results_worlds_tiny-next", "page": None, "readme": None}
 
 
+def test_a_cell_of_the_same_preset_scored_by_older_code_is_neither_recovered_nor_reported(tmp_path):
+    today, older = _cell("indep", 400, 0, 0.8, 0.7, 0.5), _cell("indep", 400, 1, 0.6, 0.7, 0.5)
+    older["preset"].pop("scoring")                     # made before cells recorded it: revision 1
+    results = tmp_path / "r.json"
+    results.write_text(json.dumps({"cells": {"indep-400-s0": today, "indep-400-s1": older}}))
+    work = tmp_path / "work"
+    assert wm.recover_cells(results, work, wm.preset_id()) == 1
+    _write_cell(work, older)
+    assert wm.cell_preset(work / "indep-400-s1" / "cell.json") == f"{wm.preset_id()} (scoring 1)"
+    rows = wm.write_results(work, [("indep", 400, 0), ("indep", 400, 1)], results, tmp_path / "r.md")
+    assert rows[0]["seeds"] == [0]
+    assert wm.main(["--worlds", "indep", "--sizes", "400", "--seeds", "1", "--work", str(work),
+                    "--out", str(tmp_path / "r"), "--page", "", "--readme", ""]) == 2   # refused, not rerun over it
+
+
 def test_a_candidate_matrix_names_its_preset_and_leaves_the_claimed_one_alone(tmp_path):
     candidate = tmp_path / "tiny-next.yaml"
     candidate.write_bytes(wm.CLAIMED_PRESET.read_bytes() + b"# candidate: one more line\n")
@@ -249,7 +265,8 @@ def test_a_candidate_matrix_names_its_preset_and_leaves_the_claimed_one_alone(tm
     text = (tmp_path / "r.md").read_text()
     assert f"`{candidate}` of SHA-256 `{sha}…`" in text and "| indep | 400 | 0 (< 3) | 0.800 |" in text
     assert json.loads((tmp_path / "r.json").read_text())["preset"] == {"file": str(candidate), "sha256": sha,
-                                                                       "commits": ["abc1234"]}
+                                                                       "commits": ["abc1234"],
+                                                                       "scoring": wm.SCORING}
     assert {p: p.read_text() for p in claimed_pages} == claimed_pages
     assert wm.PRESET == wm.CLAIMED_PRESET           # the run does not leave its preset behind
 

@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from htf.config import dump_config, save_config, to_dict
 from htf.io import atomic_path, atomic_write_json
 from htf.metrics import clip_ciou, summarize
-from htf.model import GATE_BOTH, HTFModel, checkpoint_payload, load_model, with_motion_prior
+from htf.model import GATE_BOTH, HTFModel, checkpoint_payload, load_model
 from htf.shards import count_samples, expand_shards
 from train import checkpoint as ckpt
 from train import distributed as du
@@ -381,7 +381,7 @@ def calibrate_motion_prior(model: HTFModel, urls: list[str], cfg: TrainConfig,
     for batch, metas in val_loader(urls, cfg.model, cfg.data, info.rank, info.world):
         image, flow, spec = (batch[k].to(info.device) for k in ("image", "flow", "spec"))
         with autocast(cfg, info.device):
-            maps = model(image, flow, spec)["map"].float().cpu()
+            maps = model(image, flow, spec, finish=False)["map"].float().cpu()
         sync = batch["sync"].to(info.device) if "sync" in batch else None
         motion = model.prior_map(flow, sync).cpu()
         clips += [(maps[i], motion[i], meta["boxes"], meta["box_format"])
@@ -393,7 +393,7 @@ def calibrate_motion_prior(model: HTFModel, urls: list[str], cfg: TrainConfig,
                 "motion_prior_scores": {}, "motion_prior_clips": 0}
     scores: dict[float, float] = {}
     for weight in [0.0, *sorted(cfg.model.motion_prior_weights)]:
-        cious = [_scored_ciou(with_motion_prior(m[None], mo[None], weight)[0].numpy(), boxes, fmt)
+        cious = [_scored_ciou(model.finish_map(m[None], mo[None], weight)[0].float().numpy(), boxes, fmt)
                  for m, mo, boxes, fmt in clips]
         scores[weight] = _box_score(cious, cfg)[0]
     chosen = prior_from_scores(scores, cfg.train.motion_prior_min_gain)
