@@ -781,7 +781,7 @@ def make_after_training_choices(model: HTFModel, val_urls: list[str], cfg: Train
     if hasattr(model, "mirror_averaged"):
         model.mirror_averaged.fill_(1.0)
         chosen["mirror_averaged"] = 1
-    if hasattr(model, "map_blurred"):        # the gate and the prior are chosen for the blurred map
+    if hasattr(model, "map_blurred"):        # the gate and the prior are chosen for the map the model gives, blurred
         model.map_blurred.fill_(1.0)
         chosen["map_blur"] = model.cfg.map_blur
     if "flow_gate" in after_training_choices(model):
