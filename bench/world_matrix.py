@@ -54,6 +54,7 @@ from apps.demo import (BASELINE_MARGIN, BASELINES, MOTION_MARGIN, NOFLOW_TOLERAN
                        DemoPlan, chosen_on_val, run_demo)
 from apps.synth import WORLDS  # noqa: E402
 from htf.io import atomic_write_text  # noqa: E402
+from train.engine import AFTER_TRAINING_KEYS  # noqa: E402
 
 # distractors-same (silent movers and same-class pairs: flow magnitude misleads and only motion
 # with the sound tells) joined with the eighth preset, after its 24 cells, as the harder sibling.
@@ -148,15 +149,8 @@ def run_cell(work: Path, world: str, n: int, seed: int) -> dict[str, Any]:
     return cell
 
 
-# Keys that act only after training (train.engine.make_after_training_choices): a preset that
-# differs from another only in these trains exactly the same networks.
-AFTER_TRAINING_KEYS = ("model.motion_prior_weights", "model.motion_prior_floor", "model.motion_prior",
-                       "model.sync_smooth_frames", "model.mirror_average", "model.twin_average",
-                       "model.map_blur", "train.gate_both_margin", "train.motion_prior_min_gain")
-
-
 def _after_training_keys() -> list[tuple[str, str]]:
-    """AFTER_TRAINING_KEYS as (config section, key)."""
+    """train.engine.AFTER_TRAINING_KEYS as (config section, key)."""
     return [tuple(dotted.split(".")) for dotted in AFTER_TRAINING_KEYS]
 
 
@@ -184,34 +178,16 @@ def trains_the_same(old_commit: str) -> bool:
 
 
 def with_todays_after_training_choice(old_best: Path, new_best: Path, val_urls: list[str]) -> dict[str, Any]:
-    """``old_best`` as today's preset would have ended it: today's after-training keys in its
-    config, and the trainer's after-training choices on ``val_urls`` (the same function, in one
-    process), written to ``new_best``. Returns the choices and the step."""
-    import torch
-
+    """``old_best`` as today's preset would have ended it: today's after-training keys, and the
+    trainer's after-training choices on ``val_urls`` (train.engine.choose_after_training_again),
+    written to ``new_best``. Returns the choices and the step."""
     from htf.config import load_config
-    from htf.model import HTFModel, model_from_state
-    from train import checkpoint as ckpt
     from train.config import TrainConfig
-    from train.distributed import DistInfo
-    from train.engine import after_training_choices, make_after_training_choices
+    from train.engine import choose_after_training_again
 
-    saved = ckpt.load(old_best)
     today = load_config(TrainConfig, PRESET)
-    for section, key in _after_training_keys():
-        saved["config"].setdefault(section, {})[key] = getattr(getattr(today, section), key)
-    cfg = load_config(TrainConfig, base=saved["config"])
-    names = after_training_choices(HTFModel(cfg.model))
-    for name in names:
-        saved["model"].setdefault(name, torch.zeros(()))      # a buffer the old preset had not
-    model = model_from_state(saved["model"], cfg.model, str(old_best)).eval()
-    model.data_settings = saved.get("data_settings")
-    chosen = make_after_training_choices(model, val_urls, cfg, DistInfo())
-    for name in names:
-        saved["model"][name] = getattr(model, name).detach().clone()
-    saved["best_metrics"] = {**saved.get("best_metrics", {}), **chosen}
-    ckpt.save_atomic(saved, new_best)
-    return {"step": saved["step"], **chosen}
+    changes = {f"{section}.{key}": getattr(getattr(today, section), key) for section, key in _after_training_keys()}
+    return choose_after_training_again(old_best, new_best, val_urls, changes)
 
 
 def rescore_cell(old: Path, work: Path, world: str, n: int, seed: int) -> dict[str, Any]:

@@ -206,7 +206,7 @@ class HTFModel(nn.Module):
             # Chosen on the validation split by the trainer (train.flow_gate_min_gain); starts
             # closed, so an unvalidated model is the no-flow model of its weights (or its twin).
             self.register_buffer("flow_gate", torch.zeros(()))
-        if cfg.flow != "none" and cfg.motion_prior_weights:
+        if cfg.has_motion_prior():
             # Chosen on the validation split after training (train.engine.calibrate_motion_prior);
             # 0 until then, so the map is the network's own.
             self.register_buffer("motion_prior_weight", torch.zeros(()))
@@ -240,8 +240,8 @@ class HTFModel(nn.Module):
         so the gate compares what flow adds, not two random starts."""
         twin = HTFModel(dataclasses.replace(self.cfg, flow="none", flow_local=False, flow_dropout=0.0, flow_gate=False,
                                             flow_fallback="shared", vision_weights=None,   # copied below
-                                            mirror_average=False, twin_average=False,  # the holder averages
-                                            map_blur=0.0))                              # and blurs
+                                            mirror_average=False, twin_average=False,  # the holder averages,
+                                            map_blur=0.0, sync_prior_without_flow=False))  # blurs, adds
         twin.imgnet.load_state_dict(self.imgnet.state_dict())
         twin.audnet.load_state_dict(self.audnet.state_dict())
         return twin

@@ -84,6 +84,11 @@ class ModelConfig:
     # Needs shards with motion series (the pipeline's motion.series) at validation and test.
     motion_prior: Literal["flow", "sync"] = "flow"
     sync_smooth_frames: int = 12        # the sync map's smoothing, in frames
+    # The sync prior on a `flow: none` model too: the sync map is made from grey-level change,
+    # not from flow. Off in the presets, so their no-flow run stays a model with no motion
+    # cue; apps.demo turns it on after training to read the no-flow run with the sync prior
+    # (what optical flow adds beyond it). After training only, like the prior itself.
+    sync_prior_without_flow: bool = False
     # After training only (the trainer sets them in best.pt; validation during training and
     # checkpoint selection see one network's map on the clip as it is).
     # mirror_average: the map is the mean of the clip's map and its mirror image's map
@@ -115,9 +120,15 @@ class ModelConfig:
     audio_frames: int | None = None  # spectrogram frames fed to the net (None: as stored)
     loss: LossConfig = field(default_factory=LossConfig)
 
+    def has_motion_prior(self) -> bool:
+        """True when a prior weight is chosen after training: candidates given, and motion to
+        add (flow, or the sync map, which a flow-free model adds with sync_prior_without_flow)."""
+        motion = self.flow != "none" or (self.motion_prior == "sync" and self.sync_prior_without_flow)
+        return bool(self.motion_prior_weights) and motion
+
     def uses_sync(self) -> bool:
         """True when the map may add the sync prior: the model's inputs then include the sync map."""
-        return self.flow != "none" and bool(self.motion_prior_weights) and self.motion_prior == "sync"
+        return self.has_motion_prior() and self.motion_prior == "sync"
 
     def trains_with_sync(self) -> bool:
         """True when the loss reads each training clip's sync map (loss.sync_guide)."""
@@ -140,6 +151,9 @@ class ModelConfig:
         if any(w <= 0 for w in self.motion_prior_weights):
             raise ValueError(f"motion_prior_weights must all be > 0 (0, the map alone, is always a "
                              f"candidate), got {self.motion_prior_weights}")
+        if self.sync_prior_without_flow and self.motion_prior != "sync":
+            raise ValueError("sync_prior_without_flow gives a flow-free model the sync prior: it needs "
+                             f"motion_prior: sync, got motion_prior: {self.motion_prior}")
         if self.sync_smooth_frames < 1:
             raise ValueError(f"sync_smooth_frames must be >= 1, got {self.sync_smooth_frames}")
         if self.map_blur < 0:

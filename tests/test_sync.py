@@ -2,6 +2,7 @@
 evaluator's ``sync`` baseline, HTF's sync prior and the loss's sync guide."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import av
@@ -280,6 +281,55 @@ def test_after_training_the_sync_prior_weight_is_chosen_on_val_and_evaluation_us
         from apps.localize import localize
         result = localize(model, str(_flicker_clip(tmp_path / "flicker.mp4")), tmp_path / "where", every=50)
         assert result["pipeline"]["motion"]["series"] and len(result["analysed_frames"]) == 2
+
+
+def test_a_flow_free_model_adds_the_sync_prior_only_when_asked_to():
+    plain = load_config(TrainConfig, None, TINY + ["model.flow=none", "model.motion_prior=sync",
+                                                 "model.motion_prior_weights=[1.0]"]).model
+    asked = dataclasses.replace(plain, sync_prior_without_flow=True)
+    assert not plain.uses_sync() and not hasattr(HTFModel(plain), "motion_prior_weight")
+    assert asked.uses_sync() and hasattr(HTFModel(asked), "motion_prior_weight")
+    assert len(eval_inputs(_with_series(synthetic_sample(0)), HTFModel(asked).eval())) == 4
+
+
+def test_a_twin_holds_no_prior_of_its_own_whatever_its_holder_adds():
+    cfg = load_config(TrainConfig, None, TINY + ["model.flow_gate=true", "model.flow_fallback=twin",
+                                                 "model.motion_prior=sync", "model.motion_prior_weights=[1.0]",
+                                                 "model.sync_prior_without_flow=true"]).model
+    assert "twin.motion_prior_weight" not in HTFModel(cfg).state_dict()
+
+
+def test_the_sync_prior_without_flow_needs_the_sync_prior_and_names_the_key():
+    from htf.config import ConfigError
+    with pytest.raises(ConfigError, match="sync_prior_without_flow"):
+        load_config(TrainConfig, None, TINY + ["model.flow=none", "model.motion_prior_weights=[1.0]",
+                                               "model.sync_prior_without_flow=true"])
+
+
+def test_a_no_flow_run_read_again_with_the_sync_prior_chooses_its_weight_on_val(tmp_path):
+    from eval.runner import evaluate
+    from htf.model import load_model
+    from train import checkpoint as ckpt
+    from train.engine import choose_after_training_again
+
+    train = _sync_shards(tmp_path / "data", "train", True, 8)
+    val = _sync_shards(tmp_path / "data", "val", True, 8)
+    assert _train(train, val, tmp_path / "run", SYNC_TRAINING + ["model.flow=none"]) == 0
+    assert load_model(ckpt.best_path(tmp_path / "run")).motion_prior() == 0.0     # the plain no-flow run
+    chosen = choose_after_training_again(ckpt.best_path(tmp_path / "run"), tmp_path / "with_sync.pt", [val],
+                                         {"model.sync_prior_without_flow": True})
+    model = load_model(tmp_path / "with_sync.pt")
+    assert chosen["motion_prior_weight"] == model.motion_prior() == 2.0
+    assert "flow: none" in evaluate(model, val, tmp_path / "eval")["predictor"]
+    before = ckpt.load(ckpt.best_path(tmp_path / "run"))["model"]
+    after = ckpt.load(tmp_path / "with_sync.pt")["model"]
+    assert all(torch.equal(before[k], after[k]) for k in before)                  # the same network
+
+
+def test_reading_a_run_again_refuses_a_key_that_acts_in_training(tmp_path):
+    from train.engine import choose_after_training_again
+    with pytest.raises(ValueError, match="model.width act"):
+        choose_after_training_again(tmp_path / "best.pt", tmp_path / "new.pt", [], {"model.width": 32})
 
 
 def test_in_the_extended_protocol_a_frame_is_synced_against_the_paired_sound():

@@ -705,6 +705,44 @@ def _validate_and_select(model: HTFModel, val_urls: list[str], cfg: TrainConfig,
         save(ckpt.best_path(output))
 
 
+# Keys that act only after training (make_after_training_choices): runs that differ only in
+# these train exactly the same networks, so a kept best.pt can be ended with other values
+# (choose_after_training_again) instead of training again.
+AFTER_TRAINING_KEYS = ("model.motion_prior_weights", "model.motion_prior_floor", "model.motion_prior",
+                       "model.sync_smooth_frames", "model.sync_prior_without_flow", "model.mirror_average",
+                       "model.twin_average", "model.map_blur", "train.gate_both_margin",
+                       "train.motion_prior_min_gain")
+
+
+def choose_after_training_again(old_best: Path, new_best: Path, val_urls: list[str],
+                                changes: dict[str, Any]) -> dict[str, Any]:
+    """``old_best`` with after-training keys changed (``changes``: dotted key -> value, keys of
+    AFTER_TRAINING_KEYS only) and the after-training choices made again on ``val_urls``, in
+    this process, written to ``new_best``. Returns the step and the choices."""
+    from htf.config import load_config
+    from htf.model import model_from_state
+
+    others = sorted(set(changes) - set(AFTER_TRAINING_KEYS))
+    if others:
+        raise ValueError(f"{', '.join(others)} act(s) in training: train a run with the change instead")
+    saved = ckpt.load(old_best)
+    for dotted, value in changes.items():
+        section, key = dotted.split(".", 1)
+        saved["config"].setdefault(section, {})[key] = value
+    cfg = load_config(TrainConfig, base=saved["config"])
+    names = after_training_choices(HTFModel(cfg.model))
+    for name in names:
+        saved["model"].setdefault(name, torch.zeros(()))      # a buffer the old settings had not
+    model = model_from_state(saved["model"], cfg.model, str(old_best)).eval()
+    model.data_settings = saved.get("data_settings")
+    chosen = make_after_training_choices(model, val_urls, cfg, du.DistInfo())
+    for name in names:
+        saved["model"][name] = getattr(model, name).detach().clone()
+    saved["best_metrics"] = {**saved.get("best_metrics", {}), **chosen}
+    ckpt.save_atomic(saved, new_best)
+    return {"step": saved["step"], **chosen}
+
+
 def after_training_choices(model: HTFModel) -> list[str]:
     """The buffers best.pt gets after training: the mirror average, the blur, the gate chosen again with
     its third position (model.twin_average), the motion prior weight."""
