@@ -64,8 +64,10 @@ DEFAULT_WORLDS = ("demo", "indep", "indep-same", "distractors", "distractors-sam
 # Seeds 3-5: no development run used them (dev runs: 1, 2, 7; seeds 0-2 were read by the earlier
 # presets' matrices, archived as bench/results_worlds_preset-<sha>.*).
 DEFAULT_SIZES, DEFAULT_SEEDS = (1000, 400), (3, 4, 5)
-METHODS = (("htf", "HTF"), ("noflow", "no flow"), ("flow", "flow magnitude"), ("center", "center"),
-           ("sync", "sync"))   # sync: motion over time vs loudness (cells made before it lack it: "—")
+METHODS = (("htf", "HTF"), ("noflow", "no flow"), ("noflow_sync", "no flow + sync prior"),
+           ("flow", "flow magnitude"), ("center", "center"), ("sync", "sync"))
+# sync: motion over time vs loudness; noflow_sync: the no-flow run with HTF's sync prior
+# (apps.demo.NOFLOW_SYNC, beside the claim). A row shows a method only when every cell has it.
 MIN_SEEDS = 3   # fewer seeds: a measurement, not yet the claim (apps.demo defines the claim's margins)
 CLAIMED_PRESET = ROOT / "configs" / "train" / "tiny.yaml"    # the training preset of apps.demo
 # The preset this run's cells are trained with: the claimed one, or a candidate (--preset)
@@ -190,6 +192,53 @@ def with_todays_after_training_choice(old_best: Path, new_best: Path, val_urls: 
     return choose_after_training_again(old_best, new_best, val_urls, changes)
 
 
+def remake_eval_shards(plan: DemoPlan, world: Path) -> Path:
+    """The val and test shards of a cell whose shards were dropped (its world made again)."""
+    from apps.demo import pipeline_overrides, run_pipeline
+
+    shards = plan.output / "shards"
+    for split in ("val", "test"):
+        run_pipeline(plan.pipeline_config, world, shards, split, plan.nproc,
+                     plan.output / "logs" / f"pipeline_{split}.log",
+                     ["--split-list", str(world / f"{split}.txt"), "--annotations", str(world / "boxes.json"),
+                      *pipeline_overrides(plan)])
+    return shards
+
+
+def lacks_noflow_sync(cell_dir: Path) -> bool:
+    """A finished cell made before apps.demo read the no-flow run with the sync prior, whose
+    no-flow run is kept (a cell taken back from the results file has no runs)."""
+    cell = json.loads((cell_dir / "cell.json").read_text())
+    return "noflow_sync" not in cell["results"] and (cell_dir / "runs" / "noflow" / "checkpoints" / "best.pt").is_file()
+
+
+def add_noflow_sync(work: Path, world: str, n: int, seed: int) -> dict[str, Any]:
+    """The "no flow + sync prior" readout (apps.demo.noflow_with_sync_prior) for a finished
+    cell that lacks it, from its kept no-flow run: the world and its val and test shards made
+    again (checked to be the same world), the readout, and its test evaluation added to the
+    cell. Nothing else in the cell changes."""
+    from apps.demo import NOFLOW_SYNC, clip_kinds, evaluate, make_world, noflow_with_sync_prior, results_by_kind
+
+    out = work / cell_name(world, n, seed)
+    cell = json.loads((out / "cell.json").read_text())
+    plan = DemoPlan(output=out.resolve(), n=n, seed=seed, world=world, heatmaps=0, train_config=PRESET)
+    kept = (out / "world" / "world.json").read_bytes()
+    made = make_world(plan)
+    if (made / "world.json").read_bytes() != kept:
+        raise SystemExit(f"error: {made} is no longer the world of cell {out.name}; rerun the cell instead")
+    shards = remake_eval_shards(plan, made)
+    with_sync = noflow_with_sync_prior(plan, shards, out / "runs" / "noflow")
+    if with_sync is not None:
+        metrics = evaluate(plan, shards, NOFLOW_SYNC, checkpoint=with_sync)
+        cell["results"][NOFLOW_SYNC] = {k: metrics[k] for k in ("ciou_at_0.5", "mean_ciou", "auc", "n")}
+        cell["by_kind"][NOFLOW_SYNC] = results_by_kind(out / "eval" / NOFLOW_SYNC, clip_kinds(made))
+        cell["added_later"] = {NOFLOW_SYNC: git_commit()}
+    for heavy in ("world/video", "shards"):
+        shutil.rmtree(out / heavy, ignore_errors=True)
+    atomic_write_text(out / "cell.json", json.dumps(cell, indent=1))
+    return cell
+
+
 def rescore_cell(old: Path, work: Path, world: str, n: int, seed: int) -> dict[str, Any]:
     """A cell of today's preset from a finished cell of a preset that trains the same networks
     (trains_the_same): the world and its val and test shards are made again (checked to be the
@@ -197,7 +246,7 @@ def rescore_cell(old: Path, work: Path, world: str, n: int, seed: int) -> dict[s
     trainer's after-training choices on val (make_after_training_choices), and a run that has
     any is evaluated again on test. The baselines are evaluated again too (their blur follows
     today's model.map_blur, apps.demo.map_blur)."""
-    from apps.demo import BASELINES, clip_kinds, evaluate, make_world, results_by_kind, run_pipeline
+    from apps.demo import BASELINES, clip_kinds, evaluate, make_world, results_by_kind
 
     before = json.loads((old / "cell.json").read_text())
     out = work / cell_name(world, n, seed)
@@ -205,10 +254,7 @@ def rescore_cell(old: Path, work: Path, world: str, n: int, seed: int) -> dict[s
     made = make_world(plan)
     if (made / "world.json").read_bytes() != (old / "world" / "world.json").read_bytes():
         raise SystemExit(f"error: {made} is not the world of {old}; rerun the cell instead")
-    shards = out / "shards"
-    for split in ("val", "test"):
-        run_pipeline(plan.pipeline_config, made, shards, split, plan.nproc, out / "logs" / f"pipeline_{split}.log",
-                     ["--split-list", str(made / f"{split}.txt"), "--annotations", str(made / "boxes.json")])
+    shards = remake_eval_shards(plan, made)
     results, by_kind = dict(before["results"]), dict(before["by_kind"])
     for method in ("htf", "noflow"):
         run = out / "runs" / method
@@ -249,7 +295,7 @@ def summarize_row(cells: list[dict[str, Any]]) -> dict[str, Any]:
                            "seeds": sorted(c["seed"] for c in cells)}
     for key, _ in METHODS:
         scores = [c["results"][key]["ciou_at_0.5"] for c in cells if key in c["results"]]
-        row[key] = _mean_sd(scores) if scores else None
+        row[key] = _mean_sd(scores) if scores and len(scores) == len(cells) else None
     htf = [c["results"]["htf"]["ciou_at_0.5"] for c in cells]
     noflow = [c["results"]["noflow"]["ciou_at_0.5"] for c in cells]
     best_base = [max(c["results"][b]["ciou_at_0.5"] for b in BASELINES if b in c["results"]) for c in cells]
@@ -263,6 +309,8 @@ def summarize_row(cells: list[dict[str, Any]]) -> dict[str, Any]:
         row["same_htf"] = _mean_sd([c["by_kind"]["htf"]["same"]["ciou_at_0.5"] for c in same])
         row["same_noflow"] = _mean_sd([c["by_kind"]["noflow"]["same"]["ciou_at_0.5"] for c in same])
         row["motion_tells"] = row["same_htf"][0] - row["same_noflow"][0] >= MOTION_MARGIN - 1e-9
+        if all("same" in c["by_kind"].get("noflow_sync", {}) for c in same):
+            row["same_noflow_sync"] = _mean_sd([c["by_kind"]["noflow_sync"]["same"]["ciou_at_0.5"] for c in same])
     row["flow_gates"] = [c["selected"].get("flow_gate") for c in cells]
     row["motion_prior_weights"] = [c["selected"].get("motion_prior_weight") for c in cells]
     row["enough_seeds"] = len(cells) >= MIN_SEEDS
@@ -375,12 +423,13 @@ def _claim(row: dict[str, Any]) -> str:
 
 def render_readme_table(rows: list[dict[str, Any]]) -> list[str]:
     """The README's short table: each method's score, the val-chosen gates and the claim."""
-    lines = ["| world | seeds | HTF | no flow | flow magnitude | center | sync | same-class clips: HTF / no flow "
-             "| flow gate (val) | motion prior (val) | claim |", "|" + "---|" * 11]
+    lines = ["| world | seeds | HTF | no flow | no flow + sync prior | flow magnitude | center | sync | "
+             "same-class clips: HTF / no flow | flow gate (val) | motion prior (val) | claim |", "|" + "---|" * 12]
     for r in rows:
         same = f"{r['same_htf'][0]:.3f} / {r['same_noflow'][0]:.3f}" if "same_htf" in r else "—"
         lines.append(f"| `{r['world']}` ({r['n']}) | {','.join(str(s) for s in r['seeds'])} | {_fmt(r['htf'])} | "
-                     f"{_fmt(r['noflow'])} | {_fmt(r['flow'])} | {_fmt(r['center'])} | {_fmt(r.get('sync'))} | "
+                     f"{_fmt(r['noflow'])} | {_fmt(r.get('noflow_sync'))} | {_fmt(r['flow'])} | {_fmt(r['center'])} | "
+                     f"{_fmt(r.get('sync'))} | "
                      f"{same} | {_choices(r.get('flow_gates', []))} | "
                      f"{_choices(r.get('motion_prior_weights', []))} | {_claim(r)} |")
     return lines
@@ -397,21 +446,25 @@ def render_markdown(rows: list[dict[str, Any]], missing: list[str], preset: str,
              f"`{shown(PRESET)}` of SHA-256 `{preset}…`"
              + (f" (commit {', '.join(commits)})" if commits else "") + f", scored the way revision {SCORING} "
              "scores (`SCORING` in bench/world_matrix.py).", "",
-             "| world | clips | seeds | HTF | no flow | flow magnitude | center | sync | HTF − no flow | "
-             "HTF − best baseline | same-class clips: HTF / no flow | never costs (≥ −0.02) | "
-             "beats baselines (≥ +0.15) | motion tells (≥ +0.10) | flow gate (val) | motion prior (val) |",
-             "|" + "---|" * 16]
+             "| world | clips | seeds | HTF | no flow | no flow + sync prior | flow magnitude | center | sync | "
+             "HTF − no flow | HTF − best baseline | same-class clips: HTF / no flow / no flow + sync prior | "
+             "never costs (≥ −0.02) | beats baselines (≥ +0.15) | motion tells (≥ +0.10) | flow gate (val) | "
+             "motion prior (val) |",
+             "|" + "---|" * 17]
     for r in rows:
         seeds = ",".join(str(s) for s in r["seeds"]) + ("" if r["enough_seeds"] else " (< 3)")
-        same = (f"{r['same_htf'][0]:.3f} / {r['same_noflow'][0]:.3f} (n={r['same_class_n']})"
-                if "same_htf" in r else "—")
+        same = (f"{r['same_htf'][0]:.3f} / {r['same_noflow'][0]:.3f} / {_fmt(r.get('same_noflow_sync'))} "
+                f"(n={r['same_class_n']})" if "same_htf" in r else "—")
         lines.append(f"| {r['world']} | {r['n']} | {seeds} | {_fmt(r['htf'])} | {_fmt(r['noflow'])} | "
+                     f"{_fmt(r.get('noflow_sync'))} | "
                      f"{_fmt(r['flow'])} | {_fmt(r['center'])} | {_fmt(r.get('sync'))} | "
                      f"{_fmt(r['htf_minus_noflow'], True)} | "
                      f"{_fmt(r['htf_minus_best_baseline'], True)} | {same} | {_check(r['never_costs'])} | "
                      f"{_check(r['beats_baselines'])} | {_check(r.get('motion_tells'))} | "
                      f"{_choices(r.get('flow_gates', []))} | {_choices(r.get('motion_prior_weights', []))} |")
-    lines += ["", "A row with fewer than 3 seeds is a measurement, not yet a claim. Flow gate and motion prior: "
+    lines += ["", "A row with fewer than 3 seeds is a measurement, not yet a claim. No flow + sync prior: the "
+              "no-flow run's best.pt with HTF's sync prior, its weight chosen on val (the sync map needs no "
+              "optical flow); beside the claim, whose \"no flow\" is the no-flow run as trained. Flow gate and motion prior: "
               "what val chose in each seed's cell (gate 1 = open, 0 = closed, 0.5 = both: the mean of the "
               "flow net's and the twin's maps; prior weight 0 = none)."]
     if missing:
@@ -505,6 +558,13 @@ def _matrix(a: argparse.Namespace) -> int:
         if a.report_only or (a.max_cells is not None and ran >= a.max_cells):
             break
         if (work / cell_name(world, n, seed) / "cell.json").is_file():
+            if rescore_from is None and lacks_noflow_sync(work / cell_name(world, n, seed)):
+                t0 = time.time()
+                print(f"[matrix] cell {cell_name(world, n, seed)}: adding the no flow + sync prior readout "
+                      f"(its no-flow run is kept)", flush=True)
+                add_noflow_sync(work, world, n, seed)
+                print(f"[matrix] cell {cell_name(world, n, seed)} readout added in {time.time() - t0:.0f} s", flush=True)
+                write_results(work, reported, json_path, md_path, page=page, readme=readme)
             continue
         t0 = time.time()
         print(f"[matrix] cell {cell_name(world, n, seed)}", flush=True)

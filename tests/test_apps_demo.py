@@ -28,6 +28,14 @@ def test_verdict_reports_a_missed_target_instead_of_hiding_it():
     assert v["htf_vs_noflow"] == pytest.approx(-0.1)
 
 
+def test_verdict_measures_htf_against_no_flow_with_the_sync_prior_beside_the_claims():
+    results = {"htf": metrics(0.8), "noflow": metrics(0.6), "noflow_sync": metrics(0.78), "center": metrics(0.0),
+               "flow": metrics(0.5), "random": metrics(0.0)}
+    v = verdict(results)
+    assert v["htf_vs_noflow_sync"] == pytest.approx(0.02) and v["htf_vs_noflow"] == pytest.approx(0.2)
+    assert "htf_vs_noflow_sync" not in verdict({k: m for k, m in results.items() if k != "noflow_sync"})
+
+
 def test_verdict_tolerates_a_flow_path_within_two_points_of_no_flow():
     results = {"htf": metrics(0.69), "noflow": metrics(0.70), "center": metrics(0.0),
                "flow": metrics(0.54), "random": metrics(0.0)}
@@ -102,7 +110,7 @@ def miniature_demo(tmp_path_factory):
 @pytest.mark.slow
 def test_miniature_demo_runs_every_stage_and_writes_the_report(miniature_demo):
     plan, summary = miniature_demo
-    assert set(summary["results"]) == {"htf", "noflow", "center", "flow", "random", "sync"}
+    assert set(summary["results"]) == {"htf", "noflow", "noflow_sync", "center", "flow", "random", "sync"}
     for m in summary["results"].values():
         assert 0.0 <= m["ciou_at_0.5"] <= 1.0 and m["n"] == len((plan.output / "world" / "test.txt").read_text().split())
     for name in ("report.md", "report.html", "training_curves.png", "results.json"):
@@ -116,6 +124,12 @@ def test_miniature_demo_runs_every_stage_and_writes_the_report(miniature_demo):
     report = (plan.output / "report.md").read_text()
     assert f"{source} prior weight {chosen['motion_prior_weight']:g}" in report
     assert chosen["map_blur"] == 1.5 and "Every map blurred by 1.5 cells" in report   # the baselines too
+    # the no-flow run read again with the sync prior: the same network, a weight chosen on val
+    readout = json.loads((plan.output / "runs" / "noflow" / "sync_prior_chosen_on_val.json").read_text())
+    assert readout["motion_prior_weight"] in (0.0, 0.25, 0.5, 1.0, 2.0)
+    assert f"HTF vs no flow + sync prior: {summary['verdict']['htf_vs_noflow_sync']:+.3f}" in report
+    predictor = json.loads((plan.output / "eval" / "noflow_sync" / "metrics.json").read_text())["predictor"]
+    assert "flow: none" in predictor and f"sync prior weight {readout['motion_prior_weight']:g}" in predictor
 
 
 @pytest.mark.slow

@@ -131,8 +131,8 @@ def test_the_readme_table_gives_each_row_its_claim_and_names_single_seed_rows(tm
                      tmp_path / "r.json", tmp_path / "r.md", readme=readme)
     text = readme.read_text()
     assert "| stale |" not in text and text.startswith("intro\n") and text.endswith(f"{wm.README_END}\nrest\n")
-    assert "| `demo` (400) | 0,1,2 | 0.900 ± 0.000 | 0.600 ± 0.000 | 0.500 ± 0.000 | 0.000 ± 0.000 | — | 0.800 / 0.300 | 1, 1, 1 | 0, 0.25, 0.5 | holds |" in text
-    assert "| `distractors` (1000) | 0 | 0.600 | 0.700 | 0.300 | 0.000 | — | — | 1 | — | does not hold (1 seed) |" in text
+    assert "| `demo` (400) | 0,1,2 | 0.900 ± 0.000 | 0.600 ± 0.000 | — | 0.500 ± 0.000 | 0.000 ± 0.000 | — | 0.800 / 0.300 | 1, 1, 1 | 0, 0.25, 0.5 | holds |" in text
+    assert "| `distractors` (1000) | 0 | 0.600 | 0.700 | — | 0.300 | 0.000 | — | — | 1 | — | does not hold (1 seed) |" in text
 
 
 def test_a_cell_calls_its_checkout_dirty_for_code_edits_not_for_pages_or_results(tmp_path):
@@ -248,6 +248,32 @@ def test_a_cell_of_the_same_preset_scored_by_older_code_is_neither_recovered_nor
     assert rows[0]["seeds"] == [0]
     assert wm.main(["--worlds", "indep", "--sizes", "400", "--seeds", "1", "--work", str(work),
                     "--out", str(tmp_path / "r"), "--page", "", "--readme", ""]) == 2   # refused, not rerun over it
+
+
+def test_no_flow_with_the_sync_prior_is_shown_only_where_every_seed_has_it():
+    m = lambda c: {"ciou_at_0.5": c, "mean_ciou": c, "auc": c, "n": 80}  # noqa: E731
+    cells = [_cell("indep", 400, s, 0.9, 0.7, 0.5) for s in range(3)]
+    for cell, value in zip(cells, (0.8, 0.85, 0.9)):
+        cell["results"]["noflow_sync"] = m(value)
+    assert wm.summarize_row(cells)["noflow_sync"] == pytest.approx((0.85, 0.05))
+    del cells[2]["results"]["noflow_sync"]                     # a cell made before the readout
+    row = wm.summarize_row(cells)
+    assert row["noflow_sync"] is None and row["noflow"] == pytest.approx((0.7, 0.0))
+    line = [x for x in wm.render_markdown([row], [], "abc", []).splitlines() if x.startswith("| indep")][0]
+    assert line.startswith("| indep | 400 | 0,1,2 | 0.900 ± 0.000 | 0.700 ± 0.000 | — |")
+
+
+def test_a_finished_cell_lacks_the_readout_only_while_its_no_flow_run_is_kept(tmp_path):
+    cell = _cell("indep", 400, 0, 0.9, 0.7, 0.5)
+    _write_cell(tmp_path, cell)
+    folder = tmp_path / "indep-400-s0"
+    assert not wm.lacks_noflow_sync(folder)                    # taken back from the results: no runs
+    (folder / "runs/noflow/checkpoints").mkdir(parents=True)
+    (folder / "runs/noflow/checkpoints/best.pt").write_bytes(b"")
+    assert wm.lacks_noflow_sync(folder)
+    cell["results"]["noflow_sync"] = cell["results"]["noflow"]
+    (folder / "cell.json").write_text(json.dumps(cell))
+    assert not wm.lacks_noflow_sync(folder)
 
 
 def test_a_candidate_matrix_names_its_preset_and_leaves_the_claimed_one_alone(tmp_path):
