@@ -203,7 +203,7 @@ def evaluate(plan: DemoPlan, shards: Path, name: str, checkpoint: Path | None = 
 # ---------------------------------------------------------------------------- report
 
 ROWS = (("htf", "HTF (flow attention + local flow)"), ("noflow", "no flow (flow: none)"),
-        (NOFLOW_SYNC, "no flow + sync prior (no flow's best.pt; weight chosen on val)"),
+        (NOFLOW_SYNC, "no flow + sync prior (the no-flow best.pt, weight chosen on val)"),
         ("center", "center (baseline)"), ("flow", "flow magnitude (baseline)"),
         ("random", "random (baseline)"), ("sync", "sync map (baseline)"))
 
