@@ -114,10 +114,10 @@ def pipeline_overrides(plan: DemoPlan) -> list[str]:
     return ["--set", "motion.series=true"] if model.trains_with_sync() else []
 
 
-def make_shards(plan: DemoPlan, world: Path) -> Path:
+def make_shards(plan: DemoPlan, world: Path, splits: tuple[str, ...] = SPLITS) -> Path:
     shards = plan.output / "shards"
     extra = pipeline_overrides(plan)
-    for split in SPLITS:
+    for split in splits:
         run_pipeline(plan.pipeline_config, world, shards, split, plan.nproc,
                      plan.output / "logs" / f"pipeline_{split}.log",
                      ["--split-list", str(world / f"{split}.txt"), "--annotations", str(world / "boxes.json"), *extra])

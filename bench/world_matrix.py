@@ -50,7 +50,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from apps.demo import (BASELINE_MARGIN, BASELINES, MOTION_MARGIN, NOFLOW_TOLERANCE,  # noqa: E402
+from apps.demo import (BASELINE_MARGIN, BASELINES, MOTION_MARGIN, NOFLOW_SYNC, NOFLOW_TOLERANCE,  # noqa: E402
                        DemoPlan, chosen_on_val, run_demo)
 from apps.synth import WORLDS  # noqa: E402
 from htf.io import atomic_write_text  # noqa: E402
@@ -64,7 +64,7 @@ DEFAULT_WORLDS = ("demo", "indep", "indep-same", "distractors", "distractors-sam
 # Seeds 3-5: no development run used them (dev runs: 1, 2, 7; seeds 0-2 were read by the earlier
 # presets' matrices, archived as bench/results_worlds_preset-<sha>.*).
 DEFAULT_SIZES, DEFAULT_SEEDS = (1000, 400), (3, 4, 5)
-METHODS = (("htf", "HTF"), ("noflow", "no flow"), ("noflow_sync", "no flow + sync prior"),
+METHODS = (("htf", "HTF"), ("noflow", "no flow"), (NOFLOW_SYNC, "no flow + sync prior"),
            ("flow", "flow magnitude"), ("center", "center"), ("sync", "sync"))
 # sync: motion over time vs loudness; noflow_sync: the no-flow run with HTF's sync prior
 # (apps.demo.NOFLOW_SYNC, beside the claim). A row shows a method only when every cell has it.
@@ -194,22 +194,16 @@ def with_todays_after_training_choice(old_best: Path, new_best: Path, val_urls: 
 
 def remake_eval_shards(plan: DemoPlan, world: Path) -> Path:
     """The val and test shards of a cell whose shards were dropped (its world made again)."""
-    from apps.demo import pipeline_overrides, run_pipeline
+    from apps.demo import make_shards
 
-    shards = plan.output / "shards"
-    for split in ("val", "test"):
-        run_pipeline(plan.pipeline_config, world, shards, split, plan.nproc,
-                     plan.output / "logs" / f"pipeline_{split}.log",
-                     ["--split-list", str(world / f"{split}.txt"), "--annotations", str(world / "boxes.json"),
-                      *pipeline_overrides(plan)])
-    return shards
+    return make_shards(plan, world, ("val", "test"))
 
 
 def lacks_noflow_sync(cell_dir: Path) -> bool:
     """A finished cell made before apps.demo read the no-flow run with the sync prior, whose
     no-flow run is kept (a cell taken back from the results file has no runs)."""
     cell = json.loads((cell_dir / "cell.json").read_text())
-    return "noflow_sync" not in cell["results"] and (cell_dir / "runs" / "noflow" / "checkpoints" / "best.pt").is_file()
+    return NOFLOW_SYNC not in cell["results"] and (cell_dir / "runs" / "noflow" / "checkpoints" / "best.pt").is_file()
 
 
 def add_noflow_sync(work: Path, world: str, n: int, seed: int) -> dict[str, Any]:
@@ -217,7 +211,7 @@ def add_noflow_sync(work: Path, world: str, n: int, seed: int) -> dict[str, Any]
     cell that lacks it, from its kept no-flow run: the world and its val and test shards made
     again (checked to be the same world), the readout, and its test evaluation added to the
     cell. Nothing else in the cell changes."""
-    from apps.demo import NOFLOW_SYNC, clip_kinds, evaluate, make_world, noflow_with_sync_prior, results_by_kind
+    from apps.demo import clip_kinds, evaluate, make_world, noflow_with_sync_prior, results_by_kind
 
     out = work / cell_name(world, n, seed)
     cell = json.loads((out / "cell.json").read_text())
@@ -309,8 +303,8 @@ def summarize_row(cells: list[dict[str, Any]]) -> dict[str, Any]:
         row["same_htf"] = _mean_sd([c["by_kind"]["htf"]["same"]["ciou_at_0.5"] for c in same])
         row["same_noflow"] = _mean_sd([c["by_kind"]["noflow"]["same"]["ciou_at_0.5"] for c in same])
         row["motion_tells"] = row["same_htf"][0] - row["same_noflow"][0] >= MOTION_MARGIN - 1e-9
-        if all("same" in c["by_kind"].get("noflow_sync", {}) for c in same):
-            row["same_noflow_sync"] = _mean_sd([c["by_kind"]["noflow_sync"]["same"]["ciou_at_0.5"] for c in same])
+        if all("same" in c["by_kind"].get(NOFLOW_SYNC, {}) for c in same):
+            row["same_noflow_sync"] = _mean_sd([c["by_kind"][NOFLOW_SYNC]["same"]["ciou_at_0.5"] for c in same])
     row["flow_gates"] = [c["selected"].get("flow_gate") for c in cells]
     row["motion_prior_weights"] = [c["selected"].get("motion_prior_weight") for c in cells]
     row["enough_seeds"] = len(cells) >= MIN_SEEDS
