@@ -4,6 +4,8 @@ from __future__ import annotations
 import itertools
 import json
 import random
+import threading
+import time
 
 import pytest
 import torch
@@ -137,3 +139,58 @@ def test_a_loader_worker_reports_no_usable_samples_without_its_traceback(tmp_pat
         next(iter(train_loader(stream, DataConfig(batch_size=4, workers=1))))
     assert str(caught.value).startswith("no training shard gives a sample: train-000000.tar")
     assert "Traceback" not in str(caught.value)
+
+
+# A lock that another thread of the trainer holds while loader workers start (as TensorBoard's
+# writer thread or a queue feeder may): a worker forked from the trainer copies it held.
+_LOCK_HELD_ELSEWHERE = threading.Lock()
+
+
+class _TriesTheLock(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        acquired = _LOCK_HELD_ELSEWHERE.acquire(timeout=3)
+        yield torch.tensor(acquired)
+
+
+class _SendsNothingFor(torch.utils.data.IterableDataset):
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def __iter__(self):
+        time.sleep(self.seconds)
+        yield torch.tensor(1)
+
+
+def test_loader_workers_do_not_inherit_a_lock_another_thread_holds():
+    from train.data import BatchLoader
+
+    release = threading.Event()
+    holder = threading.Thread(target=lambda: (_LOCK_HELD_ELSEWHERE.acquire(), release.wait(),
+                                              _LOCK_HELD_ELSEWHERE.release()))
+    holder.start()
+    try:
+        got = list(BatchLoader(_TriesTheLock(), workers=1, timeout_s=60))
+    finally:
+        release.set()
+        holder.join()
+    assert [bool(x) for x in got] == [True]
+
+
+def test_a_worker_that_sends_no_batch_in_time_stops_with_an_error_naming_the_setting():
+    from train.data import BatchLoader, StalledLoaderError
+
+    with pytest.raises(StalledLoaderError, match=r"data\.loader_timeout_s"):
+        list(BatchLoader(_SendsNothingFor(10.0), workers=1, timeout_s=1.0))
+
+
+def test_loader_workers_give_the_batches_the_stream_gives_in_process(shards):
+    from train.data import train_loader
+
+    folder, _ = shards
+    in_process = list(itertools.islice(iter(_stream(str(folder / "train-*.tar"))), 3))
+    stream = _stream(str(folder / "train-*.tar"))
+    from_worker = list(itertools.islice(iter(train_loader(stream, DataConfig(batch_size=4, workers=1))), 3))
+    assert len(from_worker) == 3
+    for a, b in zip(in_process, from_worker):
+        assert all(torch.equal(x, y) if torch.is_tensor(x) else x == y for x, y in zip(a, b))

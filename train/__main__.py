@@ -77,10 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg = resolve_config(args, TrainConfig, "train")
     from htf.model import UntrustedCheckpointError, WeightsUnavailableError
     from htf.shards import ShardReadError
-    from train.data import ShardSettingsError
+    from train.data import ShardSettingsError, StalledLoaderError
     from train.engine import NonFiniteLossError, ResumeError, fit
     errors = (NonFiniteLossError, ResumeError, FileNotFoundError, ConfigError, UntrustedCheckpointError,
-              ShardSettingsError, ShardReadError, WeightsUnavailableError)
+              ShardSettingsError, ShardReadError, WeightsUnavailableError, StalledLoaderError)
     with reported_errors(errors, on_interrupt=lambda: _how_to_go_on(args.output), code=1):
         fit(cfg, args.train_shards, args.val_shards, args.output, resume=args.resume)
     return 0

@@ -41,6 +41,9 @@ class DataConfig:
     epoch_samples: int | None = None  # samples per epoch (all ranks); None: count the shards
     val_batch_size: int = 64
     prefetch_factor: int = 2
+    # Seconds to wait for one batch from a DataLoader worker before the run stops with an
+    # error naming this key (a worker that can never answer would otherwise wait forever).
+    loader_timeout_s: float = 1800.0
     # Pipeline settings the model's inputs assume, as in a shard's meta["pipeline"] (e.g.
     # {audio: {feature: logmel}}): shards made otherwise are refused. Empty: any settings,
     # as long as all shards agree.
@@ -49,6 +52,8 @@ class DataConfig:
     def validate(self) -> None:
         if self.batch_size < 1 or self.val_batch_size < 1 or self.workers < 0:
             raise ValueError("batch sizes must be >= 1 and workers >= 0")
+        if self.loader_timeout_s <= 0:
+            raise ValueError("loader_timeout_s must be > 0")
 
 
 @dataclass

@@ -14,6 +14,7 @@ gathered across ranks by the caller.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import random
 import tarfile
 from collections.abc import Callable, Iterator
@@ -261,12 +262,55 @@ class TrainStream(IterableDataset):
                 batch = []
 
 
+# ------------------------------------------------------------------------------- loaders
+
+class StalledLoaderError(RuntimeError):
+    """No batch came from a DataLoader worker within ``data.loader_timeout_s``."""
+
+
+def worker_start_method() -> multiprocessing.context.BaseContext:
+    """How DataLoader workers start: from a fresh single-threaded server process, never by
+    forking the trainer. The trainer runs threads (TensorBoard's writer, queue feeders); a
+    fork copies a lock one of them holds, and the worker then waits on it forever."""
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    context = multiprocessing.get_context(method)
+    if method == "forkserver":      # the server imports these once; each worker then starts fast
+        context.set_forkserver_preload(["torch", "train.data"])
+    return context
+
+
+class BatchLoader(DataLoader):
+    """A DataLoader whose workers start cleanly (``worker_start_method``) and whose wait
+    for a batch ends in ``StalledLoaderError`` naming the setting, not in a silent hang."""
+
+    def __init__(self, dataset: IterableDataset, workers: int, timeout_s: float, **kwargs: Any) -> None:
+        if workers > 0:
+            kwargs.update(multiprocessing_context=worker_start_method(), timeout=timeout_s)
+        super().__init__(dataset, batch_size=None, num_workers=workers, **kwargs)
+
+    def __iter__(self) -> Iterator[Any]:
+        batches = super().__iter__()
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except RuntimeError as err:
+                if "timed out" not in str(err):
+                    raise
+                raise StalledLoaderError(
+                    f"no batch from a DataLoader worker in {self.timeout:g} s: a worker hung or the "
+                    f"shards are too slow to read; check the shards' storage or raise "
+                    f"data.loader_timeout_s") from None
+            yield batch
+
+
 def train_loader(stream: TrainStream, data: DataConfig) -> DataLoader:
     kwargs: dict[str, Any] = {}
     if data.workers > 0:
         kwargs = {"prefetch_factor": data.prefetch_factor, "persistent_workers": False}
-    return DataLoader(stream, batch_size=None, num_workers=data.workers,
-                      pin_memory=torch.cuda.is_available(), **kwargs)
+    return BatchLoader(stream, data.workers, data.loader_timeout_s,
+                       pin_memory=torch.cuda.is_available(), **kwargs)
 
 
 # ----------------------------------------------------------------------------- validation
@@ -299,5 +343,5 @@ def val_loader(urls: list[str], model_cfg: ModelConfig, data: DataConfig,
                rank: int, world: int) -> DataLoader:
     stream = ValStream(urls, model_cfg, data.val_batch_size, rank, world)
     workers = min(data.workers, max(1, len(stream.urls)))
-    return DataLoader(stream, batch_size=None, num_workers=workers if data.workers else 0)
+    return BatchLoader(stream, workers if data.workers else 0, data.loader_timeout_s)
 
