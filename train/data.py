@@ -306,9 +306,7 @@ class BatchLoader(DataLoader):
 
 
 def train_loader(stream: TrainStream, data: DataConfig) -> DataLoader:
-    kwargs: dict[str, Any] = {}
-    if data.workers > 0:
-        kwargs = {"prefetch_factor": data.prefetch_factor, "persistent_workers": False}
+    kwargs = {"prefetch_factor": data.prefetch_factor} if data.workers > 0 else {}
     return BatchLoader(stream, data.workers, data.loader_timeout_s,
                        pin_memory=torch.cuda.is_available(), **kwargs)
 
