@@ -67,10 +67,15 @@ class OptimConfig:
     # Learning-rate multiplier for model.flow_local's projection: it starts at zero and an
     # Adam step moves it by about lr whatever the gradient's size, too slowly for a short run.
     flow_local_lr_mult: float = 1.0
+    # Validation and best.pt read an exponential moving average of the weights with this
+    # decay (train/weight_average.py); 0: the raw weights (official).
+    ema_decay: float = 0.0
 
     def validate(self) -> None:
         if self.lr <= 0 or self.flow_local_lr_mult <= 0:
             raise ValueError("optim.lr and optim.flow_local_lr_mult must be > 0")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"optim.ema_decay must be >= 0 and < 1, got {self.ema_decay}")
 
 
 @dataclass

@@ -31,6 +31,7 @@ from train import checkpoint as ckpt
 from train import distributed as du
 from train.config import TrainConfig
 from train.data import ShardSettingsError, TrainStream, check_shard_settings, first_sample, train_loader, val_loader
+from train.weight_average import WeightAverage
 
 
 class NonFiniteLossError(RuntimeError):
@@ -426,8 +427,9 @@ def selection_score(metrics: dict[str, Any], name: str) -> tuple[str, float]:
 
 def save_checkpoint(path: Path, model: HTFModel, optimizer: torch.optim.Optimizer,
                     scaler: torch.amp.GradScaler, scheduler: Any, state: RunState,
-                    cfg: TrainConfig, info: du.DistInfo) -> None:
-    """Collective (gathers every rank's RNG state); rank 0 writes."""
+                    cfg: TrainConfig, info: du.DistInfo, average: WeightAverage | None = None) -> None:
+    """Collective (gathers every rank's RNG state); rank 0 writes. ``average``
+    (optim.ema_decay) travels with the raw weights so that a resumed run continues it."""
     rngs = du.gather_objects(ckpt.rng_state(), info)
     if not info.is_main:
         return
@@ -436,6 +438,8 @@ def save_checkpoint(path: Path, model: HTFModel, optimizer: torch.optim.Optimize
                     "scheduler": scheduler.state_dict(), "step": state.step, "epoch": state.epoch,
                     "best_score": state.best_score, "best_metrics": state.best_metrics,
                     "rng": rngs, "world_size": info.world})
+    if average is not None:
+        payload["weight_average"] = average.state_dict()
     ckpt.save_atomic(payload, path)
 
 
@@ -465,7 +469,7 @@ _MODEL_KEYS_SAFE_TO_CHANGE = {"vision_weights", "flow_weights", "loss", "frozen_
 
 
 def restore(path: Path, model: HTFModel, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-            scheduler: Any, info: du.DistInfo) -> RunState:
+            scheduler: Any, info: du.DistInfo, average: WeightAverage | None = None) -> RunState:
     try:
         saved = ckpt.load(path, map_location=info.device)
     except RuntimeError as err:
@@ -480,6 +484,14 @@ def restore(path: Path, model: HTFModel, optimizer: torch.optim.Optimizer, scale
                           f"the run's own optim settings or start a new --output") from None
     scaler.load_state_dict(saved["scaler"])
     scheduler.load_state_dict(saved["scheduler"])
+    if average is not None:
+        if "weight_average" not in saved:
+            raise ResumeError(f"{path} was trained without optim.ema_decay, so it holds no weight average to "
+                              f"continue; resume with the run's own optim settings or start a new --output")
+        try:
+            average.load_state_dict(saved["weight_average"])
+        except (ValueError, KeyError, RuntimeError) as err:
+            raise ResumeError(f"{path}: {err}; resume with the run's own settings or start a new --output") from None
     rngs = saved.get("rng") or []
     if len(rngs) == info.world:
         ckpt.set_rng_state(rngs[info.rank])
@@ -556,12 +568,13 @@ def _fit(cfg: TrainConfig, train_shards: str, val_shards: str | None, output: Pa
     if use_channels_last(cfg, info.device):
         model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg)
+    average = WeightAverage(model, cfg.optim.ema_decay) if cfg.optim.ema_decay else None
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, planned_steps, cfg))
     scaler = torch.amp.GradScaler("cuda", enabled=info.device.type == "cuda" and cfg.train.amp == "fp16")
     state = RunState()
     if do_resume:
-        state = restore(ckpt.latest_path(output), model, optimizer, scaler, scheduler, info)
+        state = restore(ckpt.latest_path(output), model, optimizer, scaler, scheduler, info, average)
         log.print(f"resumed from {ckpt.latest_path(output)} at step {state.step} (epoch {state.epoch})")
     ddp_model: torch.nn.Module = model
     if info.enabled:
@@ -580,7 +593,7 @@ def _fit(cfg: TrainConfig, train_shards: str, val_shards: str | None, output: Pa
     sync = ckpt.RunSync(output, cfg.train.sync_url) if cfg.train.sync_url and info.is_main else None
 
     def save(path: Path) -> None:
-        save_checkpoint(path, model, optimizer, scaler, scheduler, state, cfg, info)
+        save_checkpoint(path, model, optimizer, scaler, scheduler, state, cfg, info, average)
         if sync is not None:
             sync()
     while state.step < total_steps:
@@ -596,6 +609,8 @@ def _fit(cfg: TrainConfig, train_shards: str, val_shards: str | None, output: Pa
             window["wait"] += time.perf_counter() - t_wait
             loss = train_step(ddp_model, batch, optimizer, scaler, cfg, info, state.step, state.epoch)
             scheduler.step()
+            if average is not None:
+                average.update(model)
             state.step += 1
             steps_run += 1
             window["steps"] += 1
@@ -612,7 +627,9 @@ def _fit(cfg: TrainConfig, train_shards: str, val_shards: str | None, output: Pa
         plan_done = state.step == planned_steps   # a budget in steps may end inside an epoch
         if val_urls and ((epoch_done and (state.step // steps_per_epoch) % cfg.train.val_every_epochs == 0)
                          or plan_done):
-            _validate_and_select(model, val_urls, cfg, info, state, log, output, save)
+            # Validation, and best.pt, see the weight average where there is one.
+            with average.applied(model) if average is not None else contextlib.nullcontext():
+                _validate_and_select(model, val_urls, cfg, info, state, log, output, save)
         save(ckpt.latest_path(output))
     _write_rank_summary(output, info, state, steps_run)
     if val_urls and state.best_metrics and after_training_choices(model):
