@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import threading
+from types import FrameType
 from typing import Callable, Iterator
 
 STARTING_MESSAGE = b"error: interrupted while starting; nothing was run or written\n"
@@ -23,9 +24,36 @@ def quiet_ctrl_c_while_starting() -> None:
     signal.signal(signal.SIGINT, _exit_while_starting)
 
 
+# Seconds after which a Ctrl-C that landed in a finaliser is delivered again.
+REDELIVER_S = 0.05
+
+
+def _in_finaliser(frame: FrameType | None) -> bool:
+    """Whether ``frame`` runs inside an object's ``__del__`` or a ``weakref.finalize`` callback."""
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "__del__" or (code.co_name == "__call__" and code.co_filename.endswith("weakref.py")):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    """KeyboardInterrupt, but never inside a finaliser: Python prints an exception raised there
+    as "Exception ignored in ..." with a traceback and drops it, so the Ctrl-C would be lost
+    and the user would see a traceback. It is sent again a moment later instead."""
+    if _in_finaliser(frame):
+        resend = threading.Timer(REDELIVER_S, os.kill, (os.getpid(), signum))
+        resend.daemon = True
+        resend.start()
+        return
+    raise KeyboardInterrupt
+
+
 def normal_ctrl_c() -> None:
-    """Ctrl-C raises KeyboardInterrupt again, for the command's own handling."""
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    """Ctrl-C raises KeyboardInterrupt again, for the command's own handling (outside
+    finalisers, where Python would swallow it)."""
+    signal.signal(signal.SIGINT, _interrupt)
 
 
 def start_children_ignoring_ctrl_c(start: Callable[[], object]) -> None:

@@ -92,6 +92,30 @@ def test_a_deferred_ctrl_c_lets_the_block_finish_then_interrupts(ctrl_c_raises):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+FINALISER_INTERRUPTED = """
+import os, signal, time
+from htf.interrupts import normal_ctrl_c
+normal_ctrl_c()
+class Held:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.3)            # the Ctrl-C arrives while the finaliser runs
+held = Held()
+try:
+    del held
+    time.sleep(3)
+    print("not interrupted")
+except KeyboardInterrupt:
+    print("interrupted")
+"""
+
+
+def test_a_ctrl_c_landing_in_a_finaliser_is_neither_printed_nor_lost():
+    done = subprocess.run([sys.executable, "-c", FINALISER_INTERRUPTED], cwd=ROOT, env=ENV, capture_output=True,
+                          text=True, timeout=30)
+    assert (done.stdout.strip(), done.stderr) == ("interrupted", "")
+
+
 def test_a_ctrl_c_the_command_does_not_handle_is_one_error_line(capsys):
     @command
     def main(argv=None) -> int:
