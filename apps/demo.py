@@ -106,7 +106,7 @@ def run_pipeline(config: Path, videos: Path, shards: Path, prefix: str, workers:
 
 def pipeline_overrides(plan: DemoPlan) -> list[str]:
     """What the shards need beyond the pipeline preset for this training preset: motion series
-    on every split when the loss reads the training clips' sync maps (model.loss.sync_guide)."""
+    on every split when the loss reads the training clips' sync maps (model.loss.sync_guide or sync_target)."""
     from htf.config import load_config
     from train.config import TrainConfig
 

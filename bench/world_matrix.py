@@ -170,8 +170,9 @@ def trains_the_same(old_commit: str) -> bool:
     import yaml
 
     old, new = _preset_at(old_commit), yaml.safe_load(PRESET.read_text())
-    # With the loss's sync guide, the sync maps (and their smoothing) shape training too.
-    guided = any(float(((cfg.get("model") or {}).get("loss") or {}).get("sync_guide") or 0) > 0 for cfg in (old, new))
+    # With the loss's sync guide or target, the sync maps (and their smoothing) shape training too.
+    guided = any(float(((cfg.get("model") or {}).get("loss") or {}).get(key) or 0) > 0
+                 for cfg in (old, new) for key in ("sync_guide", "sync_target"))
     for cfg in (old, new):
         for section, key in _after_training_keys():
             if not (guided and key == "sync_smooth_frames"):

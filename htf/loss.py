@@ -6,6 +6,10 @@ formula. The soft-trimap averages Σ w·A / Σ w are computed from log-weights
 becomes 0/0 when every weight underflows (e.g. 1 - σ(20) is exactly 0 in float32, which
 makes the plain formula NaN on an all-equal map of ones).
 
+``sync_target_loss`` (``loss.sync_target``, added to either) pulls each clip's map with its
+own sound towards its sync map, a self-supervised target: where motion keeps time with the
+sound.
+
 ``ezvsl_loss`` is EZ-VSL's multiple-instance contrastive loss: the score of an
 (image, audio) pair is the max over the map, and a symmetric InfoNCE over the batch.
 
@@ -116,11 +120,29 @@ def ezvsl_loss(img: torch.Tensor, aud: torch.Tensor, cfg: LossConfig,
 LOSSES = {"lvs": lvs_loss, "ezvsl": ezvsl_loss}
 
 
+def sync_target_loss(amap: torch.Tensor, sync: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Cross-entropy of each own-sound map ``amap`` [B, H, W], as a softmax over places at
+    ``temperature``, against its clip's sync map ``sync`` [B, H, W] (negatives at 0) taken as
+    a distribution, each clip weighted by its sync map's peak; 0 when no clip has one."""
+    target = sync.clamp(min=0).flatten(1)
+    peak = target.amax(dim=1)
+    if not bool((peak > 0).any()):
+        return amap.sum() * 0.0
+    share = target / target.sum(dim=1, keepdim=True).clamp(min=1e-12)
+    log_q = F.log_softmax(amap.flatten(1) / temperature, dim=1)
+    per_clip = -(share * log_q).sum(dim=1)
+    return (peak * per_clip).sum() / peak.sum()
+
+
 def localization_loss(img: torch.Tensor, aud: torch.Tensor, cfg: LossConfig,
                       training: bool = True, guide: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Dispatch on ``cfg.kind``; features are cast to float32 so AMP never changes the loss.
     Negatives are gathered across processes only in training with ``negatives: global``
     (validation batches differ in size and count between processes). ``guide``: the clips'
-    sync maps for ``cfg.sync_guide`` (lvs only; None: the loss without it)."""
+    sync maps for ``cfg.sync_guide`` (lvs only) and ``cfg.sync_target`` (None: the loss without them)."""
     gather = training and cfg.negatives == "global"
-    return LOSSES[cfg.kind](img.float(), aud.float(), cfg, gather, None if guide is None else guide.float())
+    guide = None if guide is None else guide.float()
+    loss, amap = LOSSES[cfg.kind](img.float(), aud.float(), cfg, gather, guide)
+    if guide is not None and cfg.sync_target > 0:
+        loss = loss + cfg.sync_target * sync_target_loss(amap, guide, cfg.sync_target_temperature)
+    return loss, amap

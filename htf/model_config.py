@@ -37,6 +37,15 @@ class LossConfig:
     # the place to learn, a self-supervised hint that needs no label; 0: the official loss.
     # Needs training shards with motion series (the pipeline's motion.series: true).
     sync_guide: float = 0.0
+    # sync_target: in training, this weight times a cross-entropy that pulls each clip's map
+    # with its own sound (a softmax over the places at sync_target_temperature) towards where
+    # its sync map lies, each clip counted by its sync map's peak (a clip whose motion keeps
+    # no time with the sound teaches nothing). The sync map says which object sounds; the
+    # network, which sees only the frame (and its flow), must learn what that object looks
+    # like, a cue that still holds where the sounding object stands still. Any loss kind;
+    # 0: none. Needs training shards with motion series, as sync_guide does.
+    sync_target: float = 0.0
+    sync_target_temperature: float = 0.1
 
     def validate(self) -> None:
         if self.tau <= 0 or self.logit_temperature <= 0 or self.ezvsl_temperature <= 0:
@@ -46,6 +55,9 @@ class LossConfig:
         if self.sync_guide > 0 and self.kind != "lvs":
             raise ValueError(f"sync_guide shapes the lvs loss's trimap; kind '{self.kind}' has none: "
                              f"set loss.kind=lvs or loss.sync_guide=0")
+        if self.sync_target < 0 or self.sync_target_temperature <= 0:
+            raise ValueError(f"sync_target must be >= 0 (0: none) and sync_target_temperature > 0, got "
+                             f"{self.sync_target} and {self.sync_target_temperature}")
 
 
 @dataclass
@@ -131,8 +143,8 @@ class ModelConfig:
         return self.has_motion_prior() and self.motion_prior == "sync"
 
     def trains_with_sync(self) -> bool:
-        """True when the loss reads each training clip's sync map (loss.sync_guide)."""
-        return self.loss.sync_guide > 0
+        """True when the loss reads each training clip's sync map (loss.sync_guide or loss.sync_target)."""
+        return self.loss.sync_guide > 0 or self.loss.sync_target > 0
 
     def validate(self) -> None:
         if self.width < 8 or self.width % 8:

@@ -231,7 +231,7 @@ def train_step(model: torch.nn.Module, batch: dict[str, torch.Tensor], optimizer
     fmt = torch.channels_last if use_channels_last(cfg, dev) else torch.contiguous_format
     image, flow = (batch[k].to(dev, non_blocking=True, memory_format=fmt) for k in ("image", "flow"))
     spec = batch["spec"].to(dev, non_blocking=True)
-    guide = batch["sync"].to(dev, non_blocking=True) if "sync" in batch else None   # loss.sync_guide
+    guide = batch["sync"].to(dev, non_blocking=True) if "sync" in batch else None   # loss.sync_guide / sync_target
     with autocast(cfg, dev):
         loss = model(image, flow, spec, sync=guide, return_loss=True)["loss"]
     mean_loss = None
@@ -514,10 +514,16 @@ def _data_settings(urls: list[str], val_urls: list[str], cfg: TrainConfig) -> di
             f"pipeline's --set motion.series=eval (series on val and test only) or true, or set model.motion_prior=flow")
     if cfg.model.trains_with_sync() and urls and settings is not None and (settings.get("motion") or {}).get("series") is not True:
         raise ShardSettingsError(
-            f"model.loss.sync_guide reads every training clip's sync map, made from the motion series, but the "
+            f"{_sync_loss_keys(cfg)} reads every training clip's sync map, made from the motion series, but the "
             f"shards ({urls[0]}) were made with motion.series: {(settings.get('motion') or {}).get('series')}: remake "
-            f"the training shards with the pipeline's --set motion.series=true, or set model.loss.sync_guide=0")
+            f"the training shards with the pipeline's --set motion.series=true, or set {_sync_loss_keys(cfg, '=0')}")
     return settings
+
+
+def _sync_loss_keys(cfg: TrainConfig, suffix: str = "") -> str:
+    """The loss keys that read the training clips' sync maps, as the error names them."""
+    keys = [f"model.loss.{k}{suffix}" for k in ("sync_guide", "sync_target") if getattr(cfg.model.loss, k) > 0]
+    return " and ".join(keys)
 
 
 def fit(cfg: TrainConfig, train_shards: str, val_shards: str | None, output: str | Path,

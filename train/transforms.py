@@ -41,7 +41,7 @@ def guide_map(sample: ClipSample, cfg: ModelConfig, box: tuple[int, int, int, in
     frame, flipped with it: the grid's cells stretched over the frame, cut and shrunk as the
     image is, so the guide lies where the augmented image shows that place."""
     if sample.motion is None or sample.loudness is None:
-        raise ValueError(f"clip '{sample.id}' has no motion series, and loss.sync_guide reads the training "
+        raise ValueError(f"clip '{sample.id}' has no motion series, and loss.sync_guide / sync_target read the training "
                          f"clips' sync maps: remake the training shards with the pipeline's --set motion.series=true")
     h, w = sample.frame.shape[:2]
     grid = sync_prior(sample.motion, sample.loudness, cfg.sync_smooth_frames)
@@ -57,7 +57,7 @@ def train_arrays(sample: ClipSample, cfg: ModelConfig, aug: AugmentConfig,
                  rng: np.random.Generator) -> tuple[torch.Tensor, ...]:
     """Augmented training inputs: random square crop (a fraction of the short side), flip,
     brightness/contrast jitter; random audio crop in time, gain, noise, masks; with
-    loss.sync_guide, the clip's sync map cut and flipped as the image is (``guide_map``)."""
+    loss.sync_guide or loss.sync_target, the clip's sync map cut and flipped as the image is (``guide_map``)."""
     h, w = sample.frame.shape[:2]
     side = int(round(min(h, w) * rng.uniform(*aug.crop_fraction)))
     side = max(1, min(side, h, w))
