@@ -474,3 +474,79 @@ def test_a_model_trains_with_the_sync_guide_on_shards_with_motion_series(tmp_pat
     val = _sync_shards(tmp_path / "data", "val", True, 8)
     assert _train(train, val, tmp_path / "run", GUIDED_TRAINING) == 0
     assert load_model(ckpt.best_path(tmp_path / "run")).cfg.loss.sync_guide == 0.5
+
+
+# ----------------------------------------------------- the sync target: the sync map as a place to learn
+
+def _target_loss_config(weight: float):
+    from htf.model_config import LossConfig
+    return LossConfig(sync_target=weight, negatives="local")
+
+
+def test_a_zero_sync_target_gives_the_official_loss():
+    from htf.loss import localization_loss
+
+    img, aud = _loss_features()
+    plain, _ = localization_loss(img, aud, _target_loss_config(0.0))
+    unused, _ = localization_loss(img, aud, _target_loss_config(0.0), guide=torch.rand(4, 7, 7))
+    assert torch.equal(plain, unused)
+
+
+def test_the_sync_target_pulls_each_clips_map_towards_its_sync_map():
+    from htf.loss import localization_loss
+
+    img, aud = _loss_features()
+    target = torch.zeros(4, 7, 7)
+    target[:, 2, 6] = 0.8
+
+    def raised(cfg):
+        leaf = img.clone().requires_grad_(True)
+        localization_loss(leaf, aud, cfg, guide=target)[0].backward()
+        return -torch.einsum("nchw,nc->nhw", leaf.grad, aud)               # how descent raises each own map
+
+    added = raised(_target_loss_config(1.0)) - raised(_target_loss_config(0.0))
+    assert all(np.unravel_index(int(added[i].argmax()), (7, 7)) == (2, 6) for i in range(4))
+
+
+def test_a_clip_whose_motion_keeps_no_time_with_the_sound_teaches_nothing():
+    from htf.loss import sync_target_loss
+
+    amap = torch.randn(2, 7, 7)
+    target = torch.zeros(2, 7, 7)
+    target[0, 1, 1] = 0.6
+    both = sync_target_loss(amap, target, 0.1)
+    first = sync_target_loss(amap[:1], target[:1], 0.1)
+    assert torch.allclose(both, first)
+    assert float(sync_target_loss(amap, torch.zeros(2, 7, 7), 0.1)) == 0.0
+
+
+def test_a_confident_sync_map_counts_more_than_a_faint_one():
+    from htf.loss import sync_target_loss
+
+    amap = torch.zeros(2, 7, 7)
+    amap[0, 0, 0] = amap[1, 6, 6] = 5.0                                   # clip 0 right, clip 1 wrong
+    target = torch.zeros(2, 7, 7)
+    target[0, 0, 0], target[1, 0, 0] = 0.9, 0.1
+    weighted = sync_target_loss(amap, target, 1.0)
+    alone = [float(sync_target_loss(amap[i:i + 1], target[i:i + 1], 1.0)) for i in range(2)]
+    assert float(weighted) == pytest.approx((0.9 * alone[0] + 0.1 * alone[1]) / 1.0)
+
+
+@pytest.mark.parametrize("item,message", [
+    ("model.loss.sync_target=-1", "sync_target must be >= 0"),
+    ("model.loss.sync_target_temperature=0", "sync_target_temperature > 0"),
+])
+def test_the_sync_target_refuses_a_negative_weight_and_a_temperature_of_zero(item, message):
+    from htf.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(TrainConfig, None, TINY + [item])
+
+
+def test_training_with_the_sync_target_on_shards_without_training_series_names_the_key(tmp_path, capsys):
+    train = _sync_shards(tmp_path / "data", "train", True, 4, series="eval")
+    val = _sync_shards(tmp_path / "data", "val", True, 4, series="eval")
+    settings = [s for s in GUIDED_TRAINING if not s.startswith("model.loss.sync_guide")] + ["model.loss.sync_target=1"]
+    assert _train(train, val, tmp_path / "run", settings) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: model.loss.sync_target reads") and "model.loss.sync_target=0" in err[-1]
