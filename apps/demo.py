@@ -336,6 +336,9 @@ def chosen_on_val(run: Path) -> dict[str, Any]:
     if after:
         chosen.update({k: after[-1][k] for k in ("flow_gate", "mirror_averaged", "map_blur", "motion_prior_weight",
                                                  "motion_prior_source") if k in after[-1]})
+    decided = [r for r in records if r.get("kind") == "sync_target"]
+    if decided:
+        chosen.update({k: decided[-1][k] for k in ("sync_target", "sync_map_val_score")})
     return chosen
 
 
@@ -354,6 +357,9 @@ def _chosen_line(chosen: dict[str, Any]) -> str:
         parts.append(f"{source} prior weight {chosen['motion_prior_weight']:g}")
     if chosen.get("map_blur"):
         parts.append(f"maps blurred by {chosen['map_blur']:g} cells")
+    if "sync_target" in chosen:
+        parts.append(f"sync target {'on' if chosen['sync_target'] > 0 else 'off'} in training (val's sync maps "
+                     f"scored {chosen['sync_map_val_score']:.3f})")
     return "HTF, chosen on the val split: " + ", ".join(parts) + "."
 
 

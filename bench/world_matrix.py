@@ -308,6 +308,7 @@ def summarize_row(cells: list[dict[str, Any]]) -> dict[str, Any]:
             row["same_noflow_sync"] = _mean_sd([c["by_kind"][NOFLOW_SYNC]["same"]["ciou_at_0.5"] for c in same])
     row["flow_gates"] = [c["selected"].get("flow_gate") for c in cells]
     row["motion_prior_weights"] = [c["selected"].get("motion_prior_weight") for c in cells]
+    row["sync_targets"] = [c["selected"].get("sync_target") for c in cells]
     row["enough_seeds"] = len(cells) >= MIN_SEEDS
     return row
 
@@ -462,6 +463,11 @@ def render_markdown(rows: list[dict[str, Any]], missing: list[str], preset: str,
               "optical flow); beside the claim, whose \"no flow\" is the no-flow run as trained. Flow gate and motion prior: "
               "what val chose in each seed's cell (gate 1 = open, 0 = closed, 0.5 = both: the mean of the "
               "flow net's and the twin's maps; prior weight 0 = none)."]
+    targets = [f"{r['world']} {r['n']}: {_choices(r['sync_targets'])}" for r in rows
+               if any(v is not None for v in r.get("sync_targets", []))]
+    if targets:
+        lines += ["", "Sync target HTF trained with, decided on val before training (model.loss.sync_target_min_val; "
+                  "0 = off), per seed: " + "; ".join(targets) + "."]
     if missing:
         lines += ["", f"Cells not run yet ({len(missing)}; rerun the script to complete them): "
                   + ", ".join(missing)]

@@ -46,6 +46,11 @@ class LossConfig:
     # 0: none. Needs training shards with motion series, as sync_guide does.
     sync_target: float = 0.0
     sync_target_temperature: float = 0.1
+    # sync_target_min_val: before training, the val clips' sync maps are scored as maps
+    # (cIoU@0.5, blurred as the model's map is: the share of clips where the sync map points at
+    # the source); under this share the run trains without the target (its checkpoints record
+    # sync_target 0): at 0.5, a teacher wrong more often than right would mislead. 0: always on.
+    sync_target_min_val: float = 0.0
 
     def validate(self) -> None:
         if self.tau <= 0 or self.logit_temperature <= 0 or self.ezvsl_temperature <= 0:
@@ -58,6 +63,9 @@ class LossConfig:
         if self.sync_target < 0 or self.sync_target_temperature <= 0:
             raise ValueError(f"sync_target must be >= 0 (0: none) and sync_target_temperature > 0, got "
                              f"{self.sync_target} and {self.sync_target_temperature}")
+        if not 0.0 <= self.sync_target_min_val <= 1.0:
+            raise ValueError(f"sync_target_min_val is a val score between 0 (the target always on) and 1, "
+                             f"got {self.sync_target_min_val}")
 
 
 @dataclass

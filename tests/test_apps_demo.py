@@ -90,6 +90,19 @@ def test_the_choices_after_training_override_the_gate_of_the_kept_checkpoint(tmp
                                     "motion prior weight 0.")
 
 
+def test_whether_htf_trained_with_the_sync_target_is_read_from_the_run_log(tmp_path):
+    from apps.demo import _chosen_line, chosen_on_val
+
+    lines = [{"kind": "sync_target", "step": 0, "sync_target": 0.0, "sync_map_val_score": 0.275,
+              "sync_map_val_clips": 40, "sync_target_min_val": 0.5},
+             {"kind": "val", "step": 4, "auc": 0.5, "best": True}]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    chosen = chosen_on_val(tmp_path)
+    assert chosen == {"step": 4, "auc": 0.5, "sync_target": 0.0, "sync_map_val_score": 0.275}
+    assert _chosen_line(chosen) == ("HTF, chosen on the val split: checkpoint of step 4, sync target off in "
+                                    "training (val's sync maps scored 0.275).")
+
+
 def _miniature_plan(output):
     from apps.demo import DemoPlan
 

@@ -550,3 +550,82 @@ def test_training_with_the_sync_target_on_shards_without_training_series_names_t
     assert _train(train, val, tmp_path / "run", settings) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: model.loss.sync_target reads") and "model.loss.sync_target=0" in err[-1]
+
+
+# ------------------------------------------- the sync target only where val's sync maps point at the source
+
+TARGET_TRAINING = [s for s in GUIDED_TRAINING if not s.startswith("model.loss.sync_guide")] + [
+    "model.loss.sync_target=1", "model.loss.sync_target_min_val=0.5"]
+
+
+def _target_config(floor: float) -> TrainConfig:
+    items = [s for s in TARGET_TRAINING if not s.startswith("model.loss.sync_target_min_val")]
+    return load_config(TrainConfig, None, items + [f"model.loss.sync_target_min_val={floor}"])
+
+
+def test_the_val_score_of_the_sync_maps_is_the_sync_baselines_score(tmp_path):
+    from htf.metrics import clip_ciou, summarize
+    from htf.shards import read_samples
+    from train.distributed import DistInfo
+    from train.engine import sync_map_val_score
+
+    val = _sync_shards(tmp_path, "val", True, 6)
+    cfg = _target_config(0.5)
+    baseline = Baseline("sync", BaselineConfig(sync_smooth_frames=cfg.model.sync_smooth_frames,
+                                               map_blur=cfg.model.map_blur))
+    samples = [sample for _shard, sample in read_samples([val], on_failure=print)]
+    cious = [clip_ciou(m, s.boxes, s.meta.box_format) for m, s in zip(baseline.predict(samples), samples)]
+    score, clips = sync_map_val_score([val], cfg, DistInfo())
+    assert clips == 6
+    assert score == pytest.approx(summarize(cious)["ciou_at_0.5"])
+
+
+@pytest.mark.parametrize("above,on", [(0.0, True), (1e-3, False)])
+def test_the_sync_target_stays_on_at_the_floor_and_goes_off_just_above_it(tmp_path, above, on):
+    from train.distributed import DistInfo
+    from train.engine import sync_map_val_score, sync_target_for_run
+
+    val = [_sync_shards(tmp_path, "val", True, 4), _sync_shards(tmp_path, "misleading", False, 4)]
+    score, _ = sync_map_val_score(val, _target_config(0.5), DistInfo())
+    assert score == 0.5                                       # right on one shard's clips only
+    cfg, record = sync_target_for_run(_target_config(score + above), val, DistInfo())
+    assert (cfg.model.loss.sync_target, record["sync_target"]) == ((1.0, 1.0) if on else (0.0, 0.0))
+    assert record["sync_map_val_score"] == score
+
+
+@pytest.mark.parametrize("in_time_on_the_box,weight", [(True, 1.0), (False, 0.0)])
+def test_a_run_trains_with_the_sync_target_only_where_vals_sync_maps_reach_the_floor(
+        tmp_path, in_time_on_the_box, weight):
+    import json
+
+    from htf.model import load_model
+    from train import checkpoint as ckpt
+
+    train = _sync_shards(tmp_path / "data", "train", True, 8)
+    val = _sync_shards(tmp_path / "data", "val", in_time_on_the_box, 8)
+    assert _train(train, val, tmp_path / "run", TARGET_TRAINING) == 0
+    assert load_model(ckpt.best_path(tmp_path / "run")).cfg.loss.sync_target == weight
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    decided = [r for r in records if r["kind"] == "sync_target"]
+    assert [r["sync_target"] for r in decided] == [weight]
+    assert ("sync target on" if weight else "sync target off") in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_a_floor_without_val_shards_stops_with_an_error_naming_the_key(tmp_path, capsys):
+    from train.__main__ import main
+
+    train = _sync_shards(tmp_path / "data", "train", True, 4)
+    argv = ["--train-shards", train, "--output", str(tmp_path / "run")]
+    for item in TARGET_TRAINING:
+        argv += ["--set", item]
+    assert main(argv) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: model.loss.sync_target_min_val") and "--val-shards" in err[-1]
+    assert not (tmp_path / "run" / "checkpoints" / "latest.pt").exists()
+
+
+def test_the_floor_is_a_score_between_0_and_1():
+    from htf.config import ConfigError
+
+    with pytest.raises(ConfigError, match="sync_target_min_val is a val score between 0"):
+        load_config(TrainConfig, None, TINY + ["model.loss.sync_target_min_val=1.5"])

@@ -309,3 +309,12 @@ def test_a_matrix_on_other_seeds_reports_those_seeds_and_keeps_every_finished_on
     reported = wm.reported_cells([("indep-same", 400, 3)], [3], tmp_path, wm.preset_id())
     assert {s for _, _, s in reported} == {0, 3}
     assert set(reported) >= {(w, n, s) for w in wm.DEFAULT_WORLDS for n in wm.DEFAULT_SIZES for s in (0, 3)}
+
+
+def test_the_page_says_per_seed_whether_htf_trained_with_the_sync_target():
+    cells = [_cell("demo", 400, s, 0.8, 0.7, 0.5) for s in (3, 4)]
+    cells[0]["selected"]["sync_target"], cells[1]["selected"]["sync_target"] = 0.0, 1.0
+    page = wm.render_markdown([wm.summarize_row(cells)], [], "abc", [])
+    assert "per seed: demo 400: 0, 1." in page
+    assert "sync_target_min_val" not in wm.render_markdown([wm.summarize_row([_cell("demo", 400, 3, 0.8, 0.7, 0.5)])],
+                                                           [], "abc", [])

@@ -115,19 +115,19 @@ def _slot() -> tuple[int, int]:
     return (info.id, info.num_workers) if info is not None else (0, 1)
 
 
-def _warn(failure: ReadFailure) -> None:
+def warn_skipped(failure: ReadFailure) -> None:
     where = f"shard {failure.shard}" + (f", sample {failure.key}" if failure.key else "")
     print(f"warning: skipped: {where}: {failure.reason}", flush=True)
 
 
 def _warn_once() -> Callable[[ReadFailure], None]:
-    """``_warn`` for a resampled stream, which meets the same damage again and again."""
+    """``warn_skipped`` for a resampled stream, which meets the same damage again and again."""
     seen: set[tuple[str, str]] = set()
 
     def warn(failure: ReadFailure) -> None:
         if (failure.shard, failure.key) not in seen:
             seen.add((failure.shard, failure.key))
-            _warn(failure)
+            warn_skipped(failure)
     return warn
 
 
@@ -218,7 +218,7 @@ class TrainStream(IterableDataset):
         return self.urls[slot::slots] if len(self.urls) >= slots else self.urls
 
     def _raw_samples(self, subset: list[str], rng: random.Random, progress: _SlotProgress,
-                     warn: Callable[[ReadFailure], None] = _warn) -> Iterator[dict[str, Any]]:
+                     warn: Callable[[ReadFailure], None] = warn_skipped) -> Iterator[dict[str, Any]]:
         """Shards drawn at random with replacement, expanded into raw samples, forever."""
         while True:
             url = rng.choice(subset)
@@ -326,7 +326,7 @@ class ValStream(IterableDataset):
         worker, workers = _slot()
         items: list[tuple[torch.Tensor, ...]] = []
         metas: list[dict[str, Any]] = []
-        for _shard, sample in read_samples(self.urls[worker::workers], _warn):
+        for _shard, sample in read_samples(self.urls[worker::workers], warn_skipped):
             items.append(eval_arrays(sample, self.model_cfg))
             metas.append({"id": sample.id, "boxes": sample.boxes,
                           "box_format": sample.meta.box_format})

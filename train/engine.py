@@ -22,15 +22,17 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from htf.config import dump_config, save_config, to_dict
+from htf.config import ConfigError, dump_config, save_config, to_dict
 from htf.io import atomic_path, atomic_write_json
 from htf.metrics import clip_ciou, summarize
-from htf.model import GATE_BOTH, HTFModel, checkpoint_payload, load_model
-from htf.shards import count_samples, expand_shards
+from htf.model import GATE_BOTH, HTFModel, checkpoint_payload, load_model, smooth_maps
+from htf.inputs import sync_input
+from htf.shards import count_samples, expand_shards, read_samples
 from train import checkpoint as ckpt
 from train import distributed as du
 from train.config import TrainConfig
-from train.data import ShardSettingsError, TrainStream, check_shard_settings, first_sample, train_loader, val_loader
+from train.data import (ShardSettingsError, TrainStream, check_shard_settings, first_sample, train_loader, val_loader,
+                        warn_skipped)
 from train.weight_average import WeightAverage
 
 
@@ -526,6 +528,59 @@ def _sync_loss_keys(cfg: TrainConfig, suffix: str = "") -> str:
     return " and ".join(keys)
 
 
+@torch.no_grad()
+def sync_map_val_score(urls: list[str], cfg: TrainConfig, info: du.DistInfo) -> tuple[float, int]:
+    """(cIoU@0.5, clips scored) of the val clips' sync maps taken as maps, blurred as the
+    model's map is (model.map_blur), as the evaluator's ``sync`` baseline scores them: the
+    share of clips whose sync map points at the source. Collective: every rank's clips count."""
+    cious: list[float] = []
+    for _shard, sample in read_samples(urls[info.rank::info.world], warn_skipped):
+        if not sample.boxes:
+            continue
+        sync = sync_input(sample, cfg.model)[None]
+        if cfg.model.map_blur:
+            sync = smooth_maps(sync, cfg.model.map_blur)
+        cious.append(_scored_ciou(sync[0].numpy(), sample.boxes, sample.meta.box_format))
+    cious = [c for part in du.gather_objects(cious, info) for c in part]
+    return (float(summarize(cious)["ciou_at_0.5"]) if cious else float("nan")), len(cious)
+
+
+def sync_target_for_run(cfg: TrainConfig, val_urls: list[str],
+                        info: du.DistInfo) -> tuple[TrainConfig, dict[str, Any] | None]:
+    """(the config this run trains with, the measurement behind it) under
+    model.loss.sync_target_min_val: the target is switched off (sync_target 0) where the val
+    clips' sync maps score under it; no measurement where the key is not set."""
+    loss = cfg.model.loss
+    if loss.sync_target <= 0 or loss.sync_target_min_val <= 0:
+        return cfg, None
+    key = "model.loss.sync_target_min_val"
+    if not val_urls:
+        raise ConfigError(f"{key} scores the val clips' sync maps before training, and no --val-shards were "
+                          f"given: pass --val-shards or set {key}=0", key=key)
+    score, clips = sync_map_val_score(val_urls, cfg, info)
+    if not clips:
+        raise ConfigError(f"{key} scores the val clips' sync maps against their boxes, and no clip of "
+                          f"{val_urls[0]} (or the other val shards) has boxes: give val shards with "
+                          f"annotations or set {key}=0", key=key)
+    record = {"sync_map_val_score": round(score, 6), "sync_map_val_clips": clips,
+              "sync_target_min_val": loss.sync_target_min_val}
+    if score >= loss.sync_target_min_val:
+        return cfg, {**record, "sync_target": loss.sync_target}
+    off = dataclasses.replace(cfg.model, loss=dataclasses.replace(loss, sync_target=0.0))
+    return dataclasses.replace(cfg, model=off), {**record, "sync_target": 0.0}
+
+
+def sync_target_line(record: dict[str, Any]) -> str:
+    """The log's sentence on the decision ``sync_target_for_run`` recorded."""
+    measured = (f"the val clips' sync maps score {record['sync_map_val_score']:.4f} cIoU@0.5 "
+                f"({record['sync_map_val_clips']} clips) against model.loss.sync_target_min_val "
+                f"{record['sync_target_min_val']:g}")
+    if record["sync_target"] > 0:
+        return f"sync target on (weight {record['sync_target']:g}): {measured}"
+    return (f"sync target off for this run (model.loss.sync_target 0 in its checkpoints): {measured}; a "
+            f"teacher that points elsewhere more often than at the source would mislead")
+
+
 def fit(cfg: TrainConfig, train_shards: str, val_shards: str | None, output: str | Path,
         resume: bool = False) -> dict[str, Any]:
     """Train as configured; returns the final state (step, epoch, best metrics)."""
@@ -545,6 +600,8 @@ def _fit(cfg: TrainConfig, train_shards: str, val_shards: str | None, output: Pa
     urls = expand_shards(train_shards)
     val_urls = expand_shards(val_shards) if val_shards else []
     settings = _data_settings(urls, val_urls, cfg)      # mixed or mismatched shards are refused
+    # Decided from val alone, so a resumed run decides the same; the config saved says what trains.
+    cfg, sync_target_record = sync_target_for_run(cfg, val_urls, info)
     do_resume = wants_resume(resume, output)
     du.barrier(info)
     if info.is_main:
@@ -553,6 +610,9 @@ def _fit(cfg: TrainConfig, train_shards: str, val_shards: str | None, output: Pa
     du.barrier(info)
     log = Logger(output, info.is_main)
     log.config(cfg)
+    if sync_target_record:
+        log.print(sync_target_line(sync_target_record))
+        log.log("sync_target", 0, sync_target_record)
     # The model first: missing pretrained weights stop the run before any shard is read.
     model = HTFModel(cfg.model)
     if not val_urls:
