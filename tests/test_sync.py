@@ -262,17 +262,24 @@ def test_a_sync_prior_model_trains_on_shards_with_motion_series_on_the_evaluatio
     assert load_model(ckpt.best_path(tmp_path / "run")).motion_prior() == 2.0    # chosen on val's series
 
 
+def _trained_on_sync_shards(tmp_path: Path, train_in_time: bool, val_in_time: bool,
+                            items: list[str]) -> tuple[HTFModel, str]:
+    """(best.pt of ``python -m train`` into tmp_path/run on 8 train and 8 val clips, the val shard)."""
+    from htf.model import load_model
+    from train import checkpoint as ckpt
+
+    train = _sync_shards(tmp_path / "data", "train", train_in_time, 8)
+    val = _sync_shards(tmp_path / "data", "val", val_in_time, 8)
+    assert _train(train, val, tmp_path / "run", items) == 0
+    return load_model(ckpt.best_path(tmp_path / "run")), val
+
+
 @pytest.mark.parametrize("in_time_on_the_box,chosen", [(True, 2.0), (False, 0.0)])
 def test_after_training_the_sync_prior_weight_is_chosen_on_val_and_evaluation_uses_it(
         tmp_path, in_time_on_the_box, chosen):
     from eval.runner import evaluate
-    from htf.model import load_model
-    from train import checkpoint as ckpt
 
-    train = _sync_shards(tmp_path / "data", "train", in_time_on_the_box, 8)
-    val = _sync_shards(tmp_path / "data", "val", in_time_on_the_box, 8)
-    assert _train(train, val, tmp_path / "run", SYNC_TRAINING) == 0
-    model = load_model(ckpt.best_path(tmp_path / "run"))
+    model, val = _trained_on_sync_shards(tmp_path, in_time_on_the_box, in_time_on_the_box, SYNC_TRAINING)
     assert model.motion_prior() == chosen
     assert f"sync prior weight {chosen:g}" in (tmp_path / "run/train.log").read_text()
     metrics = evaluate(model, val, tmp_path / "eval")
@@ -598,13 +605,8 @@ def test_a_run_trains_with_the_sync_target_only_where_vals_sync_maps_reach_the_f
         tmp_path, in_time_on_the_box, weight):
     import json
 
-    from htf.model import load_model
-    from train import checkpoint as ckpt
-
-    train = _sync_shards(tmp_path / "data", "train", True, 8)
-    val = _sync_shards(tmp_path / "data", "val", in_time_on_the_box, 8)
-    assert _train(train, val, tmp_path / "run", TARGET_TRAINING) == 0
-    assert load_model(ckpt.best_path(tmp_path / "run")).cfg.loss.sync_target == weight
+    model, _val = _trained_on_sync_shards(tmp_path, True, in_time_on_the_box, TARGET_TRAINING)
+    assert model.cfg.loss.sync_target == weight
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     decided = [r for r in records if r["kind"] == "sync_target"]
     assert [r["sync_target"] for r in decided] == [weight]
