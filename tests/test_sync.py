@@ -571,10 +571,10 @@ def _target_config(floor: float) -> TrainConfig:
 
 
 def test_the_val_score_of_the_sync_maps_is_the_sync_baselines_score(tmp_path):
-    from htf.metrics import clip_ciou, summarize
+    from htf.metrics import clip_ciou
     from htf.shards import read_samples
     from train.distributed import DistInfo
-    from train.engine import sync_map_val_score
+    from train.engine import val_sync_map_cious
 
     val = _sync_shards(tmp_path, "val", True, 6)
     cfg = _target_config(0.5)
@@ -582,18 +582,17 @@ def test_the_val_score_of_the_sync_maps_is_the_sync_baselines_score(tmp_path):
                                                map_blur=cfg.model.map_blur))
     samples = [sample for _shard, sample in read_samples([val], on_failure=print)]
     cious = [clip_ciou(m, s.boxes, s.meta.box_format) for m, s in zip(baseline.predict(samples), samples)]
-    score, clips = sync_map_val_score([val], cfg, DistInfo())
-    assert clips == 6
-    assert score == pytest.approx(summarize(cious)["ciou_at_0.5"])
+    assert val_sync_map_cious([val], cfg, DistInfo()) == pytest.approx(cious)
 
 
 @pytest.mark.parametrize("above,on", [(0.0, True), (1e-3, False)])
 def test_the_sync_target_stays_on_at_the_floor_and_goes_off_just_above_it(tmp_path, above, on):
     from train.distributed import DistInfo
-    from train.engine import sync_map_val_score, sync_target_for_run
+    from train.engine import sync_target_for_run
 
     val = [_sync_shards(tmp_path, "val", True, 4), _sync_shards(tmp_path, "misleading", False, 4)]
-    score, _ = sync_map_val_score(val, _target_config(0.5), DistInfo())
+    _cfg, record = sync_target_for_run(_target_config(0.5), val, DistInfo())
+    score = record["sync_map_val_score"]
     assert score == 0.5                                       # right on one shard's clips only
     cfg, record = sync_target_for_run(_target_config(score + above), val, DistInfo())
     assert (cfg.model.loss.sync_target, record["sync_target"]) == ((1.0, 1.0) if on else (0.0, 0.0))
@@ -624,6 +623,23 @@ def test_a_floor_without_val_shards_stops_with_an_error_naming_the_key(tmp_path,
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: model.loss.sync_target_min_val") and "--val-shards" in err[-1]
     assert not (tmp_path / "run" / "checkpoints" / "latest.pt").exists()
+
+
+def test_a_floor_with_val_clips_without_boxes_stops_with_an_error_naming_the_key(tmp_path):
+    import webdataset as wds
+    from htf.config import ConfigError
+    from htf.shards import read_samples
+    from train.distributed import DistInfo
+    from train.engine import sync_target_for_run
+
+    boxed = _sync_shards(tmp_path / "boxed", "val", True, 3)
+    unboxed = str(tmp_path / "val-000000.tar")
+    with wds.TarWriter(unboxed) as sink:
+        for _shard, sample in read_samples([boxed], on_failure=print):
+            sample.meta.boxes = None
+            sink.write(encode_sample(sample))
+    with pytest.raises(ConfigError, match="sync_target_min_val .* no clip of .*val-000000.tar.* has boxes"):
+        sync_target_for_run(_target_config(0.5), [unboxed], DistInfo())
 
 
 def test_the_floor_is_a_score_between_0_and_1():

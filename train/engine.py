@@ -25,8 +25,8 @@ from torch.nn.parallel import DistributedDataParallel
 from htf.config import ConfigError, dump_config, save_config, to_dict
 from htf.io import atomic_path, atomic_write_json
 from htf.metrics import clip_ciou, summarize
-from htf.model import GATE_BOTH, HTFModel, checkpoint_payload, load_model, smooth_maps
 from htf.inputs import sync_input
+from htf.model import GATE_BOTH, HTFModel, checkpoint_payload, load_model, smooth_maps
 from htf.shards import count_samples, expand_shards, read_samples
 from train import checkpoint as ckpt
 from train import distributed as du
@@ -529,10 +529,10 @@ def _sync_loss_keys(cfg: TrainConfig, suffix: str = "") -> str:
 
 
 @torch.no_grad()
-def sync_map_val_score(urls: list[str], cfg: TrainConfig, info: du.DistInfo) -> tuple[float, int]:
-    """(cIoU@0.5, clips scored) of the val clips' sync maps taken as maps, blurred as the
-    model's map is (model.map_blur), as the evaluator's ``sync`` baseline scores them: the
-    share of clips whose sync map points at the source. Collective: every rank's clips count."""
+def val_sync_map_cious(urls: list[str], cfg: TrainConfig, info: du.DistInfo) -> list[float]:
+    """cIoU of each val clip's sync map taken as a map, blurred as the model's map is
+    (model.map_blur), as the evaluator's ``sync`` baseline scores it; clips without boxes are
+    left out. Collective: every rank's clips are gathered, so every rank gets the same list."""
     cious: list[float] = []
     for _shard, sample in read_samples(urls[info.rank::info.world], warn_skipped):
         if not sample.boxes:
@@ -541,8 +541,7 @@ def sync_map_val_score(urls: list[str], cfg: TrainConfig, info: du.DistInfo) -> 
         if cfg.model.map_blur:
             sync = smooth_maps(sync, cfg.model.map_blur)
         cious.append(_scored_ciou(sync[0].numpy(), sample.boxes, sample.meta.box_format))
-    cious = [c for part in du.gather_objects(cious, info) for c in part]
-    return (float(summarize(cious)["ciou_at_0.5"]) if cious else float("nan")), len(cious)
+    return [c for part in du.gather_objects(cious, info) for c in part]
 
 
 def sync_target_for_run(cfg: TrainConfig, val_urls: list[str],
@@ -557,12 +556,13 @@ def sync_target_for_run(cfg: TrainConfig, val_urls: list[str],
     if not val_urls:
         raise ConfigError(f"{key} scores the val clips' sync maps before training, and no --val-shards were "
                           f"given: pass --val-shards or set {key}=0", key=key)
-    score, clips = sync_map_val_score(val_urls, cfg, info)
-    if not clips:
+    cious = val_sync_map_cious(val_urls, cfg, info)
+    if not cious:
         raise ConfigError(f"{key} scores the val clips' sync maps against their boxes, and no clip of "
                           f"{val_urls[0]} (or the other val shards) has boxes: give val shards with "
                           f"annotations or set {key}=0", key=key)
-    record = {"sync_map_val_score": round(score, 6), "sync_map_val_clips": clips,
+    score = float(summarize(cious)["ciou_at_0.5"])
+    record = {"sync_map_val_score": round(score, 6), "sync_map_val_clips": len(cious),
               "sync_target_min_val": loss.sync_target_min_val}
     if score >= loss.sync_target_min_val:
         return cfg, {**record, "sync_target": loss.sync_target}
