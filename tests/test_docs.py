@@ -153,3 +153,33 @@ def test_every_option_a_page_names_exists_in_its_command():
         missing += [f"{where}: {module} {sub} {o}" for o in options
                     if not re.search(rf"(?<![\w-]){re.escape(o)}(?![\w-])", help_text)]
     assert not missing, "options the docs name that the commands do not have:\n" + "\n".join(missing)
+
+
+# "docs/train.md, *Loop*", 'docs/train.md, "The map blur"', "README, *A family of worlds*":
+# a section cited by its page and title, in the pages, the presets' comments and the code.
+CITATION = re.compile(r"(?<!repository )\b(README(?:\.md)?|docs/[\w.-]+\.md)\)?, (?:\*([^*]+)\*|\"([^\"]+)\")")
+CITING_FILES = [*DOC_FILES, *sorted((ROOT / "configs").rglob("*.yaml")),
+                *sorted(p for d in ("htf", "pipeline", "train", "eval", "apps", "bench")
+                        for p in (ROOT / d).rglob("*.py"))]
+
+
+def _headings(page: Path) -> list[str]:
+    return [re.sub(r"^#+\s*", "", line).strip() for line in page.read_text().splitlines()
+            if re.match(r"^#{1,6} ", line)]
+
+
+def _flowing(text: str) -> str:
+    """The text with line breaks (and a YAML or Python comment's leading '#') as spaces, so a
+    title broken over two lines reads as one."""
+    return re.sub(r"\s*\n\s*(?:#\s*)?", " ", text)
+
+
+def test_every_section_cited_by_page_and_title_is_a_heading_of_that_page():
+    broken = []
+    for source in CITING_FILES:
+        for m in CITATION.finditer(_flowing(source.read_text())):
+            page = ROOT / ("README.md" if m.group(1).startswith("README") else m.group(1))
+            title = (m.group(2) or m.group(3)).rstrip("…. ")
+            if not page.exists() or not any(h.startswith(title) for h in _headings(page)):
+                broken.append(f"{source.relative_to(ROOT)}: {m.group(1)}, '{title}'")
+    assert not broken, "cited sections that their page does not have:\n" + "\n".join(broken)
