@@ -14,6 +14,12 @@ from pipeline.config import PipelineConfig
 from apps.synth import WorldConfig, generate_world
 
 
+# The per-clip time limit of tests where one clip hangs on purpose: far above what a
+# healthy clip takes on a loaded 2-core machine (first clips of a fresh worker pay for
+# its imports too), so that only the hanging clip reaches it.
+HANG_LIMIT_S = 5.0
+
+
 @functools.lru_cache(maxsize=None)
 def world(n: int = 6, size: int = 64, seconds: float = 4.0, seed: int = 3) -> Path:
     """A synthetic world in a temp folder (reused by every test of the process)."""

@@ -13,7 +13,7 @@ import pytest
 from pipeline.runner import RunInputs, plan_tasks, run_pipeline
 from tests import pipeline_helpers as helpers
 from tests.nasty import ffmpeg
-from tests.pipeline_helpers import failures, read_shards, shard_bytes, small_config, world
+from tests.pipeline_helpers import HANG_LIMIT_S, failures, read_shards, shard_bytes, small_config, world
 
 ONE_SHARD = "pack.samples_per_shard=6"      # the 6 clips of the test world in one shard
 ONE_TASK = "run.task_clips=6"               # ... and in one task
@@ -83,7 +83,8 @@ def test_without_a_terminal_progress_is_a_line_with_rate_eta_and_failures(tmp_pa
 def test_a_clip_stuck_in_native_code_is_killed_when_all_clips_make_one_task(tmp_path: Path, workers: int):
     stuck = _ids()[2]
     run = functools.partial(helpers.run_task_stuck_in_native_code_on, stuck_id=stuck)
-    summary = _run(tmp_path, ONE_SHARD, ONE_TASK, f"run.workers={workers}", "run.clip_timeout_s=0.5", task_fn=run)
+    summary = _run(tmp_path, ONE_SHARD, ONE_TASK, f"run.workers={workers}", f"run.clip_timeout_s={HANG_LIMIT_S}",
+                   task_fn=run)
     assert summary.failures == {"clip_hung": 1} and summary.written == 5
     assert [(f["id"], f["stage"]) for f in failures(tmp_path)] == [(stuck, "decode")]
     assert [s.id for s in read_shards(tmp_path)] == [i for i in _ids() if i != stuck]
@@ -120,7 +121,7 @@ def test_a_live_playlist_that_never_ends_is_a_hung_clip_and_the_run_goes_on(tmp_
     for video in sorted((world() / "video").glob("*.mp4"))[:2]:
         shutil.copy(video, raw / "video" / video.name)
     _live_hls_playlist(raw)
-    summary = _run(tmp_path / "out", "run.workers=1", "run.clip_timeout_s=1", input_dir=raw)
+    summary = _run(tmp_path / "out", "run.workers=1", f"run.clip_timeout_s={HANG_LIMIT_S}", input_dir=raw)
     assert summary.failures == {"clip_hung": 1} and summary.written == 2
     assert failures(tmp_path / "out")[0]["id"] == "live"
 
@@ -129,7 +130,7 @@ def test_a_live_playlist_that_never_ends_is_a_hung_clip_and_the_run_goes_on(tmp_
 def test_a_sample_write_cut_short_leaves_only_whole_samples(tmp_path: Path, stall: bool):
     broken = _ids()[3]
     run = functools.partial(helpers.run_task_with_a_broken_write_of, broken_id=broken, stall=stall)
-    summary = _run(tmp_path, ONE_SHARD, "run.workers=2", "run.clip_timeout_s=0.5", task_fn=run)
+    summary = _run(tmp_path, ONE_SHARD, "run.workers=2", f"run.clip_timeout_s={HANG_LIMIT_S}", task_fn=run)
     reason = "clip_hung" if stall else "error_OSError"
     assert summary.failures == {reason: 1} and summary.written == 5
     assert [(f["id"], f["stage"]) for f in failures(tmp_path)] == [(broken, "pack")]

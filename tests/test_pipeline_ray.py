@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.runner import RunInputs, run_pipeline
-from tests.pipeline_helpers import shard_bytes, small_config, world
+from tests.pipeline_helpers import HANG_LIMIT_S, shard_bytes, small_config, world
 
 
 @pytest.mark.timeout(240)  # a wedged Ray start must fail this test, not stall the suite
@@ -37,7 +37,7 @@ def test_ray_task_stuck_in_native_code_is_cancelled_and_only_its_clip_is_lost(tm
     from pipeline.executors import execute
     from pipeline.runner import plan_tasks
 
-    cfg = small_config("run.clip_timeout_s=0.5", "run.task_clips=2")
+    cfg = small_config(f"run.clip_timeout_s={HANG_LIMIT_S}", "run.task_clips=2")
     tasks, _, _ = plan_tasks(cfg, RunInputs(str(world()), str(tmp_path)), "pack")
     stuck = tasks[2].clips[1].id
     cloudpickle.register_pickle_by_value(helpers)    # Ray workers need not import tests/

@@ -11,7 +11,7 @@ import yaml
 from pipeline.__main__ import main
 from pipeline.runner import RunInputs, run_pipeline
 from tests.nasty import ffmpeg
-from tests.pipeline_helpers import failures, read_shards, shard_bytes, small_config, world
+from tests.pipeline_helpers import HANG_LIMIT_S, failures, read_shards, shard_bytes, small_config, world
 
 CONTRACT_META_KEYS = {"id", "source", "keyframe_index", "keyframe_time", "fps", "frame_count",
                       "orig_size", "frame_size", "boxes", "box_format", "pipeline"}
@@ -187,7 +187,7 @@ def test_a_worker_stuck_in_native_code_is_killed_and_only_its_clip_is_lost(tmp_p
     from pipeline.runner import plan_tasks
     from tests.pipeline_helpers import run_task_stuck_in_native_code_on
 
-    cfg = small_config("run.clip_timeout_s=0.5", "run.task_clips=2")
+    cfg = small_config(f"run.clip_timeout_s={HANG_LIMIT_S}", "run.task_clips=2")
     tasks, _, _ = plan_tasks(cfg, RunInputs(str(world()), str(tmp_path)), "pack")
     stuck = tasks[1].clips[0].id
     run = functools.partial(run_task_stuck_in_native_code_on, stuck_id=stuck)
