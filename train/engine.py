@@ -514,12 +514,18 @@ def _data_settings(urls: list[str], val_urls: list[str], cfg: TrainConfig) -> di
             f"model.motion_prior: sync chooses its weight on the val clips' sync maps, made from the motion "
             f"series, but the shards ({val_urls[0]}) were made without them: remake every split with the "
             f"pipeline's --set motion.series=eval (series on val and test only) or true, or set model.motion_prior=flow")
-    if cfg.model.trains_with_sync() and urls and settings is not None and (settings.get("motion") or {}).get("series") is not True:
+    return settings
+
+
+def _check_training_series(urls: list[str], settings: dict[str, Any] | None, cfg: TrainConfig) -> None:
+    """Refuses training shards without motion series where the loss reads them. Checked on the
+    config the run trains with: a sync target that val turned off needs none."""
+    series = (settings.get("motion") or {}).get("series") if settings is not None else None
+    if cfg.model.trains_with_sync() and urls and settings is not None and series is not True:
         raise ShardSettingsError(
             f"{_sync_loss_keys(cfg)} reads every training clip's sync map, made from the motion series, but the "
-            f"shards ({urls[0]}) were made with motion.series: {(settings.get('motion') or {}).get('series')}: remake "
-            f"the training shards with the pipeline's --set motion.series=true, or set {_sync_loss_keys(cfg, '=0')}")
-    return settings
+            f"shards ({urls[0]}) were made with motion.series: {series}: remake the training shards with the "
+            f"pipeline's --set motion.series=true, or set {_sync_loss_keys(cfg, '=0')}")
 
 
 def _sync_loss_keys(cfg: TrainConfig, suffix: str = "") -> str:
@@ -548,14 +554,16 @@ def sync_target_for_run(cfg: TrainConfig, val_urls: list[str],
                         info: du.DistInfo) -> tuple[TrainConfig, dict[str, Any] | None]:
     """(the config this run trains with, the measurement behind it) under
     model.loss.sync_target_min_val: the target is switched off (sync_target 0) where the val
-    clips' sync maps score under it; no measurement where the key is not set."""
+    clips' sync maps score under it, and where there is no val split to score (a target
+    nothing vouched for stays off); no measurement where the key is not set."""
     loss = cfg.model.loss
     if loss.sync_target <= 0 or loss.sync_target_min_val <= 0:
         return cfg, None
     key = "model.loss.sync_target_min_val"
+    off = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, loss=dataclasses.replace(loss, sync_target=0.0)))
     if not val_urls:
-        raise ConfigError(f"{key} scores the val clips' sync maps before training, and no --val-shards were "
-                          f"given: pass --val-shards or set {key}=0", key=key)
+        return off, {"sync_map_val_score": None, "sync_map_val_clips": 0,
+                     "sync_target_min_val": loss.sync_target_min_val, "sync_target": 0.0}
     cious = val_sync_map_cious(val_urls, cfg, info)
     if not cious:
         raise ConfigError(f"{key} scores the val clips' sync maps against their boxes, and no clip of "
@@ -566,12 +574,14 @@ def sync_target_for_run(cfg: TrainConfig, val_urls: list[str],
               "sync_target_min_val": loss.sync_target_min_val}
     if score >= loss.sync_target_min_val:
         return cfg, {**record, "sync_target": loss.sync_target}
-    off = dataclasses.replace(cfg.model, loss=dataclasses.replace(loss, sync_target=0.0))
-    return dataclasses.replace(cfg, model=off), {**record, "sync_target": 0.0}
+    return off, {**record, "sync_target": 0.0}
 
 
 def sync_target_line(record: dict[str, Any]) -> str:
     """The log's sentence on the decision ``sync_target_for_run`` recorded."""
+    if record["sync_map_val_score"] is None:
+        return ("sync target off for this run (model.loss.sync_target 0 in its checkpoints): no --val-shards "
+                "to score the sync maps on (model.loss.sync_target_min_val); give val shards to let val decide")
     measured = (f"the val clips' sync maps score {record['sync_map_val_score']:.4f} cIoU@0.5 "
                 f"({record['sync_map_val_clips']} clips) against model.loss.sync_target_min_val "
                 f"{record['sync_target_min_val']:g}")
@@ -602,6 +612,7 @@ def _fit(cfg: TrainConfig, train_shards: str, val_shards: str | None, output: Pa
     settings = _data_settings(urls, val_urls, cfg)      # mixed or mismatched shards are refused
     # Decided from val alone, so a resumed run decides the same; the config saved says what trains.
     cfg, sync_target_record = sync_target_for_run(cfg, val_urls, info)
+    _check_training_series(urls, settings, cfg)
     do_resume = wants_resume(resume, output)
     du.barrier(info)
     if info.is_main:
