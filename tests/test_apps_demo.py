@@ -216,9 +216,13 @@ def test_results_are_split_by_kind_of_clip_with_the_evaluators_threshold(tmp_pat
     assert table[1][0].startswith("HTF") and table[1][1:] == ["0.500", "0.000"]
 
 
-@pytest.mark.parametrize("guide,series", [(0.0, False), (0.5, True)])
-def test_every_split_gets_motion_series_when_the_preset_trains_with_the_sync_guide(tmp_path, monkeypatch,
-                                                                                  guide, series):
+@pytest.mark.parametrize("overrides,series", [
+    (["model.loss.sync_guide=0", "model.loss.sync_target=0"], False),
+    (["model.loss.sync_guide=0.5", "model.loss.sync_target=0"], True),
+    ([], True),                     # the tiny preset's sync target
+], ids=["neither", "sync_guide", "tiny_preset"])
+def test_every_split_gets_motion_series_when_the_preset_trains_with_the_sync_maps(tmp_path, monkeypatch,
+                                                                                 overrides, series):
     import apps.demo as demo
     commands = []
 
@@ -229,7 +233,7 @@ def test_every_split_gets_motion_series_when_the_preset_trains_with_the_sync_gui
         (shards / "sizes.json").write_text('{"x": 1}')
 
     monkeypatch.setattr(demo, "run_command", fake_run)
-    plan = demo.DemoPlan(output=tmp_path, train_overrides=[f"model.loss.sync_guide={guide}"])
+    plan = demo.DemoPlan(output=tmp_path, train_overrides=overrides)
     demo.make_shards(plan, tmp_path / "world")
     assert len(commands) == 3
     assert all(("motion.series=true" in cmd) == series for cmd in commands)
