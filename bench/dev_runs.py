@@ -1,16 +1,19 @@
 """The development runs: where a training idea is measured before any matrix cell sees it.
 
 Seven ``apps.demo`` runs at 400 clips, on seeds the matrix never uses (bench/world_matrix.py
-runs seeds 3-5): demo s7, distractors s7, indep s1 and s7, indep-same s1, s2 and s7. Every
+runs seeds 3-5): demo s7, distractors s7, indep s1 and s7, indep-same s1, s2 and s7. Three
+more, named with ``--runs``: distractors-sync s1, s2 and s7 (silent movers that follow the
+sound's loudness; the matrix's one failing row is that world at 1,000 clips, so ``--n 1000``). Every
 run keeps its checkpoints and shards, so an after-training idea can be read again from them
 without training. One folder per setting; a folder holding runs of other settings is
 refused. Resumable: a finished run is kept, an interrupted one continues.
 
     python bench/dev_runs.py --name NAME [--preset configs/train/tiny.yaml] [--set KEY=VALUE ...]
-                             [--runs demo-s7,indep-s1,...] [--against NAME] [--work DIR]
+                             [--runs demo-s7,indep-s1,...] [--n 400] [--against NAME] [--work DIR]
 
 Writes ``<work>/<name>/dev.md`` / ``dev.json``: test cIoU@0.5 of HTF, no flow and the sync
-map per run and their means, and with ``--against`` the other setting's beside them.
+map per run and their means, and with ``--against`` the other setting's beside them. A
+setting is the preset's bytes, the overrides and the world size.
 """
 from __future__ import annotations
 
@@ -31,6 +34,8 @@ from htf.io import atomic_write_text  # noqa: E402
 # (world, seed): the development runs of docs/train.md since the eighth preset.
 DEV_RUNS = (("demo", 7), ("distractors", 7), ("indep", 1), ("indep", 7),
             ("indep-same", 1), ("indep-same", 2), ("indep-same", 7))
+# Known, run only when named: the world of the matrix's failing row, on seeds the matrix never uses.
+NAMED_DEV_RUNS = (("distractors-sync", 1), ("distractors-sync", 2), ("distractors-sync", 7))
 DEV_CLIPS = 400
 METHODS = (("htf", "HTF"), ("noflow", "no flow"), ("sync", "sync map"))
 PRESET = ROOT / "configs" / "train" / "tiny.yaml"
@@ -41,10 +46,10 @@ def run_name(world: str, seed: int) -> str:
     return f"{world}-s{seed}"
 
 
-def settings_of(preset: Path, overrides: list[str]) -> dict[str, Any]:
-    """What makes two dev runs comparable: the preset's bytes and the overrides, in order."""
+def settings_of(preset: Path, overrides: list[str], n: int = DEV_CLIPS) -> dict[str, Any]:
+    """What makes two dev runs comparable: the preset's bytes, the overrides in order, the world's size."""
     return {"preset": str(preset.relative_to(ROOT)) if preset.is_relative_to(ROOT) else str(preset),
-            "sha256": hashlib.sha256(preset.read_bytes()).hexdigest()[:12], "overrides": list(overrides)}
+            "sha256": hashlib.sha256(preset.read_bytes()).hexdigest()[:12], "overrides": list(overrides), "n": n}
 
 
 def run_one(folder: Path, world: str, seed: int, settings: dict[str, Any], preset: Path,
@@ -63,6 +68,74 @@ def run_one(folder: Path, world: str, seed: int, settings: dict[str, Any], prese
             "selected": chosen_on_val(out / "runs" / "htf"), "seconds": summary["seconds"]["total"]}
     atomic_write_text(record, json.dumps(done, indent=1))
     return done
+
+
+# The flow gate's positions after training (train.gate_position) and the rules a study reads
+# from their val scores: the preset's margin, and that margin with each peer gap.
+GATE_POSITIONS = ("both", "closed", "open")
+SCORE_NAMES = {"both": "both", "closed": "off", "open": "on"}     # names in flow_gate_scores
+PEER_GAPS = (None, 0.0, 0.01, 0.02, 0.03, 0.05)
+
+
+def gate_position_study(folder: Path, world: str, seed: int, n: int) -> dict[str, Any]:
+    """A finished dev run's HTF with the gate set to each position after training (the rest of
+    the after-training choices, the prior's weight included, made again for it on val) and
+    evaluated on test; kept in ``gate_positions.json``. Reads the kept best.pt and shards."""
+    from apps.demo import evaluate
+    from train.engine import choose_after_training_again
+
+    out = folder / run_name(world, seed)
+    record = out / "gate_positions.json"
+    if record.is_file():
+        return json.loads(record.read_text())
+    plan = DemoPlan(output=out.resolve(), n=n, seed=seed, world=world, heatmaps=0)
+    best = out / "runs" / "htf" / "checkpoints" / "best.pt"
+    val = [str(p) for p in sorted((out / "shards").glob("val-*.tar"))]
+    study: dict[str, Any] = {"world": world, "seed": seed, "n": n, "positions": {}}
+    for position in GATE_POSITIONS:
+        moved = out / "runs" / "htf" / "gate_positions" / f"{position}.pt"
+        moved.parent.mkdir(parents=True, exist_ok=True)
+        chosen = choose_after_training_again(best, moved, val, {"train.gate_position": position})
+        metrics = evaluate(plan, out / "shards", f"htf_gate_{position}", checkpoint=moved)
+        study["positions"][position] = {"val": chosen["flow_gate_scores"][SCORE_NAMES[position]],
+                                        "test": metrics["ciou_at_0.5"],
+                                        "prior_weight": chosen.get("motion_prior_weight")}
+    atomic_write_text(record, json.dumps(study, indent=1))
+    return study
+
+
+def rule_outcomes(study: dict[str, Any], margin: float) -> dict[str, tuple[str, float]]:
+    """Per peer gap: the position train.engine.gate_from_scores picks from the study's val scores, and its test score."""
+    from htf.model_config import GATE_BOTH
+    from train.engine import gate_from_scores
+
+    at = {"both": GATE_BOTH, "closed": 0.0, "open": 1.0}
+    scores = {at[p]: study["positions"][p]["val"] for p in GATE_POSITIONS}
+    named = {v: k for k, v in at.items()}
+    picked = {gap: named[gate_from_scores(scores, margin, gap)] for gap in PEER_GAPS}
+    return {("none" if gap is None else f"{gap:g}"): (pos, study["positions"][pos]["test"]) for gap, pos in picked.items()}
+
+
+def render_gate_study(studies: list[dict[str, Any]], runs: list[dict[str, Any]], margin: float) -> str:
+    """Per run: each position's val and test score, the no-flow run's test score, and what each peer gap picks."""
+    noflow = {(r["world"], r["seed"]): r["results"]["noflow"] for r in runs}
+    gaps = ["none" if g is None else f"{g:g}" for g in PEER_GAPS]
+    header = (["dev run"] + [f"{p}: val / test" for p in GATE_POSITIONS] + ["no flow: test"]
+              + [f"gap {g}" for g in gaps])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    sums: dict[str, list[float]] = {g: [] for g in gaps}
+    for st in studies:
+        cells = [f"{st['positions'][p]['val']:.4f} / {st['positions'][p]['test']:.3f}" for p in GATE_POSITIONS]
+        outcomes = rule_outcomes(st, margin)
+        for g in gaps:
+            sums[g].append(outcomes[g][1])
+        lines.append(f"| `{st['world']}` s{st['seed']} | " + " | ".join(cells)
+                     + f" | {noflow[(st['world'], st['seed'])]:.3f} | "
+                     + " | ".join(f"{outcomes[g][0]}, {outcomes[g][1]:.3f}" for g in gaps) + " |")
+    mean_noflow = statistics.fmean(noflow[(st["world"], st["seed"])] for st in studies)
+    lines.append("| mean | " + " | ".join("" for _ in GATE_POSITIONS) + f" | {mean_noflow:.3f} | "
+                 + " | ".join(_mean(sums[g]) for g in gaps) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def foreign_runs(folder: Path, settings: dict[str, Any]) -> list[str]:
@@ -105,17 +178,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a training config key for both models (repeatable)")
     p.add_argument("--runs", default=",".join(run_name(w, s) for w, s in DEV_RUNS),
-                   help="which dev runs (default: all seven)")
+                   help="which dev runs (default: the seven; distractors-sync-s1,-s2,-s7 when named)")
     p.add_argument("--against", default=None, metavar="NAME", help="another setting's runs to put beside these")
     p.add_argument("--work", default=str(WORK), help="one folder per setting (default: bench/dev_runs)")
-    p.add_argument("--n", type=int, default=DEV_CLIPS, help=argparse.SUPPRESS)   # tests: a smaller world
+    p.add_argument("--gate-positions", action="store_true",
+                   help="after the runs: HTF with each gate position set after training, evaluated on test, and "
+                        "what the gate's rule with each train.gate_both_peer_gap picks (gate_positions.md)")
+    p.add_argument("--n", type=int, default=DEV_CLIPS, help=f"clips per world (default {DEV_CLIPS})")
     a = p.parse_args(argv)
     preset = Path(a.preset) if Path(a.preset).is_file() else ROOT / a.preset
     if not preset.is_file():
         print(f"error: --preset {a.preset}: no such file; give a training preset (configs/train/*.yaml)",
               file=sys.stderr)
         return 2
-    known = {run_name(w, s): (w, s) for w, s in DEV_RUNS}
+    known = {run_name(w, s): (w, s) for w, s in DEV_RUNS + NAMED_DEV_RUNS}
     wanted = [r for r in a.runs.split(",") if r]
     unknown = [r for r in wanted if r not in known]
     if unknown:
@@ -123,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     work = Path(a.work)
     folder = work / a.name
-    settings = settings_of(preset, a.overrides)
+    settings = settings_of(preset, a.overrides, a.n)
     foreign = foreign_runs(folder, settings)
     if foreign:
         print(f"error: {folder} holds dev runs of other settings ({', '.join(foreign[:3])}); "
@@ -145,6 +221,19 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_text(folder / "dev.md", f"# Dev runs: {a.name}\n\nSettings: `{json.dumps(settings)}`\n\n"
                       f"Test cIoU@0.5 at {a.n} clips:\n\n{table}")
     print(table, end="")
+    if a.gate_positions:
+        from htf.config import load_config
+        from train.config import TrainConfig
+
+        margin = load_config(TrainConfig, preset, a.overrides).train.gate_both_margin
+        studies = [gate_position_study(folder, r["world"], r["seed"], a.n) for r in runs]
+        study_table = render_gate_study(studies, runs, margin)
+        atomic_write_text(folder / "gate_positions.md",
+                          f"# Gate positions after training: {a.name}\n\nSettings: `{json.dumps(settings)}`; "
+                          f"train.gate_both_margin {margin:g}.\n\nTest cIoU@0.5 at {a.n} clips; val in "
+                          f"select_metric units. The gap columns: the position the rule picks, and its test "
+                          f"score.\n\n{study_table}")
+        print(study_table, end="")
     return 0
 
 

@@ -166,7 +166,8 @@ def test_the_trainer_chooses_the_gate_with_the_configured_margin(tmp_path, monke
     from train import engine
     margins = []
     choose = engine.gate_from_scores
-    monkeypatch.setattr(engine, "gate_from_scores", lambda scores, margin: margins.append(margin) or choose(scores, margin))
+    monkeypatch.setattr(engine, "gate_from_scores",
+                        lambda scores, margin, gap: margins.append(margin) or choose(scores, margin, gap))
     train = _shards(tmp_path / "data", "train", True, 8)
     val = _shards(tmp_path / "data", "val", True, 8)
     argv = ["--train-shards", train, "--val-shards", val, "--output", str(tmp_path / "run")]
@@ -178,3 +179,39 @@ def test_the_trainer_chooses_the_gate_with_the_configured_margin(tmp_path, monke
     assert margins == [1.0]            # AUC cannot beat both by more than 1: both is kept
     assert record["flow_gate"] == GATE_BOTH and set(record["flow_gate_scores"]) == {"both", "off", "on"}
     assert float(load_model(ckpt.best_path(tmp_path / "run")).flow_gate) == GATE_BOTH
+
+
+def test_with_a_peer_gap_closed_takes_the_gate_on_any_lead_once_open_trails_it_by_more():
+    from train.engine import gate_from_scores
+    flow_net_behind = {GATE_BOTH: 0.5955, 0.0: 0.6080, 1.0: 0.5500}     # closed +0.0125, open -0.058
+    assert gate_from_scores(flow_net_behind, 0.02) == GATE_BOTH
+    assert gate_from_scores(flow_net_behind, 0.02, peer_gap=0.03) == 0.0
+    assert gate_from_scores(flow_net_behind, 0.02, peer_gap=0.1) == GATE_BOTH
+
+
+def test_a_peer_gap_leaves_both_sheltered_against_open():
+    from train.engine import gate_from_scores
+    open_by_a_hair = {GATE_BOTH: 0.5825, 0.0: 0.52125, 1.0: 0.58375}
+    assert gate_from_scores(open_by_a_hair, 0.02, peer_gap=0.0) == GATE_BOTH
+    close_peers = {GATE_BOTH: 0.60, 0.0: 0.61, 1.0: 0.605}              # open within the gap of closed
+    assert gate_from_scores(close_peers, 0.02, peer_gap=0.01) == GATE_BOTH
+
+
+def test_a_negative_peer_gap_is_refused_naming_the_key():
+    with pytest.raises(ValueError, match="train.gate_both_peer_gap must be >= 0"):
+        load_config(TrainConfig, None, TINY + ["train.gate_both_peer_gap=-0.01"])
+
+
+@pytest.mark.parametrize("position, gate", [("closed", 0.0), ("open", 1.0), ("both", GATE_BOTH)])
+def test_gate_position_sets_the_gate_whatever_val_says_and_still_records_its_scores(tmp_path, position, gate):
+    train = _shards(tmp_path / "data", "train", True, 8)
+    val = _shards(tmp_path / "data", "val", True, 8)
+    argv = ["--train-shards", train, "--val-shards", val, "--output", str(tmp_path / "run")]
+    for item in TINY + TWIN + ["model.twin_average=true", f"train.gate_position={position}"]:
+        argv += ["--set", item]
+    assert main(argv) == 0
+    record = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+              if '"after_training"' in line][-1]
+    assert record["flow_gate"] == gate and set(record["flow_gate_scores"]) == {"both", "off", "on"}
+    assert float(load_model(ckpt.best_path(tmp_path / "run")).flow_gate) == gate
+    assert f"set by train.gate_position={position}" in (tmp_path / "run" / "train.log").read_text()

@@ -19,7 +19,7 @@ def _fake_demo(calls: list):
 
 
 def test_no_dev_run_uses_a_seed_of_the_matrix():
-    assert not {seed for _, seed in dr.DEV_RUNS} & set(wm.DEFAULT_SEEDS)
+    assert not {seed for _, seed in dr.DEV_RUNS + dr.NAMED_DEV_RUNS} & set(wm.DEFAULT_SEEDS)
 
 
 def test_each_run_trains_once_with_the_setting_and_is_kept(tmp_path, monkeypatch):
@@ -57,3 +57,40 @@ def test_an_unknown_dev_run_is_refused_with_the_known_ones(tmp_path, capsys):
     assert dr.main(["--name", "x", "--work", str(tmp_path), "--runs", "indep-s3"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --runs") and "indep-same-s7" in err
+
+
+def _study(world, seed, val, test):
+    return {"world": world, "seed": seed, "n": 400,
+            "positions": {p: {"val": v, "test": t, "prior_weight": 0.0} for p, v, t in zip(dr.GATE_POSITIONS, val, test)}}
+
+
+def test_the_gate_study_shows_what_each_peer_gap_would_pick_from_val_and_its_test_score():
+    flow_net_behind = _study("distractors-sync", 1, (0.5955, 0.6080, 0.5500), (0.95, 0.98, 0.90))
+    outcomes = dr.rule_outcomes(flow_net_behind, margin=0.02)
+    assert outcomes["none"] == ("both", 0.95)            # closed leads by 0.0125 < margin
+    assert outcomes["0.03"] == ("closed", 0.98)          # open trails closed by 0.058 > gap
+    assert outcomes["0.05"] == ("closed", 0.98)
+    runs = [{"world": "distractors-sync", "seed": 1, "results": {"noflow": 0.97}}]
+    table = dr.render_gate_study([flow_net_behind], runs, margin=0.02)
+    assert "| `distractors-sync` s1 | 0.5955 / 0.950 | 0.6080 / 0.980 | 0.5500 / 0.900 | 0.970 | both, 0.950 |" in table
+    assert table.splitlines()[-1].endswith("| 0.950 | 0.980 | 0.980 | 0.980 | 0.980 | 0.980 |")
+
+
+def test_the_gate_study_sets_each_position_after_training_and_evaluates_it_on_test(tmp_path, monkeypatch):
+    from apps import demo
+    from train import engine
+    set_to, evaluated = [], []
+
+    def choose(old, new, val, changes):
+        set_to.append(changes)
+        return {"flow_gate_scores": {"both": 0.6, "off": 0.61, "on": 0.55}, "motion_prior_weight": 0.25}
+
+    monkeypatch.setattr(engine, "choose_after_training_again", choose)
+    monkeypatch.setattr(demo, "evaluate", lambda plan, shards, name, checkpoint: evaluated.append(
+        (name, checkpoint.name)) or {"ciou_at_0.5": {"htf_gate_both": 0.9, "htf_gate_closed": 0.95,
+                                                     "htf_gate_open": 0.8}[name]})
+    study = dr.gate_position_study(tmp_path, "distractors-sync", 1, 1000)
+    assert set_to == [{"train.gate_position": p} for p in ("both", "closed", "open")]
+    assert evaluated == [("htf_gate_both", "both.pt"), ("htf_gate_closed", "closed.pt"), ("htf_gate_open", "open.pt")]
+    assert study["positions"]["closed"] == {"val": 0.61, "test": 0.95, "prior_weight": 0.25}
+    assert dr.gate_position_study(tmp_path, "distractors-sync", 1, 1000) == study and len(set_to) == 3   # kept

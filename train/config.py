@@ -109,14 +109,23 @@ class LoopConfig:
     # position that scores more than this above it on val (select_metric units): the mean of two
     # nets errs least where 40 val clips cannot tell the positions apart.
     gate_both_margin: float = 0.0
+    # The margin shelters both against closed only where the flow net alone scores within this
+    # of the twin alone on val (select_metric units); farther behind, the mean carries a net val
+    # has shown weaker, and closed takes the gate on any lead. None: always sheltered; 0: the
+    # margin shelters both against open only.
+    gate_both_peer_gap: float | None = None
+    # After training, the gate's position: "val" chooses it (above); "both", "closed" or "open"
+    # set it whatever val says (studies of what each position gives; its val scores are still
+    # recorded).
+    gate_position: Literal["val", "both", "closed", "open"] = "val"
     # After training, the motion prior (model.motion_prior_weights) is added only with a weight
     # whose val score beats the map alone by more than this (select_metric units): a gain
     # smaller than what 40-100 val clips can tell apart is not worth risking the map on.
     motion_prior_min_gain: float = 0.0
 
     def validate(self) -> None:
-        for key in ("flow_gate_min_gain", "gate_both_margin", "motion_prior_min_gain"):
-            if getattr(self, key) < 0:
+        for key in ("flow_gate_min_gain", "gate_both_margin", "motion_prior_min_gain", "gate_both_peer_gap"):
+            if getattr(self, key) is not None and getattr(self, key) < 0:
                 raise ValueError(f"train.{key} must be >= 0, got {getattr(self, key)}")
         if self.epochs < 1 or self.save_every_steps < 1 or self.log_every_steps < 1:
             raise ValueError("epochs, save_every_steps and log_every_steps must be >= 1")

@@ -805,7 +805,7 @@ def _validate_and_select(model: HTFModel, val_urls: list[str], cfg: TrainConfig,
 AFTER_TRAINING_KEYS = ("model.motion_prior_weights", "model.motion_prior_floor", "model.motion_prior",
                        "model.sync_smooth_frames", "model.sync_prior_without_flow", "model.mirror_average",
                        "model.twin_average", "model.map_blur", "train.gate_both_margin",
-                       "train.motion_prior_min_gain")
+                       "train.gate_both_peer_gap", "train.gate_position", "train.motion_prior_min_gain")
 
 
 def choose_after_training_again(old_best: Path, new_best: Path, val_urls: list[str],
@@ -862,12 +862,19 @@ def prior_from_scores(scores: dict[float, float], min_gain: float) -> float:
     return best if scores[best] > scores[0.0] + min_gain else 0.0
 
 
-def gate_from_scores(scores: dict[float, float], both_margin: float) -> float:
+GATE_POSITIONS = {"both": GATE_BOTH, "closed": 0.0, "open": 1.0}   # train.gate_position
+
+
+def gate_from_scores(scores: dict[float, float], both_margin: float, peer_gap: float | None = None) -> float:
     """The gate's position from its val scores: both, unless closed or open scores more than
     ``both_margin`` above it; between those two the higher, ties keeping closed. With margin 0
-    this is the first best of both, closed, open."""
+    this is the first best of both, closed, open. With ``peer_gap``, the margin shelters both
+    against closed only while open scores at least closed - peer_gap: an average with a net
+    that val already ranks lower has no claim to the benefit of the doubt."""
     others = {position: score for position, score in scores.items() if position != GATE_BOTH}
     challenger = _first_best(others)
+    if challenger == 0.0 and peer_gap is not None and others[1.0] < others[0.0] - peer_gap:
+        both_margin = 0.0
     return challenger if others[challenger] > scores[GATE_BOTH] + both_margin else GATE_BOTH
 
 
@@ -875,8 +882,8 @@ def gate_from_scores(scores: dict[float, float], both_margin: float) -> float:
 def choose_gate_position(model: HTFModel, urls: list[str], cfg: TrainConfig, info: du.DistInfo) -> dict[str, Any]:
     """Set ``model.flow_gate`` to the position whose maps score best on the val clips with boxes
     by ``train.select_metric``: both (the mean of the flow net's and the twin's maps), closed or
-    open, both kept unless beaten by more than ``train.gate_both_margin`` (gate_from_scores).
-    Collective."""
+    open, both kept unless beaten by more than ``train.gate_both_margin`` (gate_from_scores),
+    or where ``train.gate_position`` names one, that one. Collective."""
     positions = (GATE_BOTH, 0.0, 1.0)
     was_training = model.training
     model.eval()
@@ -892,11 +899,13 @@ def choose_gate_position(model: HTFModel, urls: list[str], cfg: TrainConfig, inf
     model.train(was_training)
     ranks = du.gather_objects(mine, info)
     cious = {position: [c for part in ranks for c in part[position]] for position in positions}
-    if not cious[GATE_BOTH]:
-        model.flow_gate.fill_(GATE_BOTH)
-        return {"flow_gate": GATE_BOTH, "flow_gate_scores": {}}
-    scores = {position: _box_score(values, cfg)[0] for position, values in cious.items()}
-    chosen = gate_from_scores(scores, cfg.train.gate_both_margin)
+    scores = {position: _box_score(values, cfg)[0] for position, values in cious.items()} if cious[GATE_BOTH] else {}
+    if cfg.train.gate_position != "val":
+        chosen = GATE_POSITIONS[cfg.train.gate_position]
+    elif scores:
+        chosen = gate_from_scores(scores, cfg.train.gate_both_margin, cfg.train.gate_both_peer_gap)
+    else:       # no val clip has boxes
+        chosen = GATE_BOTH
     model.flow_gate.fill_(chosen)
     names = {GATE_BOTH: "both", 0.0: "off", 1.0: "on"}
     return {"flow_gate": chosen, "flow_gate_scores": {names[p]: round(s, 6) for p, s in scores.items()}}
@@ -935,7 +944,9 @@ def _calibrate_best(model: HTFModel, val_urls: list[str], cfg: TrainConfig, info
     state.best_metrics.update(chosen)
     log.log("after_training", state.step, chosen)
     if "flow_gate_scores" in chosen:
-        log.print(f"flow gate: {model.describe()} chosen on validation {cfg.train.select_metric} after "
+        how = (f"chosen on validation {cfg.train.select_metric}" if cfg.train.gate_position == "val"
+               else f"set by train.gate_position={cfg.train.gate_position}")
+        log.print(f"flow gate: {model.describe()} {how} after "
                   f"training (candidates: {chosen['flow_gate_scores'] or 'no val clip has boxes'})")
     if "motion_prior_weight" in chosen:
         source = "sync" if cfg.model.motion_prior == "sync" else "motion"
