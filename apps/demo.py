@@ -29,6 +29,7 @@ from typing import Any
 
 from htf.cli import command, make_parser, parse_args
 from htf.io import atomic_write_json, atomic_write_text
+from htf.machine import describe_machine, machine_record
 from htf.model_config import GATE_BOTH
 from apps.synth import WORLDS, generate_world, world_config
 from eval.baselines import BASELINES
@@ -422,8 +423,11 @@ def write_report(plan: DemoPlan, results: dict[str, dict[str, Any]], seconds: di
         if pics:
             md += [f"### {label}", ""] + [f"![{p['kind']} {p['id']} cIoU {p['ciou']:.3f}](eval/{key}/{p['path']})"
                                           for p in pics] + [""]
+    machine = machine_record()
     md += ["## Wall time per stage", "", "| stage | seconds |", "|---|---|"]
     md += [f"| {k} | {s:.0f} |" for k, s in seconds.items()]
+    md += ["", f"Machine: {describe_machine(machine)} (the same seed repeats these numbers on this machine; "
+           "another CPU may sum floats in another order)."]
     md_path = out / "report.md"
     atomic_write_text(md_path, "\n".join(md) + "\n")
 
@@ -451,12 +455,14 @@ def write_report(plan: DemoPlan, results: dict[str, dict[str, Any]], seconds: di
         pics = results.get(key, {}).get("pictures", [])
         if pics:
             body.append(f"<h3>{e(label)}</h3>" + picture_row(pics, f"eval/{key}/"))
-    body.append("<h2>Wall time</h2>" + html_table([["stage", "seconds"]] + [[k, f"{s:.0f}"] for k, s in seconds.items()]))
+    body.append("<h2>Wall time</h2>" + html_table([["stage", "seconds"]] + [[k, f"{s:.0f}"] for k, s in seconds.items()])
+                + f"<p class=note>Machine: {e(describe_machine(machine))}.</p>")
     body.append(links([("report.md", "report.md"), ("results.json", "results.json")]))
     html_path = out / "report.html"
     atomic_write_text(html_path, html_page("Hear The Flow demo on the synthetic world", body))
     atomic_write_json(out / "results.json", {
         "world": plan.world, "by_kind": by_kind or {}, "verdict": v, "htf_chosen_on_val": chosen, "seconds": seconds,
+        "machine": machine,
         "results": {k: {m: results[k][m] for m in ("ciou_at_0.5", "mean_ciou", "auc", "n")} for k in results}},
         indent=1)
     return md_path, html_path

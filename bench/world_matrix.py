@@ -54,6 +54,7 @@ from apps.demo import (BASELINE_MARGIN, BASELINES, MOTION_MARGIN, NOFLOW_SYNC, N
                        DemoPlan, chosen_on_val, run_demo)
 from apps.synth import WORLDS  # noqa: E402
 from htf.io import atomic_write_text  # noqa: E402
+from htf.machine import describe_machine, machine_record  # noqa: E402
 from train.engine import AFTER_TRAINING_KEYS  # noqa: E402
 
 # distractors-same (silent movers and same-class pairs: flow magnitude misleads and only motion
@@ -144,7 +145,7 @@ def run_cell(work: Path, world: str, n: int, seed: int) -> dict[str, Any]:
     cell = {"world": world, "n": n, "seed": seed, "preset": preset_record(),
             "results": results["results"],
             "by_kind": results["by_kind"], "seconds": summary["seconds"],
-            "selected": chosen_on_val(out / "runs" / "htf")}
+            "selected": chosen_on_val(out / "runs" / "htf"), "machine": results.get("machine") or machine_record()}
     for heavy in ("world/video", "shards"):
         shutil.rmtree(out / heavy, ignore_errors=True)
     atomic_write_text(out / "cell.json", json.dumps(cell, indent=1))
@@ -270,7 +271,8 @@ def rescore_cell(old: Path, work: Path, world: str, n: int, seed: int) -> dict[s
     cell = {"world": world, "n": n, "seed": seed, "preset": preset_record(),
             "results": {k: results[k] for k in before["results"]}, "by_kind": by_kind,
             "seconds": before["seconds"], "selected": chosen_on_val(run),
-            "rescored_from": {"preset": before["preset"], "cell": str(old)}}
+            "rescored_from": {"preset": before["preset"], "cell": str(old)}, "machine": machine_record(),
+            "trained_on": before.get("machine")}
     for heavy in ("world/video", "shards"):
         shutil.rmtree(out / heavy, ignore_errors=True)
     atomic_write_text(out / "cell.json", json.dumps(cell, indent=1))
@@ -359,7 +361,7 @@ def write_results(work: Path, planned: list[tuple[str, int, int]], json_path: Pa
                                               "baseline_margin": BASELINE_MARGIN,
                                               "motion_margin": MOTION_MARGIN, "min_seeds": MIN_SEEDS}},
                                     indent=1))
-    markdown = render_markdown(rows, missing, preset, commits)
+    markdown = render_markdown(rows, missing, preset, commits, machines_of(list(cells.values())))
     atomic_write_text(md_path, markdown)
     if page is not None:
         kept = [line for line in markdown.splitlines() if line.startswith(("|", "Cells not run yet"))]
@@ -435,7 +437,19 @@ def _choices(values: list[Any]) -> str:
     return ", ".join(f"{v:g}" for v in values if v is not None) or "—"
 
 
-def render_markdown(rows: list[dict[str, Any]], missing: list[str], preset: str, commits: list[str]) -> str:
+def machines_of(cells: list[dict[str, Any]]) -> dict[str, int]:
+    """How many cells each machine made (its one-line description; "unrecorded" for cells made
+    before cells recorded it). A rescored cell counts where it was trained."""
+    counts: dict[str, int] = {}
+    for cell in cells:
+        made_on = cell.get("trained_on") if "rescored_from" in cell else cell.get("machine")
+        name = describe_machine(made_on) if made_on else "unrecorded"
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def render_markdown(rows: list[dict[str, Any]], missing: list[str], preset: str, commits: list[str],
+                    machines: dict[str, int] | None = None) -> str:
     lines = ["# World x method matrix (test cIoU@0.5, mean ± sd over seeds)", "",
              "Written by `python bench/world_matrix.py`; every cell is one `apps.demo --world NAME` run "
              "(selection on the val split only). Every row was made with one preset: "
@@ -468,6 +482,9 @@ def render_markdown(rows: list[dict[str, Any]], missing: list[str], preset: str,
     if targets:
         lines += ["", "Sync target HTF trained with, decided on val before training (model.loss.sync_target_min_val; "
                   "0 = off), per seed: " + "; ".join(targets) + "."]
+    if machines:
+        lines += ["", "Trained on (runs repeat to the digit on one machine, not across CPUs): "
+                  + "; ".join(f"{name}: {count} cell{'s' * (count > 1)}" for name, count in machines.items()) + "."]
     if missing:
         lines += ["", f"Cells not run yet ({len(missing)}; rerun the script to complete them): "
                   + ", ".join(missing)]

@@ -144,6 +144,15 @@ def test_miniature_demo_runs_every_stage_and_writes_the_report(miniature_demo):
     predictor = json.loads((plan.output / "eval" / "noflow_sync" / "metrics.json").read_text())["predictor"]
     assert "flow: none" in predictor and f"sync prior weight {readout['motion_prior_weight']:g}" in predictor
 
+@pytest.mark.slow
+def test_the_demo_report_says_which_machine_made_its_numbers(miniature_demo):
+    from htf.machine import describe_machine
+    plan, _ = miniature_demo
+    machine = json.loads((plan.output / "results.json").read_text())["machine"]
+    assert machine["cores"] >= 1 and machine["torch"]
+    assert f"Machine: {describe_machine(machine)}" in (plan.output / "report.md").read_text()
+
+
 
 @pytest.mark.slow
 def test_a_second_miniature_demo_with_the_same_seed_gives_the_same_metrics(miniature_demo, tmp_path):

@@ -204,8 +204,8 @@ def test_an_old_best_checkpoint_given_todays_after_training_choice_is_the_new_ru
     train = _sync_shards(tmp_path / "data", "train", True, 8)
     val = _sync_shards(tmp_path / "data", "val", True, 8)
     today = load_config(TrainConfig, wm.PRESET)
-    todays_keys = [f"{dotted}={getattr(getattr(today, dotted.split('.')[0]), dotted.split('.')[1])}"
-                   for dotted in wm.AFTER_TRAINING_KEYS]
+    todays_keys = [f"{dotted}={json.dumps(getattr(getattr(today, dotted.split('.')[0]), dotted.split('.')[1]))}"
+                   for dotted in wm.AFTER_TRAINING_KEYS]      # JSON is YAML: None as null
     runs = {}
     for name, extra in (("old", model), ("new", model + todays_keys)):
         argv = ["--train-shards", train, "--val-shards", val, "--output", str(tmp_path / name)]
@@ -318,3 +318,17 @@ def test_the_page_says_per_seed_whether_htf_trained_with_the_sync_target():
     assert "per seed: demo 400: 0, 1." in page
     assert "sync_target_min_val" not in wm.render_markdown([wm.summarize_row([_cell("demo", 400, 3, 0.8, 0.7, 0.5)])],
                                                            [], "abc", [])
+
+
+def test_the_page_says_which_machines_trained_its_cells_counting_a_rescored_cell_where_it_was_trained():
+    epyc = {"cpu": "AMD EPYC", "vector_flags": ["avx", "avx2"], "cores": 2, "torch": "2.4"}
+    xeon = {"cpu": "Intel Xeon", "vector_flags": ["avx512f"], "cores": 2, "torch": "2.4"}
+    cells = [_cell("demo", 400, s, 0.8, 0.7, 0.5) for s in (3, 4, 5)]
+    cells[0]["machine"] = epyc
+    cells[1].update(machine=epyc, rescored_from={"cell": "x"}, trained_on=xeon)
+    machines = wm.machines_of(cells)
+    assert machines == {"AMD EPYC (avx, avx2), 2 cores, torch 2.4": 1,
+                        "Intel Xeon (avx512f), 2 cores, torch 2.4": 1, "unrecorded": 1}
+    page = wm.render_markdown([wm.summarize_row(cells)], [], "abc", [], machines)
+    assert "Trained on (runs repeat to the digit on one machine, not across CPUs): AMD EPYC" in page
+    assert "unrecorded: 1 cell." in page
