@@ -28,6 +28,9 @@ A preset that differs from an earlier one only in keys that act after training
 (``AFTER_TRAINING_KEYS``: motion prior, averaged maps, the gate's margin) trains the same
 networks; ``--rescore-from DIR`` makes its cells from that preset's finished cells (training runs kept; world, val and test shards remade and
 the world checked to be the same; the post-training choice and HTF's test evaluation redone).
+Where the presets differ only in the gate's rule (``GATE_RULE_KEYS``), a cell whose recorded
+val scores put the gate where it was under today's rule is carried over unchanged (its
+folder linked file by file), and only the others are rescored.
 
 Cells run seed-major (every world and size at seed 0, then seed 1, ...) so the first hours
 cover every world. Writes ``bench/results_worlds.json`` (every cell and the summary) and
@@ -39,6 +42,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -157,28 +161,90 @@ def _after_training_keys() -> list[tuple[str, str]]:
     return [tuple(dotted.split(".")) for dotted in AFTER_TRAINING_KEYS]
 
 
-def _preset_at(commit: str) -> dict[str, Any]:
+def _preset_at(record: dict[str, Any]) -> dict[str, Any]:
+    """The preset a cell was trained with: the file it records at the commit it records (a
+    candidate's cells name the candidate's file), checked against the SHA it records."""
     import yaml
 
-    # Cells are rescored from the claimed preset's cells (a candidate may start from them too).
-    text = subprocess.run(["git", "show", f"{commit.split('+')[0]}:{CLAIMED_PRESET.relative_to(ROOT)}"], cwd=ROOT,
+    file = record.get("file") or shown(CLAIMED_PRESET)
+    text = subprocess.run(["git", "show", f"{record['commit'].split('+')[0]}:{file}"], cwd=ROOT,
                           capture_output=True, text=True, check=True).stdout
+    if hashlib.sha256(text.encode()).hexdigest()[:12] != record["sha256"]:
+        raise SystemExit(f"error: {file} at commit {record['commit']} is not the preset {record['sha256']} its "
+                         f"cells record (a checkout with uncommitted changes?); run the cells instead")
     return yaml.safe_load(text)
 
 
-def trains_the_same(old_commit: str) -> bool:
-    """Does configs/train/tiny.yaml at ``old_commit`` differ from this run's preset only after training?"""
+def _without(preset: dict[str, Any], dotted_keys: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """``preset`` without the (section, key) of each of ``dotted_keys``."""
+    kept = {section: dict(values or {}) for section, values in preset.items()}
+    for dotted in dotted_keys:
+        section, key = dotted.split(".", 1)
+        kept.get(section, {}).pop(key, None)
+    return kept
+
+
+def trains_the_same(record: dict[str, Any]) -> bool:
+    """Does the preset of a cell's ``record`` differ from this run's preset only after training?"""
     import yaml
 
-    old, new = _preset_at(old_commit), yaml.safe_load(PRESET.read_text())
+    old, new = _preset_at(record), yaml.safe_load(PRESET.read_text())
     # With the loss's sync guide or target, the sync maps (and their smoothing) shape training too.
     guided = any(float(((cfg.get("model") or {}).get("loss") or {}).get(key) or 0) > 0
                  for cfg in (old, new) for key in ("sync_guide", "sync_target"))
-    for cfg in (old, new):
-        for section, key in _after_training_keys():
-            if not (guided and key == "sync_smooth_frames"):
-                cfg.get(section, {}).pop(key, None)
-    return old == new
+    keys = [k for k in AFTER_TRAINING_KEYS if not (guided and k == "model.sync_smooth_frames")]
+    return _without(old, keys) == _without(new, keys)
+
+
+# The keys that decide only the gate's position after training (train.engine.gate_from_scores).
+GATE_RULE_KEYS = ("train.gate_both_margin", "train.gate_both_peer_gap", "train.gate_position")
+
+
+def only_the_gate_rule_differs(record: dict[str, Any]) -> bool:
+    """Does the preset of a cell's ``record`` differ from this run's preset in GATE_RULE_KEYS alone?"""
+    import yaml
+
+    return _without(_preset_at(record), GATE_RULE_KEYS) == _without(yaml.safe_load(PRESET.read_text()), GATE_RULE_KEYS)
+
+
+def gate_stays(old: Path) -> bool:
+    """Does today's gate rule, given the val scores an old cell's HTF run recorded after training,
+    put the gate where that run put it? Then its after-training choices, all made after the gate
+    (the prior's weight is chosen for the gate's map), and so the cell's every number, stay.
+    A decision within 1e-5 of a threshold (the scores are recorded rounded) is not taken as
+    staying."""
+    from htf.config import load_config
+    from htf.model_config import GATE_BOTH
+    from train.config import TrainConfig
+    from train.engine import GATE_POSITIONS, gate_from_scores
+
+    log = old / "runs" / "htf" / "metrics.jsonl"
+    after = [json.loads(line) for line in log.read_text().splitlines() if '"after_training"' in line] if log.is_file() else []
+    if not after or not after[-1].get("flow_gate_scores"):
+        return False
+    recorded = after[-1]["flow_gate_scores"]
+    scores = {GATE_BOTH: recorded["both"], 0.0: recorded["off"], 1.0: recorded["on"]}
+    rule = load_config(TrainConfig, PRESET).train
+    if rule.gate_position != "val":
+        return GATE_POSITIONS[rule.gate_position] == after[-1]["flow_gate"]
+    nudged = {gate_from_scores(scores, max(0.0, rule.gate_both_margin + d),
+                               None if rule.gate_both_peer_gap is None else max(0.0, rule.gate_both_peer_gap + d))
+              for d in (-1e-5, 0.0, 1e-5)}
+    return nudged == {after[-1]["flow_gate"]}
+
+
+def carry_cell(old: Path, work: Path, world: str, n: int, seed: int) -> dict[str, Any]:
+    """A cell of today's preset that is an old cell unchanged (gate_stays): its folder linked
+    file by file (runs kept for a later rescore), its cell.json naming today's preset and where
+    it was carried from."""
+    out = work / cell_name(world, n, seed)
+    shutil.rmtree(out, ignore_errors=True)          # a half-made attempt
+    shutil.copytree(old, out, copy_function=os.link)
+    before = json.loads((old / "cell.json").read_text())
+    cell = {**before, "preset": preset_record(), "carried_from": {"preset": before["preset"], "cell": str(old)}}
+    out.joinpath("cell.json").unlink()              # a link to the old cell's file: replaced, not written through
+    atomic_write_text(out / "cell.json", json.dumps(cell, indent=1))
+    return cell
 
 
 def with_todays_after_training_choice(old_best: Path, new_best: Path, val_urls: list[str]) -> dict[str, Any]:
@@ -563,14 +629,17 @@ def _matrix(a: argparse.Namespace) -> int:
         print(f"[matrix] {recovered} finished cell(s) taken from {json_path} (the work folder lacked them)")
     reported = reported_cells(planned, seeds, work, preset)
     rescore_from = Path(a.rescore_from) if a.rescore_from else None
+    carry = False
     if rescore_from is not None:
-        commits = {json.loads(c.read_text())["preset"]["commit"] for c in rescore_from.glob("*/cell.json")}
-        differing = [c for c in commits if not trains_the_same(c)]
-        if not commits or differing:
+        records = [json.loads(r) for r in sorted({json.dumps(json.loads(c.read_text())["preset"], sort_keys=True)
+                                                  for c in rescore_from.glob("*/cell.json")})]
+        differing = [r["commit"] for r in records if not trains_the_same(r)]
+        if not records or differing:
             print(f"error: {rescore_from}: " + (f"its preset (commit {differing[0]}) trains other networks than "
                   f"today's {shown(PRESET)}; run the cells instead" if differing else "no finished cell"),
                   file=sys.stderr)
             return 2
+        carry = all(only_the_gate_rule_differs(r) for r in records)
     ran = 0
     for world, n, seed in planned:
         if a.report_only or (a.max_cells is not None and ran >= a.max_cells):
@@ -591,7 +660,12 @@ def _matrix(a: argparse.Namespace) -> int:
             if not (old / "cell.json").is_file():
                 print(f"[matrix] {old} has no finished cell: skipped", flush=True)
                 continue
-            rescore_cell(old, work, world, n, seed)
+            if carry and gate_stays(old):
+                print(f"[matrix] cell {cell_name(world, n, seed)}: today's gate rule keeps its gate; carried over",
+                      flush=True)
+                carry_cell(old, work, world, n, seed)
+            else:
+                rescore_cell(old, work, world, n, seed)
         else:
             run_cell(work, world, n, seed)
         ran += 1

@@ -154,6 +154,9 @@ def test_a_cell_calls_its_checkout_dirty_for_code_edits_not_for_pages_or_results
     assert wm.git_commit(tmp_path).endswith("+dirty")
 
 
+OLD_RECORD = {"file": "configs/train/tiny.yaml", "sha256": "0123456789ab", "commit": "abc1234", "scoring": 2}
+
+
 @pytest.mark.parametrize("today", [
     "model: {flow: maxpool, motion_prior_weights: [0.5, 1.0]}\ntrain: {steps: 120}\n",
     "model: {flow: maxpool}\ntrain: {steps: 120, gate_both_margin: 0.02}\n",
@@ -161,27 +164,27 @@ def test_a_cell_calls_its_checkout_dirty_for_code_edits_not_for_pages_or_results
 def test_presets_that_differ_only_after_training_train_the_same_networks(monkeypatch, tmp_path, today):
     (tmp_path / "tiny.yaml").write_text(today)
     monkeypatch.setattr(wm, "PRESET", tmp_path / "tiny.yaml")
-    monkeypatch.setattr(wm, "_preset_at", lambda commit: {"model": {"flow": "maxpool"}, "train": {"steps": 120}})
-    assert wm.trains_the_same("abc1234")
-    monkeypatch.setattr(wm, "_preset_at", lambda commit: {"model": {"flow": "maxpool"}, "train": {"steps": 60}})
-    assert not wm.trains_the_same("abc1234")
+    monkeypatch.setattr(wm, "_preset_at", lambda record: {"model": {"flow": "maxpool"}, "train": {"steps": 120}})
+    assert wm.trains_the_same(OLD_RECORD)
+    monkeypatch.setattr(wm, "_preset_at", lambda record: {"model": {"flow": "maxpool"}, "train": {"steps": 60}})
+    assert not wm.trains_the_same(OLD_RECORD)
 
 
 def test_with_the_sync_guide_the_sync_maps_smoothing_acts_in_training(monkeypatch, tmp_path):
     guided = {"model": {"flow": "maxpool", "loss": {"sync_guide": 0.5}, "sync_smooth_frames": 12}}
     (tmp_path / "tiny.yaml").write_text("model: {flow: maxpool, loss: {sync_guide: 0.5}, sync_smooth_frames: 6}\n")
     monkeypatch.setattr(wm, "PRESET", tmp_path / "tiny.yaml")
-    monkeypatch.setattr(wm, "_preset_at", lambda commit: guided)
-    assert not wm.trains_the_same("abc1234")
+    monkeypatch.setattr(wm, "_preset_at", lambda record: guided)
+    assert not wm.trains_the_same(OLD_RECORD)
     (tmp_path / "tiny.yaml").write_text("model: {flow: maxpool, loss: {sync_guide: 0.5}, sync_smooth_frames: 12,"
                                         " map_blur: 1.5}\n")
-    assert wm.trains_the_same("abc1234")
+    assert wm.trains_the_same(OLD_RECORD)
 
 
 def test_rescoring_from_cells_of_a_preset_that_trains_otherwise_is_refused(monkeypatch, tmp_path, capsys):
     old = tmp_path / "old"
     _write_cell(old, _cell("indep", 400, 0, 0.8, 0.7, 0.5, preset="0123456789ab"))
-    monkeypatch.setattr(wm, "trains_the_same", lambda commit: False)
+    monkeypatch.setattr(wm, "trains_the_same", lambda record: False)
     args = ["--worlds", "indep", "--sizes", "400", "--seeds", "0", "--work", str(tmp_path / "new"),
             "--out", str(tmp_path / "r"), "--page", "", "--readme", "", "--rescore-from", str(old)]
     assert wm.main(args) == 2
@@ -332,3 +335,88 @@ def test_the_page_says_which_machines_trained_its_cells_counting_a_rescored_cell
     page = wm.render_markdown([wm.summarize_row(cells)], [], "abc", [], machines)
     assert "Trained on (runs repeat to the digit on one machine, not across CPUs): AMD EPYC" in page
     assert "unrecorded: 1 cell." in page
+
+
+def test_a_cells_preset_is_read_from_the_file_and_commit_it_records_and_checked_against_its_sha():
+    head = wm.git_commit().split("+")[0]
+    record = {"file": "configs/train/tiny.yaml", "commit": head, "sha256": wm.preset_id(wm.CLAIMED_PRESET)}
+    if wm.git_commit().endswith("+dirty") or wm.preset_id(wm.CLAIMED_PRESET) != _committed_sha(head):
+        pytest.skip("the preset has uncommitted changes")
+    assert wm._preset_at(record)["train"]["steps"] == 120
+    with pytest.raises(SystemExit, match="is not the preset 0123456789ab"):
+        wm._preset_at({**record, "sha256": "0123456789ab"})
+
+
+def _committed_sha(commit):
+    import hashlib
+    import subprocess
+    text = subprocess.run(["git", "show", f"{commit}:configs/train/tiny.yaml"], cwd=wm.ROOT, capture_output=True,
+                          check=True).stdout
+    return hashlib.sha256(text).hexdigest()[:12]
+
+
+def _old_cell_with_gate(work, seed, scores, gate):
+    cell = _cell("distractors-sync", 400, seed, 0.8, 0.7, 0.5, preset="0123456789ab")
+    cell["preset"] = dict(OLD_RECORD)
+    _write_cell(work, cell)
+    run = work / wm.cell_name("distractors-sync", 400, seed) / "runs" / "htf"
+    run.mkdir(parents=True)
+    (run / "metrics.jsonl").write_text(json.dumps({"kind": "after_training", "flow_gate": gate,
+                                                   "flow_gate_scores": scores}) + "\n")
+    return work / wm.cell_name("distractors-sync", 400, seed)
+
+
+FLOW_NET_BEHIND = {"both": 0.5955, "off": 0.6080, "on": 0.5500}      # closed +0.0125, open -0.058
+FLOW_NET_ALONGSIDE = {"both": 0.6000, "off": 0.6100, "on": 0.6050}   # closed +0.01, open -0.005
+
+
+@pytest.fixture
+def gate_rule_changed(monkeypatch, tmp_path):
+    """Today's preset: the old one with a peer gap for the gate's margin (a gate rule key only)."""
+    old = {"model": {"flow": "maxpool", "twin_average": True}, "train": {"steps": 120, "gate_both_margin": 0.02}}
+    (tmp_path / "today.yaml").write_text("model: {flow: maxpool, twin_average: true}\n"
+                                         "train: {steps: 120, gate_both_margin: 0.02, gate_both_peer_gap: 0.03}\n")
+    monkeypatch.setattr(wm, "PRESET", tmp_path / "today.yaml")
+    monkeypatch.setattr(wm, "_preset_at", lambda record: old)
+    return tmp_path
+
+
+def test_a_cell_whose_recorded_val_scores_put_the_gate_where_it_was_stays(gate_rule_changed):
+    assert wm.only_the_gate_rule_differs(OLD_RECORD)
+    assert wm.gate_stays(_old_cell_with_gate(gate_rule_changed / "old", 3, FLOW_NET_ALONGSIDE, 0.5))
+    assert not wm.gate_stays(_old_cell_with_gate(gate_rule_changed / "old", 4, FLOW_NET_BEHIND, 0.5))
+
+
+def test_a_decision_at_a_threshold_is_not_taken_as_staying(gate_rule_changed):
+    at_the_margin = {"both": 0.60, "off": 0.62, "on": 0.615}             # closed exactly +0.02
+    assert not wm.gate_stays(_old_cell_with_gate(gate_rule_changed / "old", 3, at_the_margin, 0.5))
+
+
+def test_another_after_training_key_is_not_a_gate_rule_change(gate_rule_changed, monkeypatch):
+    monkeypatch.setattr(wm, "_preset_at", lambda record: {"model": {"flow": "maxpool", "twin_average": True,
+                                                                    "map_blur": 1.0},
+                                                          "train": {"steps": 120, "gate_both_margin": 0.02}})
+    assert wm.trains_the_same(OLD_RECORD) and not wm.only_the_gate_rule_differs(OLD_RECORD)
+
+
+def test_a_gate_rule_rescore_carries_the_cells_whose_gate_stays_and_rescores_the_others(gate_rule_changed,
+                                                                                          monkeypatch):
+    old = gate_rule_changed / "old"
+    stays = _old_cell_with_gate(old, 3, FLOW_NET_ALONGSIDE, 0.5)
+    _old_cell_with_gate(old, 4, FLOW_NET_BEHIND, 0.5)
+    rescored = []
+    monkeypatch.setattr(wm, "rescore_cell", lambda o, work, world, n, seed: rescored.append(seed) or _write_cell(
+        work, _cell(world, n, seed, 0.9, 0.7, 0.5)))
+    new = gate_rule_changed / "new"
+    args = ["--worlds", "distractors-sync", "--sizes", "400", "--seeds", "3,4", "--work", str(new),
+            "--out", str(gate_rule_changed / "r"), "--page", "", "--readme", "", "--rescore-from", str(old),
+            "--preset", str(gate_rule_changed / "today.yaml")]
+    assert wm.main(args) == 0
+    assert rescored == [4]
+    carried = json.loads((new / stays.name / "cell.json").read_text())
+    before = json.loads((stays / "cell.json").read_text())
+    assert carried["results"] == before["results"] and carried["carried_from"]["cell"] == str(stays)
+    assert carried["preset"]["sha256"] == wm.preset_id(gate_rule_changed / "today.yaml")
+    assert json.loads((stays / "cell.json").read_text()) == before                 # the old cell is untouched
+    assert (new / stays.name / "runs" / "htf" / "metrics.jsonl").read_text() == (
+        stays / "runs" / "htf" / "metrics.jsonl").read_text()                      # runs kept for a later rescore
