@@ -73,7 +73,6 @@ def run_one(folder: Path, world: str, seed: int, settings: dict[str, Any], prese
 # The flow gate's positions after training (train.gate_position) and the rules a study reads
 # from their val scores: the preset's margin, and that margin with each peer gap.
 GATE_POSITIONS = ("both", "closed", "open")
-SCORE_NAMES = {"both": "both", "closed": "off", "open": "on"}     # names in flow_gate_scores
 PEER_GAPS = (None, 0.0, 0.01, 0.02, 0.03, 0.05)
 
 
@@ -82,7 +81,7 @@ def gate_position_study(folder: Path, world: str, seed: int, n: int) -> dict[str
     the after-training choices, the prior's weight included, made again for it on val) and
     evaluated on test; kept in ``gate_positions.json``. Reads the kept best.pt and shards."""
     from apps.demo import evaluate
-    from train.engine import choose_after_training_again
+    from train import engine
 
     out = folder / run_name(world, seed)
     record = out / "gate_positions.json"
@@ -95,9 +94,10 @@ def gate_position_study(folder: Path, world: str, seed: int, n: int) -> dict[str
     for position in GATE_POSITIONS:
         moved = out / "runs" / "htf" / "gate_positions" / f"{position}.pt"
         moved.parent.mkdir(parents=True, exist_ok=True)
-        chosen = choose_after_training_again(best, moved, val, {"train.gate_position": position})
+        chosen = engine.choose_after_training_again(best, moved, val, {"train.gate_position": position})
         metrics = evaluate(plan, out / "shards", f"htf_gate_{position}", checkpoint=moved)
-        study["positions"][position] = {"val": chosen["flow_gate_scores"][SCORE_NAMES[position]],
+        name = engine.GATE_SCORE_NAMES[engine.GATE_POSITIONS[position]]
+        study["positions"][position] = {"val": chosen["flow_gate_scores"][name],
                                         "test": metrics["ciou_at_0.5"],
                                         "prior_weight": chosen.get("motion_prior_weight")}
     atomic_write_text(record, json.dumps(study, indent=1))
@@ -106,12 +106,10 @@ def gate_position_study(folder: Path, world: str, seed: int, n: int) -> dict[str
 
 def rule_outcomes(study: dict[str, Any], margin: float) -> dict[str, tuple[str, float]]:
     """Per peer gap: the position train.engine.gate_from_scores picks from the study's val scores, and its test score."""
-    from htf.model_config import GATE_BOTH
-    from train.engine import gate_from_scores
+    from train.engine import GATE_POSITIONS as AT, gate_from_scores
 
-    at = {"both": GATE_BOTH, "closed": 0.0, "open": 1.0}
-    scores = {at[p]: study["positions"][p]["val"] for p in GATE_POSITIONS}
-    named = {v: k for k, v in at.items()}
+    scores = {AT[p]: study["positions"][p]["val"] for p in GATE_POSITIONS}
+    named = {v: k for k, v in AT.items()}
     picked = {gap: named[gate_from_scores(scores, margin, gap)] for gap in PEER_GAPS}
     return {("none" if gap is None else f"{gap:g}"): (pos, study["positions"][pos]["test"]) for gap, pos in picked.items()}
 

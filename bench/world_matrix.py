@@ -214,16 +214,14 @@ def gate_stays(old: Path) -> bool:
     A decision within 1e-5 of a threshold (the scores are recorded rounded) is not taken as
     staying."""
     from htf.config import load_config
-    from htf.model_config import GATE_BOTH
     from train.config import TrainConfig
-    from train.engine import GATE_POSITIONS, gate_from_scores
+    from train.engine import GATE_POSITIONS, gate_from_scores, gate_scores_from_record
 
     log = old / "runs" / "htf" / "metrics.jsonl"
     after = [json.loads(line) for line in log.read_text().splitlines() if '"after_training"' in line] if log.is_file() else []
     if not after or not after[-1].get("flow_gate_scores"):
         return False
-    recorded = after[-1]["flow_gate_scores"]
-    scores = {GATE_BOTH: recorded["both"], 0.0: recorded["off"], 1.0: recorded["on"]}
+    scores = gate_scores_from_record(after[-1]["flow_gate_scores"])
     rule = load_config(TrainConfig, PRESET).train
     if rule.gate_position != "val":
         return GATE_POSITIONS[rule.gate_position] == after[-1]["flow_gate"]

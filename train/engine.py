@@ -863,6 +863,12 @@ def prior_from_scores(scores: dict[float, float], min_gain: float) -> float:
 
 
 GATE_POSITIONS = {"both": GATE_BOTH, "closed": 0.0, "open": 1.0}   # train.gate_position
+GATE_SCORE_NAMES = {GATE_BOTH: "both", 0.0: "off", 1.0: "on"}      # keys of the recorded flow_gate_scores
+
+
+def gate_scores_from_record(recorded: dict[str, float]) -> dict[float, float]:
+    """The gate's val scores by position, from a recorded ``flow_gate_scores``."""
+    return {position: recorded[name] for position, name in GATE_SCORE_NAMES.items()}
 
 
 def gate_from_scores(scores: dict[float, float], both_margin: float, peer_gap: float | None = None) -> float:
@@ -907,8 +913,7 @@ def choose_gate_position(model: HTFModel, urls: list[str], cfg: TrainConfig, inf
     else:       # no val clip has boxes
         chosen = GATE_BOTH
     model.flow_gate.fill_(chosen)
-    names = {GATE_BOTH: "both", 0.0: "off", 1.0: "on"}
-    return {"flow_gate": chosen, "flow_gate_scores": {names[p]: round(s, 6) for p, s in scores.items()}}
+    return {"flow_gate": chosen, "flow_gate_scores": {GATE_SCORE_NAMES[p]: round(s, 6) for p, s in scores.items()}}
 
 
 def make_after_training_choices(model: HTFModel, val_urls: list[str], cfg: TrainConfig,
