@@ -13,23 +13,24 @@ from typing import Any
 VECTOR_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile")
 
 
+def _first(cpuinfo: str, key: str) -> str | None:
+    """The value of ``key`` for /proc/cpuinfo's first processor, None where it has none."""
+    for line in cpuinfo.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip() == key:
+            return value.strip()
+    return None
+
+
 def cpu_model(cpuinfo: str) -> str:
     """The "model name" of /proc/cpuinfo's first processor, or "" without one."""
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name":
-            return value.strip()
-    return ""
+    return _first(cpuinfo, "model name") or ""
 
 
 def vector_flags(cpuinfo: str) -> list[str]:
     """Which of VECTOR_FLAGS /proc/cpuinfo's first processor lists, in VECTOR_FLAGS' order."""
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "flags":
-            have = set(value.split())
-            return [flag for flag in VECTOR_FLAGS if flag in have]
-    return []
+    have = set((_first(cpuinfo, "flags") or "").split())
+    return [flag for flag in VECTOR_FLAGS if flag in have]
 
 
 def machine_record(cpuinfo_path: Path = Path("/proc/cpuinfo")) -> dict[str, Any]:
