@@ -57,6 +57,18 @@ def atomic_write_text(path: str | os.PathLike, text: str, durable: bool = True) 
     return atomic_write_bytes(path, text.encode(), durable)
 
 
+def set_aside(path: str | os.PathLike) -> Path:
+    """Rename a damaged file to ``<name>.damaged`` (``.damaged-2``, ... when taken), so a new
+    one can be written and nothing that was in the old one is lost."""
+    path = Path(path)
+    target, n = path.with_name(f"{path.name}.damaged"), 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.damaged-{n}")
+    os.replace(path, target)
+    return target
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any, *, durable: bool = True, **dumps_args: Any) -> Path:
     """``json.dumps(obj, **dumps_args)`` and a final newline."""
     return atomic_write_text(path, json.dumps(obj, **dumps_args) + "\n", durable)

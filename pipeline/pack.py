@@ -16,12 +16,14 @@ from __future__ import annotations
 import io
 import json
 import os
+import sys
 import tarfile
 from pathlib import Path
 from typing import Any, Iterable
 
-from htf.io import atomic_write_json, replace_into_place, temp_path
+from htf.io import atomic_write_json, replace_into_place, set_aside, temp_path
 from htf.sample import ClipSample, encode_sample
+from htf.shards import ShardReadError, count_tar_samples
 from pipeline.audio import feature_shape
 from pipeline.config import PipelineConfig
 
@@ -150,11 +152,42 @@ def samples_per_shard(cfg: PipelineConfig) -> int:
 
 
 def merge_sizes(out_dir: Path, prefix: str, sizes: dict[str, int]) -> dict[str, int]:
-    """Update ``sizes.json``: entries of this prefix are replaced, other prefixes kept."""
+    """Update ``sizes.json``: entries of this prefix are replaced, other prefixes kept. A
+    damaged file is set aside and other prefixes' counts are read again from their shards."""
     path = out_dir / "sizes.json"
-    current: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    current = _read_sizes(path) if path.exists() else {}
+    if current is None:
+        aside = set_aside(path)
+        current = _count_shards(out_dir, prefix)
+        print(f"warning: {path} is damaged (kept as {aside.name}); the sample counts of the other "
+              f"shards in {out_dir} were read again from their tar headers", file=sys.stderr)
     merged = {k: v for k, v in current.items() if not k.startswith(f"{prefix}-")}
     merged.update(sizes)
     merged = dict(sorted(merged.items()))
     atomic_write_json(path, merged, indent=1)
     return merged
+
+
+def _read_sizes(path: Path) -> dict[str, int] | None:
+    """{shard name: samples}, or None when the file is not that."""
+    try:
+        sizes = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(sizes, dict) or not all(type(v) is int for v in sizes.values()):
+        return None
+    return sizes
+
+
+def _count_shards(out_dir: Path, prefix: str) -> dict[str, int]:
+    """Samples in each shard of ``out_dir`` but ``prefix``'s, from the tar headers; a shard
+    that cannot be read is left out (readers count it themselves, or report it)."""
+    counts = {}
+    for shard in sorted(out_dir.glob("*.tar")):
+        if shard.name.startswith((f"{prefix}-", ".")):
+            continue
+        try:
+            counts[shard.name] = count_tar_samples(str(shard))
+        except ShardReadError:
+            continue
+    return counts

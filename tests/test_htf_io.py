@@ -1,9 +1,9 @@
-"""htf.io: the one atomic write every part uses."""
+"""htf.io: the one atomic write every part uses, and the one way to set a damaged file aside."""
 import json
 
 import pytest
 
-from htf.io import atomic_path, atomic_write_json, temp_path
+from htf.io import atomic_path, atomic_write_json, set_aside, temp_path
 
 
 def test_atomic_write_json_replaces_the_file_and_leaves_no_temporary(tmp_path):
@@ -23,3 +23,13 @@ def test_an_error_while_writing_keeps_the_old_file_and_removes_the_temporary(tmp
             raise RuntimeError("killed mid-write")
     assert target.read_bytes() == b"previous"
     assert not temp_path(target).exists()
+
+
+def test_set_aside_never_overwrites_an_earlier_damaged_copy(tmp_path):
+    path = tmp_path / "sizes.json"
+    for text in ("first", "second"):
+        path.write_text(text)
+        set_aside(path)
+    assert not path.exists()
+    assert (tmp_path / "sizes.json.damaged").read_text() == "first"
+    assert (tmp_path / "sizes.json.damaged-2").read_text() == "second"

@@ -91,6 +91,34 @@ def test_prefixes_share_one_folder_and_sizes_json_merges(tmp_path: Path):
     assert (tmp_path / "train-000000.tar").exists() and (tmp_path / "test-000000.tar").exists()
 
 
+def _train_then_test(out: Path) -> None:
+    root = world()
+    _run(out, "pack.prefix=train", split_list=str(root / "train.txt"))
+    _run(out, "pack.prefix=test", split_list=str(root / "test.txt"))
+
+
+def test_a_damaged_sizes_json_is_set_aside_and_other_prefixes_recounted(tmp_path: Path, capsys):
+    _train_then_test(tmp_path)
+    good = (tmp_path / "sizes.json").read_text()
+    (tmp_path / "sizes.json").write_text('{"train-000000.tar": 4, "te')
+    _run(tmp_path, "pack.prefix=test", split_list=str(world() / "test.txt"))
+    assert (tmp_path / "sizes.json").read_text() == good
+    assert (tmp_path / "sizes.json.damaged").read_text() == '{"train-000000.tar": 4, "te'
+    assert "sizes.json is damaged (kept as sizes.json.damaged)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("report", ["failures.jsonl", "warnings.jsonl"])
+def test_a_damaged_report_line_is_set_aside_and_the_readable_lines_kept(tmp_path: Path, report: str, capsys):
+    _train_then_test(tmp_path)
+    path = tmp_path / report
+    other = json.dumps({"id": "x", "reason": "kept", "prefix": "train"})
+    path.write_text(f"{other}\n[1, 2]\n{{\"id\": \"cut")
+    _run(tmp_path, "pack.prefix=test", split_list=str(world() / "test.txt"))
+    assert path.read_text().splitlines()[0] == other
+    assert (tmp_path / f"{report}.damaged").read_text().endswith('{"id": "cut')
+    assert f"{report}: 2 damaged line(s)" in capsys.readouterr().err
+
+
 def test_a_clip_over_the_time_limit_is_a_failure_not_a_hang(tmp_path: Path):
     summary = _run(tmp_path, "run.clip_timeout_s=0.0001")
     assert summary.written == 0
