@@ -15,7 +15,6 @@ released ``vgg.pth`` and the ``htf-official`` pipeline settings) for meaningful 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections import Counter
 from pathlib import Path
@@ -26,7 +25,7 @@ import yaml
 from eval.baselines import Baseline
 from eval.config import BaselineConfig
 from htf.cli import command, fail, make_parser, parse_args
-from htf.io import atomic_write_text
+from htf.io import atomic_write_text, read_json_lines
 from htf.model import load_model
 from apps.demo import REPO, DemoPlan, make_shards, make_shards_from_folder, make_world, train_model
 
@@ -60,19 +59,11 @@ def pipeline_preset_of(checkpoint: Path, path: Path) -> Path:
 
 
 def summarize_pipeline(shards: Path) -> tuple[list[str], list[dict]]:
-    accepted = []
-    index = shards / "index.jsonl"
-    failures_path = shards / "failures.jsonl"
-    failures = [json.loads(line) for line in failures_path.read_text().splitlines()
-                if line.strip()] if failures_path.exists() else []
-    failed_ids = {f["id"] for f in failures}
-    if index.exists():
-        for line in index.read_text().splitlines():
-            if line.strip():
-                rec = json.loads(line)
-                if rec.get("id") not in failed_ids and rec.get("ok", True):
-                    accepted.append(rec["id"])
-    return sorted(set(accepted)), failures
+    failures = read_json_lines(shards / "failures.jsonl")[0]
+    failed_ids = {f.get("id") for f in failures}
+    accepted = {rec["id"] for rec in read_json_lines(shards / "index.jsonl")[0]
+                if "id" in rec and rec["id"] not in failed_ids and rec.get("ok", True)}
+    return sorted(accepted), failures
 
 
 SYNC_NOTE = ("The sync map (`apps.localize --baseline sync`) needs no training: per place, how "

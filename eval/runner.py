@@ -37,7 +37,7 @@ from htf.shards import ReadFailure, expand_shards, read_samples
 from htf.config import save_config
 from htf.inputs import eval_inputs
 from htf.sync import paired_series
-from htf.io import atomic_write_json
+from htf.io import atomic_write_json, read_json_lines
 from htf.lists import normalise_id, read_split_list
 from htf.model import load_model
 from htf.sample import ClipSample, sample_key
@@ -467,14 +467,7 @@ def pipeline_failures(paths: Sequence[str]) -> dict[str, str]:
     for p in paths:
         by_folder.setdefault(Path(p).parent, set()).add(Path(p).name.rsplit("-", 1)[0])
     for folder, prefixes in by_folder.items():
-        report = folder / "failures.jsonl"
-        if not report.is_file():
-            continue
-        for line in report.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
+        for rec in read_json_lines(folder / "failures.jsonl")[0]:
             if rec.get("prefix") in prefixes and rec.get("id"):
                 out.setdefault(str(rec["id"]), f"{rec.get('reason', '?')}: {rec.get('detail', '')}".rstrip(": "))
     return out

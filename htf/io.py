@@ -57,6 +57,28 @@ def atomic_write_text(path: str | os.PathLike, text: str, durable: bool = True) 
     return atomic_write_bytes(path, text.encode(), durable)
 
 
+def read_json_lines(path: str | os.PathLike) -> tuple[list[dict[str, Any]], int]:
+    """The lines of a JSON-lines file that are JSON objects, and how many lines are not (cut by
+    a kill during an append, edited by hand); blank lines count as neither, a missing file
+    has none."""
+    path = Path(path)
+    if not path.exists():
+        return [], 0
+    records, damaged = [], 0
+    for line in path.read_text(errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+        else:
+            damaged += 1
+    return records, damaged
+
+
 def set_aside(path: str | os.PathLike) -> Path:
     """Rename a damaged file to ``<name>.damaged`` (``.damaged-2``, ... when taken), so a new
     one can be written and nothing that was in the old one is lost."""

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from htf.config import save_config
-from htf.io import atomic_write_json, atomic_write_text, set_aside
+from htf.io import atomic_write_json, atomic_write_text, read_json_lines, set_aside
 from htf.lists import read_split_list
 from pipeline.annotations import Annotations, load_annotations, load_keyframes
 from pipeline.config import PipelineConfig
@@ -326,30 +326,14 @@ def _merge_jsonl(path: Path, prefix: str, records: list[dict]) -> None:
     """Replace this prefix's lines of a report, keep other prefixes' (train/val/test share OUT).
     Damaged lines (the file was edited or cut outside the pipeline) do not stop the run: the
     file is set aside whole and rewritten from its readable lines."""
-    kept: list[str] = []
-    damaged = 0
-    if path.exists():
-        for line in path.read_text(errors="replace").splitlines():
-            record = _json_object(line) if line.strip() else {}
-            if record is None:
-                damaged += 1
-            elif line.strip() and record.get("prefix") != prefix:
-                kept.append(line)
+    current, damaged = read_json_lines(path)
     if damaged:
         aside = set_aside(path)
         print(f"warning: {path}: {damaged} damaged line(s); the file is kept as {aside.name} and rewritten "
               f"from its readable lines. A damaged line of another --shard-prefix comes back when that "
               f"prefix's command is run again (finished work is reused)", file=sys.stderr)
-    atomic_write_text(path, "".join(line + "\n" for line in kept + [json.dumps(r) for r in records]))
-
-
-def _json_object(line: str) -> dict | None:
-    """The line as a JSON object, or None when it is not one."""
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return None
-    return record if isinstance(record, dict) else None
+    kept = [r for r in current if r.get("prefix") != prefix]
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept + records))
 
 
 def _remove_leftovers(out: Path, prefix: str, stage: str) -> None:

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Optional, Protocol
 
-from htf.io import atomic_write_json
+from htf.io import atomic_write_json, read_json_lines
 from pipeline.errors import ClipTimeout, failure_record
 
 
@@ -143,9 +143,7 @@ def died_detail(step: dict[str, Any]) -> str:
 def hung_clips(task: Task) -> dict[str, dict[str, Any]]:
     """Clips of ``task`` recorded as hung under a time limit at least the current one (a
     clip that hung gets another chance when ``run.clip_timeout_s`` has been raised since)."""
-    path = hung_path(task)
-    if not path.exists():
-        return {}
-    entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    # A line cut by a kill during its append is passed over: that clip gets another chance.
+    entries, _damaged = read_json_lines(hung_path(task))
     limit = task.cfg.run.clip_timeout_s
     return {e["failure"]["id"]: e["failure"] for e in entries if e["clip_timeout_s"] >= limit}

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from htf.io import atomic_path, atomic_write_json, set_aside, temp_path
+from htf.io import atomic_path, atomic_write_json, read_json_lines, set_aside, temp_path
 
 
 def test_atomic_write_json_replaces_the_file_and_leaves_no_temporary(tmp_path):
@@ -33,3 +33,10 @@ def test_set_aside_never_overwrites_an_earlier_damaged_copy(tmp_path):
     assert not path.exists()
     assert (tmp_path / "sizes.json.damaged").read_text() == "first"
     assert (tmp_path / "sizes.json.damaged-2").read_text() == "second"
+
+
+def test_read_json_lines_keeps_objects_and_counts_every_other_line(tmp_path):
+    path = tmp_path / "failures.jsonl"
+    path.write_text('{"id": "a"}\n\n[1, 2]\nnot json\n{"id": "b"}\n{"id": "c", "det')
+    assert read_json_lines(path) == ([{"id": "a"}, {"id": "b"}], 3)
+    assert read_json_lines(tmp_path / "missing.jsonl") == ([], 0)

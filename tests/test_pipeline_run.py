@@ -247,6 +247,18 @@ def test_a_hung_clip_is_skipped_on_rerun_unless_the_time_limit_was_raised(tmp_pa
     assert raised.failures == [] and raised.written == len(task.clips)
 
 
+def test_a_hung_clip_record_cut_by_a_kill_gives_that_clip_another_chance(tmp_path: Path):
+    from pipeline import watchdog
+    from pipeline.runner import plan_tasks
+
+    tasks, _, _ = plan_tasks(small_config("run.task_clips=3"), RunInputs(str(world()), str(tmp_path)), "pack")
+    first, second = tasks[0].clips[:2]
+    watchdog.record_hung(tasks[0], {"id": first.id, "stage": "flow"}, "killed")
+    with open(watchdog.hung_path(tasks[0]), "a") as f:       # the parent was killed mid-append
+        f.write(f'{{"failure": {{"id": "{second.id}", "sta')
+    assert list(watchdog.hung_clips(tasks[0])) == [first.id]
+
+
 def test_each_prefix_keeps_its_own_resolved_config_in_a_shared_folder(tmp_path: Path):
     _run(tmp_path, "pack.prefix=train", "audio.feature=logmel", stage="index")
     _run(tmp_path, "pack.prefix=val", "audio.feature=linear", stage="index")
