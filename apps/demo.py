@@ -164,7 +164,7 @@ def noflow_with_sync_prior(plan: DemoPlan, shards: Path, run_dir: Path) -> Path 
     no sync prior. The network is the no-flow run's: only the after-training choice is new."""
     from htf.config import load_config
     from train.config import TrainConfig
-    from train.engine import choose_after_training_again
+    from train.after_training import choose_after_training_again
 
     model = load_config(TrainConfig, plan.train_config, plan.train_overrides).model
     if model.motion_prior != "sync" or not model.motion_prior_weights:
@@ -172,7 +172,7 @@ def noflow_with_sync_prior(plan: DemoPlan, shards: Path, run_dir: Path) -> Path 
     best = run_dir / "checkpoints" / "best.pt"
     out = run_dir / "checkpoints" / "best_sync_prior.pt"
     print(f"[demo] {out}: {best} with model.sync_prior_without_flow=true, the prior's weight chosen on val "
-          f"(train.engine.choose_after_training_again)", flush=True)
+          f"(train.after_training.choose_after_training_again)", flush=True)
     val = [str(p) for p in sorted(shards.glob("val-*.tar"))]
     chosen = choose_after_training_again(best, out, val, {"model.sync_prior_without_flow": True})
     atomic_write_json(run_dir / "sync_prior_chosen_on_val.json", chosen)

@@ -81,7 +81,7 @@ def gate_position_study(folder: Path, world: str, seed: int, n: int) -> dict[str
     the after-training choices, the prior's weight included, made again for it on val) and
     evaluated on test; kept in ``gate_positions.json``. Reads the kept best.pt and shards."""
     from apps.demo import evaluate
-    from train import engine
+    from train import after_training
 
     out = folder / run_name(world, seed)
     record = out / "gate_positions.json"
@@ -94,9 +94,9 @@ def gate_position_study(folder: Path, world: str, seed: int, n: int) -> dict[str
     for position in GATE_POSITIONS:
         moved = out / "runs" / "htf" / "gate_positions" / f"{position}.pt"
         moved.parent.mkdir(parents=True, exist_ok=True)
-        chosen = engine.choose_after_training_again(best, moved, val, {"train.gate_position": position})
+        chosen = after_training.choose_after_training_again(best, moved, val, {"train.gate_position": position})
         metrics = evaluate(plan, out / "shards", f"htf_gate_{position}", checkpoint=moved)
-        name = engine.GATE_SCORE_NAMES[engine.GATE_POSITIONS[position]]
+        name = after_training.GATE_SCORE_NAMES[after_training.GATE_POSITIONS[position]]
         study["positions"][position] = {"val": chosen["flow_gate_scores"][name],
                                         "test": metrics["ciou_at_0.5"],
                                         "prior_weight": chosen.get("motion_prior_weight")}
@@ -105,8 +105,9 @@ def gate_position_study(folder: Path, world: str, seed: int, n: int) -> dict[str
 
 
 def rule_outcomes(study: dict[str, Any], margin: float) -> dict[str, tuple[str, float]]:
-    """Per peer gap: the position train.engine.gate_from_scores picks from the study's val scores, and its test score."""
-    from train.engine import GATE_POSITIONS as AT, gate_from_scores
+    """Per peer gap: the position train.after_training.gate_from_scores picks from the study's val scores, and its test score."""
+    from train.after_training import GATE_POSITIONS as AT
+    from train.after_training import gate_from_scores
 
     scores = {AT[p]: study["positions"][p]["val"] for p in GATE_POSITIONS}
     named = {v: k for k, v in AT.items()}

@@ -59,7 +59,7 @@ from apps.demo import (BASELINE_MARGIN, BASELINES, MOTION_MARGIN, NOFLOW_SYNC, N
 from apps.synth import WORLDS  # noqa: E402
 from htf.io import atomic_write_text  # noqa: E402
 from htf.machine import describe_machine, machine_record  # noqa: E402
-from train.engine import AFTER_TRAINING_KEYS  # noqa: E402
+from train.after_training import AFTER_TRAINING_KEYS  # noqa: E402
 
 # distractors-same (silent movers and same-class pairs: flow magnitude misleads and only motion
 # with the sound tells) joined with the eighth preset, after its 24 cells, as the harder sibling.
@@ -157,7 +157,7 @@ def run_cell(work: Path, world: str, n: int, seed: int) -> dict[str, Any]:
 
 
 def _after_training_keys() -> list[tuple[str, str]]:
-    """train.engine.AFTER_TRAINING_KEYS as (config section, key)."""
+    """train.after_training.AFTER_TRAINING_KEYS as (config section, key)."""
     return [tuple(dotted.split(".")) for dotted in AFTER_TRAINING_KEYS]
 
 
@@ -196,7 +196,7 @@ def trains_the_same(record: dict[str, Any]) -> bool:
     return _without(old, keys) == _without(new, keys)
 
 
-# The keys that decide only the gate's position after training (train.engine.gate_from_scores).
+# The keys that decide only the gate's position after training (train.after_training.gate_from_scores).
 GATE_RULE_KEYS = ("train.gate_both_margin", "train.gate_both_peer_gap", "train.gate_position")
 
 
@@ -215,7 +215,7 @@ def gate_stays(old: Path) -> bool:
     staying."""
     from htf.config import load_config
     from train.config import TrainConfig
-    from train.engine import GATE_POSITIONS, gate_from_scores, gate_scores_from_record
+    from train.after_training import GATE_POSITIONS, gate_from_scores, gate_scores_from_record
 
     log = old / "runs" / "htf" / "metrics.jsonl"
     after = [json.loads(line) for line in log.read_text().splitlines() if '"after_training"' in line] if log.is_file() else []
@@ -247,11 +247,11 @@ def carry_cell(old: Path, work: Path, world: str, n: int, seed: int) -> dict[str
 
 def with_todays_after_training_choice(old_best: Path, new_best: Path, val_urls: list[str]) -> dict[str, Any]:
     """``old_best`` as today's preset would have ended it: today's after-training keys, and the
-    trainer's after-training choices on ``val_urls`` (train.engine.choose_after_training_again),
+    trainer's after-training choices on ``val_urls`` (train.after_training.choose_after_training_again),
     written to ``new_best``. Returns the choices and the step."""
     from htf.config import load_config
     from train.config import TrainConfig
-    from train.engine import choose_after_training_again
+    from train.after_training import choose_after_training_again
 
     today = load_config(TrainConfig, PRESET)
     changes = {f"{section}.{key}": getattr(getattr(today, section), key) for section, key in _after_training_keys()}

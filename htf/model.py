@@ -207,7 +207,7 @@ class HTFModel(nn.Module):
             # closed, so an unvalidated model is the no-flow model of its weights (or its twin).
             self.register_buffer("flow_gate", torch.zeros(()))
         if cfg.has_motion_prior():
-            # Chosen on the validation split after training (train.engine.calibrate_motion_prior);
+            # Chosen on the validation split after training (train.after_training.calibrate_motion_prior);
             # 0 until then, so the map is the network's own.
             self.register_buffer("motion_prior_weight", torch.zeros(()))
         if cfg.mirror_average:

@@ -86,7 +86,7 @@ def test_maps_are_of_the_clip_as_it_is_until_the_mirror_average_is_switched_on_a
 
 
 def test_a_twin_average_without_a_twin_does_nothing_so_ablations_of_the_preset_run():
-    from train.engine import after_training_choices
+    from train.after_training import after_training_choices
     for ablation in (["model.flow_gate=true", "model.flow_fallback=shared"], ["model.flow=none"]):
         model = HTFModel(load_config(TrainConfig, None, TINY + ablation + ["model.twin_average=true"]).model)
         assert not hasattr(model, "twin") and "flow_gate" not in after_training_choices(model)
@@ -136,14 +136,14 @@ def test_training_is_unchanged_and_best_alone_gets_the_averaged_maps(tmp_path):
 
 
 def test_with_no_margin_the_gate_is_the_first_best_of_both_closed_and_open():
-    from train.engine import _first_best, gate_from_scores
+    from train.after_training import first_best, gate_from_scores
     for values in [(0.5, 0.4, 0.6), (0.5, 0.6, 0.4), (0.5, 0.5, 0.5), (0.6, 0.4, 0.6), (0.4, 0.6, 0.6)]:
         scores = dict(zip((GATE_BOTH, 0.0, 1.0), values))
-        assert gate_from_scores(scores, 0.0) == _first_best(scores)
+        assert gate_from_scores(scores, 0.0) == first_best(scores)
 
 
 def test_both_is_kept_unless_closed_or_open_beats_it_by_more_than_the_margin():
-    from train.engine import gate_from_scores
+    from train.after_training import gate_from_scores
     open_by_a_hair = {GATE_BOTH: 0.5825, 0.0: 0.52125, 1.0: 0.58375}
     assert gate_from_scores(open_by_a_hair, 0.01) == GATE_BOTH
     assert gate_from_scores(open_by_a_hair, 0.0) == 1.0
@@ -152,7 +152,7 @@ def test_both_is_kept_unless_closed_or_open_beats_it_by_more_than_the_margin():
 
 
 def test_when_closed_and_open_both_beat_both_by_the_margin_a_tie_keeps_closed():
-    from train.engine import gate_from_scores
+    from train.after_training import gate_from_scores
     assert gate_from_scores({GATE_BOTH: 0.40, 0.0: 0.50, 1.0: 0.50}, 0.02) == 0.0
     assert gate_from_scores({GATE_BOTH: 0.40, 0.0: 0.50, 1.0: 0.51}, 0.02) == 1.0
 
@@ -163,10 +163,10 @@ def test_a_negative_gate_both_margin_is_refused_naming_the_key():
 
 
 def test_the_trainer_chooses_the_gate_with_the_configured_margin(tmp_path, monkeypatch):
-    from train import engine
+    from train import after_training
     margins = []
-    choose = engine.gate_from_scores
-    monkeypatch.setattr(engine, "gate_from_scores",
+    choose = after_training.gate_from_scores
+    monkeypatch.setattr(after_training, "gate_from_scores",
                         lambda scores, margin, gap: margins.append(margin) or choose(scores, margin, gap))
     train = _shards(tmp_path / "data", "train", True, 8)
     val = _shards(tmp_path / "data", "val", True, 8)
@@ -182,7 +182,7 @@ def test_the_trainer_chooses_the_gate_with_the_configured_margin(tmp_path, monke
 
 
 def test_with_a_peer_gap_closed_takes_the_gate_on_any_lead_once_open_trails_it_by_more():
-    from train.engine import gate_from_scores
+    from train.after_training import gate_from_scores
     flow_net_behind = {GATE_BOTH: 0.5955, 0.0: 0.6080, 1.0: 0.5500}     # closed +0.0125, open -0.058
     assert gate_from_scores(flow_net_behind, 0.02) == GATE_BOTH
     assert gate_from_scores(flow_net_behind, 0.02, peer_gap=0.03) == 0.0
@@ -190,7 +190,7 @@ def test_with_a_peer_gap_closed_takes_the_gate_on_any_lead_once_open_trails_it_b
 
 
 def test_a_peer_gap_leaves_both_sheltered_against_open():
-    from train.engine import gate_from_scores
+    from train.after_training import gate_from_scores
     open_by_a_hair = {GATE_BOTH: 0.5825, 0.0: 0.52125, 1.0: 0.58375}
     assert gate_from_scores(open_by_a_hair, 0.02, peer_gap=0.0) == GATE_BOTH
     close_peers = {GATE_BOTH: 0.60, 0.0: 0.61, 1.0: 0.605}              # open within the gap of closed

@@ -78,14 +78,14 @@ def test_the_gate_study_shows_what_each_peer_gap_would_pick_from_val_and_its_tes
 
 def test_the_gate_study_sets_each_position_after_training_and_evaluates_it_on_test(tmp_path, monkeypatch):
     from apps import demo
-    from train import engine
+    from train import after_training
     set_to, evaluated = [], []
 
     def choose(old, new, val, changes):
         set_to.append(changes)
         return {"flow_gate_scores": {"both": 0.6, "off": 0.61, "on": 0.55}, "motion_prior_weight": 0.25}
 
-    monkeypatch.setattr(engine, "choose_after_training_again", choose)
+    monkeypatch.setattr(after_training, "choose_after_training_again", choose)
     monkeypatch.setattr(demo, "evaluate", lambda plan, shards, name, checkpoint: evaluated.append(
         (name, checkpoint.name)) or {"ciou_at_0.5": {"htf_gate_both": 0.9, "htf_gate_closed": 0.95,
                                                      "htf_gate_open": 0.8}[name]})

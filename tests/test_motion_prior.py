@@ -122,7 +122,8 @@ def test_each_prior_weight_is_scored_on_the_very_maps_the_model_then_gives(tmp_p
     from htf.shards import read_samples
     from htf.inputs import eval_inputs
     from train.distributed import DistInfo
-    from train.engine import _box_score, _scored_ciou, calibrate_motion_prior
+    from train.validation import box_score, scored_ciou
+    from train.after_training import calibrate_motion_prior
     torch.manual_seed(0)
     val = _shards(tmp_path, "val", True, 16)
     cfg = load_config(TrainConfig, None, TINY + ["model.motion_prior_weights=[0.5, 2.0, 8.0]", "model.map_blur=1.5"])
@@ -135,19 +136,19 @@ def test_each_prior_weight_is_scored_on_the_very_maps_the_model_then_gives(tmp_p
         model.motion_prior_weight.fill_(float(weight))
         with torch.no_grad():
             maps = model(*inputs)["map"].numpy()
-        given = _box_score([_scored_ciou(m, s.boxes, s.meta.box_format) for m, s in zip(maps, samples)], cfg)[0]
+        given = box_score([scored_ciou(m, s.boxes, s.meta.box_format) for m, s in zip(maps, samples)], cfg)[0]
         assert score == pytest.approx(given, abs=1e-6), weight
 
 
 def test_with_no_minimum_gain_the_prior_weight_is_the_first_best():
-    from train.engine import _first_best, prior_from_scores
+    from train.after_training import first_best, prior_from_scores
     for values in [(0.5, 0.6, 0.55), (0.5, 0.5, 0.4), (0.6, 0.5, 0.6), (0.5, 0.55, 0.55)]:
         scores = dict(zip((0.0, 0.5, 2.0), values))
-        assert prior_from_scores(scores, 0.0) == _first_best(scores)
+        assert prior_from_scores(scores, 0.0) == first_best(scores)
 
 
 def test_a_prior_weight_that_beats_the_map_alone_by_no_more_than_the_minimum_gain_is_not_taken():
-    from train.engine import prior_from_scores
+    from train.after_training import prior_from_scores
     by_a_hair = {0.0: 0.5735, 0.25: 0.578, 0.5: 0.5795, 1.0: 0.567}
     assert prior_from_scores(by_a_hair, 0.01) == 0.0
     assert prior_from_scores(by_a_hair, 0.0) == 0.5

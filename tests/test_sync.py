@@ -317,7 +317,7 @@ def test_a_no_flow_run_read_again_with_the_sync_prior_chooses_its_weight_on_val(
     from eval.runner import evaluate
     from htf.model import load_model
     from train import checkpoint as ckpt
-    from train.engine import choose_after_training_again
+    from train.after_training import choose_after_training_again
 
     train = _sync_shards(tmp_path / "data", "train", True, 8)
     val = _sync_shards(tmp_path / "data", "val", True, 8)
@@ -334,7 +334,7 @@ def test_a_no_flow_run_read_again_with_the_sync_prior_chooses_its_weight_on_val(
 
 
 def test_reading_a_run_again_refuses_a_key_that_acts_in_training(tmp_path):
-    from train.engine import choose_after_training_again
+    from train.after_training import choose_after_training_again
     with pytest.raises(ValueError, match="model.width act"):
         choose_after_training_again(tmp_path / "best.pt", tmp_path / "new.pt", [], {"model.width": 32})
 
@@ -574,7 +574,7 @@ def test_the_val_score_of_the_sync_maps_is_the_sync_baselines_score(tmp_path):
     from htf.metrics import clip_ciou
     from htf.shards import read_samples
     from train.distributed import DistInfo
-    from train.engine import val_sync_map_cious
+    from train.validation import val_sync_map_cious
 
     val = _sync_shards(tmp_path, "val", True, 6)
     cfg = _target_config(0.5)
@@ -588,7 +588,7 @@ def test_the_val_score_of_the_sync_maps_is_the_sync_baselines_score(tmp_path):
 @pytest.mark.parametrize("above,on", [(0.0, True), (1e-3, False)])
 def test_the_sync_target_stays_on_at_the_floor_and_goes_off_just_above_it(tmp_path, above, on):
     from train.distributed import DistInfo
-    from train.engine import sync_target_for_run
+    from train.validation import sync_target_for_run
 
     val = [_sync_shards(tmp_path, "val", True, 4), _sync_shards(tmp_path, "misleading", False, 4)]
     _cfg, record = sync_target_for_run(_target_config(0.5), val, DistInfo())
@@ -634,7 +634,7 @@ def test_a_floor_with_val_clips_without_boxes_stops_with_an_error_naming_the_key
     from htf.config import ConfigError
     from htf.shards import read_samples
     from train.distributed import DistInfo
-    from train.engine import sync_target_for_run
+    from train.validation import sync_target_for_run
 
     boxed = _sync_shards(tmp_path / "boxed", "val", True, 3)
     unboxed = str(tmp_path / "val-000000.tar")

@@ -13,7 +13,7 @@ from htf.sample import encode_sample
 from tests.train_helpers import PIPELINE, synthetic_sample, write_shards
 from train import checkpoint as ckpt
 from train.__main__ import main
-from train.engine import ValClip
+from train.validation import ValClip
 from htf.model import load_model
 
 TINY = ["model.width=8", "model.image_size=56", "model.freeze_vision=false", "model.audio_frames=32",
@@ -254,11 +254,11 @@ def _gated_setup(min_gain: float = 0.0):
     from htf.metrics import summarize
     from htf.model import HTFModel
     from train.config import TrainConfig
-    from train.engine import _scored_ciou
+    from train.validation import scored_ciou
 
     cfg = load_config(TrainConfig, Path(__file__).parents[1] / "configs/train/tiny.yaml",
                       ["model.flow_gate=true", f"train.flow_gate_min_gain={min_gain}"])
-    return cfg, HTFModel(cfg.model), (_scored_ciou, summarize)
+    return cfg, HTFModel(cfg.model), (scored_ciou, summarize)
 
 
 def _map_on(left: bool) -> np.ndarray:
@@ -274,11 +274,11 @@ def _map_on(left: bool) -> np.ndarray:
     (True, True, False),      # a tie: closed (flow must earn its place)
 ])
 def test_flow_gate_is_chosen_on_validation_and_ties_stay_closed(flow_on_finds, flow_off_finds, expect_open):
-    from train.engine import _box_metrics
+    from train.validation import box_metrics
 
     cfg, model, fns = _gated_setup()
     clips = [_fake_clip(_map_on(left=flow_on_finds), _map_on(left=flow_off_finds)) for _ in range(4)]
-    metrics = _box_metrics(model, clips, cfg)
+    metrics = box_metrics(model, clips, cfg)
     assert metrics["flow_gate"] == int(expect_open)
     assert float(model.flow_gate) == float(expect_open)
     chosen = clips[0].with_flow if expect_open else clips[0].without_flow
@@ -286,12 +286,12 @@ def test_flow_gate_is_chosen_on_validation_and_ties_stay_closed(flow_on_finds, f
 
 
 def test_flow_gate_stays_closed_when_flow_gains_less_than_the_minimum():
-    from train.engine import _box_metrics
+    from train.validation import box_metrics
 
     cfg, model, fns = _gated_setup(min_gain=0.5)
     # flow on finds the sounder in 3 of 4 clips, flow off in 2: a gain of 0.25 AUC-ish, under 0.5
     clips = [_fake_clip(_map_on(left=i < 3), _map_on(left=i < 2)) for i in range(4)]
-    metrics = _box_metrics(model, clips, cfg)
+    metrics = box_metrics(model, clips, cfg)
     on, off = metrics["flow_gate_scores"]["on"], metrics["flow_gate_scores"]["off"]
     assert 0 < on - off < 0.5
     assert metrics["flow_gate"] == 0 and float(model.flow_gate) == 0.0

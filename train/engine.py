@@ -1,8 +1,8 @@
-"""The training loop: set-up, steps, validation, checkpoints and logs.
+"""The training loop: set-up, steps, checkpoints and logs.
 
 Read top to bottom: :func:`fit` builds everything and runs the epochs; one optimisation
-step is :func:`train_step`; :func:`validate` computes the validation loss and, where the
-shards carry boxes, cIoU/AUC with the evaluator's metric functions.
+step is :func:`train_step`. What the val split measures and decides is in
+:mod:`train.validation` (during training) and :mod:`train.after_training` (once it ends).
 """
 from __future__ import annotations
 
@@ -22,17 +22,17 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from htf.config import ConfigError, dump_config, save_config, to_dict
+from htf.config import dump_config, save_config, to_dict
 from htf.io import atomic_path, atomic_write_json
-from htf.metrics import clip_ciou, summarize
-from htf.inputs import sync_input
-from htf.model import GATE_BOTH, HTFModel, checkpoint_payload, load_model, smooth_maps
-from htf.shards import count_samples, expand_shards, read_samples
+from htf.model import GATE_BOTH, HTFModel, checkpoint_payload, load_model
+from htf.shards import count_samples, expand_shards
 from train import checkpoint as ckpt
 from train import distributed as du
+from train.after_training import after_training_choices, make_after_training_choices
 from train.config import TrainConfig
-from train.data import (ShardSettingsError, TrainStream, check_shard_settings, first_sample, train_loader, val_loader,
-                        warn_skipped)
+from train.data import ShardSettingsError, TrainStream, check_shard_settings, first_sample, train_loader
+from train.precision import autocast, use_channels_last
+from train.validation import selection_score, sync_target_for_run, sync_target_line, validate
 from train.weight_average import WeightAverage
 
 
@@ -104,18 +104,6 @@ def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
         progress = min(1.0, (step - warm) / max(1, total - warm))
         return 0.5 * (1.0 + math.cos(math.pi * progress))
     return 1.0
-
-
-def autocast(cfg: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
-    if device.type != "cuda" or cfg.train.amp == "none":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if cfg.train.amp == "bf16" else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
-
-
-def use_channels_last(cfg: TrainConfig, device: torch.device) -> bool:
-    # CUDA only: on CPU this torch build crashes in a channels_last backward (double free).
-    return cfg.train.channels_last and device.type == "cuda"
 
 
 def wants_resume(resume: bool | str | None, output: Path) -> bool:
@@ -254,8 +242,6 @@ def train_step(model: torch.nn.Module, batch: dict[str, torch.Tensor], optimizer
     return mean_loss
 
 
-# ---------------------------------------------------------------------------- validation
-
 def non_finite_advice(cfg: TrainConfig, device: torch.device) -> str:
     """What to change after a NaN/Inf loss. A compiled bf16 run from random weights gave NaN at
     its second step on an H200 where the same run uncompiled did not (bench/gpu/README.md)."""
@@ -263,166 +249,6 @@ def non_finite_advice(cfg: TrainConfig, device: torch.device) -> str:
     if cfg.train.compile and device.type == "cuda":
         advice += ", or set train.compile=false (a compiled run has given NaN where the same run uncompiled did not)"
     return advice
-
-
-def _scored_ciou(map7: np.ndarray, boxes: Any, box_format: str) -> float:
-    """cIoU of one clip; a box lost when clipped scores 0, as the evaluator does."""
-    try:
-        return clip_ciou(map7, boxes, box_format)
-    except ValueError:
-        return 0.0
-
-
-# Validation clips drawn as heat-map pictures in TensorBoard (rank 0's first clips with boxes).
-VAL_PICTURES = 4
-
-
-@torch.no_grad()
-def validate(model: HTFModel, urls: list[str], cfg: TrainConfig, info: du.DistInfo,
-             pictures: list[np.ndarray] | None = None) -> dict[str, Any]:
-    """Validation loss (batches of >= 2) and, for clips with boxes, cIoU@0.5 / mean cIoU / AUC.
-
-    With ``model.flow_gate`` the gate is chosen here by ``train.select_metric`` and set on the
-    model (flow off is scored too and wins ties; flow opens only for a gain above
-    ``train.flow_gate_min_gain``), reported as ``flow_gate``. The loss is the flow-on model's. With a
-    ``pictures`` list, rank 0 appends the heat-map figures of its first VAL_PICTURES clips
-    with boxes (the same picture as the evaluator's report)."""
-    was_training = model.training
-    model.eval()
-    gated = hasattr(model, "flow_gate")
-    loss_sum, loss_n, clips = 0.0, 0, []
-    for batch, metas in val_loader(urls, cfg.model, cfg.data, info.rank, info.world):
-        image, flow, spec = (batch[k].to(info.device) for k in ("image", "flow", "spec"))
-        off = _maps_without_flow(model, image, flow, spec) if gated else None
-        with autocast(cfg, info.device), _gate(model, 1.0):
-            out = model(image, flow, spec, return_loss=image.shape[0] > 1)
-        if "loss" in out:
-            loss_sum += float(out["loss"]) * image.shape[0]
-            loss_n += image.shape[0]
-        maps = out["map"].float().cpu().numpy()
-        for i, meta in enumerate(metas):
-            if meta["boxes"]:
-                clips.append(ValClip(maps[i], None if off is None else off[i], meta["boxes"], meta["box_format"]))
-                if pictures is not None and info.is_main and len(pictures) < VAL_PICTURES:
-                    score = _scored_ciou(maps[i], meta["boxes"], meta["box_format"])
-                    pictures.append(_val_picture(batch["image"][i], maps[i], meta, score, cfg))
-    model.train(was_training)
-    gathered = du.gather_objects((loss_sum, loss_n, clips), info)
-    loss_sum = sum(g[0] for g in gathered)
-    loss_n = sum(g[1] for g in gathered)
-    all_clips = [c for g in gathered for c in g[2]]
-    metrics: dict[str, Any] = {"loss": loss_sum / loss_n if loss_n else float("nan")}
-    if all_clips:
-        metrics.update(_box_metrics(model, all_clips, cfg))
-    return metrics
-
-
-@dataclass
-class ValClip:
-    """One val clip with boxes: its map with flow, and with the flow gate closed (flow gate only)."""
-    with_flow: np.ndarray
-    without_flow: np.ndarray | None
-    boxes: Any
-    box_format: str
-
-
-@contextlib.contextmanager
-def _gate(model: HTFModel, value: float):
-    """The flow gate (if any) set to ``value`` for the duration, then restored."""
-    if not hasattr(model, "flow_gate"):
-        yield
-        return
-    saved = model.flow_gate.clone()
-    model.flow_gate.fill_(value)
-    try:
-        yield
-    finally:
-        model.flow_gate.copy_(saved)
-
-
-def _maps_without_flow(model: HTFModel, image: torch.Tensor, flow: torch.Tensor,
-                       spec: torch.Tensor) -> np.ndarray:
-    """The maps of the same weights with the flow gate closed."""
-    with _gate(model, 0.0):
-        return model(image, flow, spec)["map"].float().cpu().numpy()
-
-
-def _box_score(cious: list[float], cfg: TrainConfig) -> tuple[float, dict[str, Any]]:
-    """(score by train.select_metric, summary) of val clips' cIoU values."""
-    summary = summarize(cious)
-    return selection_score({**summary, "loss": 0.0}, cfg.train.select_metric)[1], summary
-
-
-def _box_metrics(model: HTFModel, clips: list[ValClip], cfg: TrainConfig) -> dict[str, Any]:
-    """Box metrics of the map with the val-chosen flow gate (set on the model): closed unless
-    flow gains more than train.flow_gate_min_gain."""
-    def scored(map_of: Any) -> tuple[float, dict[str, Any]]:
-        return _box_score([_scored_ciou(map_of(c), c.boxes, c.box_format) for c in clips], cfg)
-
-    score, summary = scored(lambda c: c.with_flow)
-    if not (hasattr(model, "flow_gate") and clips[0].without_flow is not None):
-        return summary
-    off_score, off_summary = scored(lambda c: c.without_flow)
-    gate_open = score > off_score + cfg.train.flow_gate_min_gain
-    model.flow_gate.fill_(1.0 if gate_open else 0.0)
-    return {**(summary if gate_open else off_summary), "flow_gate": int(gate_open),
-            "flow_gate_scores": {"off": round(off_score, 6), "on": round(score, 6)}}
-
-
-@torch.no_grad()
-def calibrate_motion_prior(model: HTFModel, urls: list[str], cfg: TrainConfig,
-                           info: du.DistInfo) -> dict[str, Any]:
-    """Set ``model.motion_prior_weight`` to the candidate (0, the map alone, or one of
-    ``model.motion_prior_weights``) whose maps score best on the val clips with boxes by
-    ``train.select_metric`` (prior_from_scores: a weight must beat every smaller one, and the
-    map alone by more than ``train.motion_prior_min_gain``). Collective (every rank's clips
-    count); returns the choice and every candidate's score."""
-    was_training = model.training
-    model.eval()
-    model.motion_prior_weight.zero_()
-    clips = []
-    for batch, metas in val_loader(urls, cfg.model, cfg.data, info.rank, info.world):
-        image, flow, spec = (batch[k].to(info.device) for k in ("image", "flow", "spec"))
-        with autocast(cfg, info.device):
-            maps = model(image, flow, spec, finish=False)["map"].float().cpu()
-        sync = batch["sync"].to(info.device) if "sync" in batch else None
-        motion = model.prior_map(flow, sync).cpu()
-        clips += [(maps[i], motion[i], meta["boxes"], meta["box_format"])
-                  for i, meta in enumerate(metas) if meta["boxes"]]
-    model.train(was_training)
-    clips = [c for part in du.gather_objects(clips, info) for c in part]
-    if not clips:
-        return {"motion_prior_weight": 0.0, "motion_prior_source": cfg.model.motion_prior,
-                "motion_prior_scores": {}, "motion_prior_clips": 0}
-    scores: dict[float, float] = {}
-    for weight in [0.0, *sorted(cfg.model.motion_prior_weights)]:
-        cious = [_scored_ciou(model.finish_map(m[None], mo[None], weight)[0].float().numpy(), boxes, fmt)
-                 for m, mo, boxes, fmt in clips]
-        scores[weight] = _box_score(cious, cfg)[0]
-    chosen = prior_from_scores(scores, cfg.train.motion_prior_min_gain)
-    model.motion_prior_weight.fill_(chosen)
-    return {"motion_prior_weight": chosen, "motion_prior_source": cfg.model.motion_prior,
-            "motion_prior_scores": {str(w): round(s, 6) for w, s in scores.items()},
-            "motion_prior_clips": len(clips)}
-
-
-def _val_picture(image: torch.Tensor, map7: np.ndarray, meta: dict[str, Any], ciou: float,
-                 cfg: TrainConfig) -> np.ndarray:
-    """The model's input frame (normalisation undone), its map and boxes, as a figure."""
-    from htf.pictures import heatmap_figure
-
-    mean = torch.tensor(cfg.model.mean).view(3, 1, 1)
-    std = torch.tensor(cfg.model.std).view(3, 1, 1)
-    frame = ((image.float().cpu() * std + mean).clamp(0, 1) * 255 + 0.5).byte().permute(1, 2, 0).numpy()
-    return heatmap_figure(np.ascontiguousarray(frame), map7, meta["boxes"], f"{meta['id']}   cIoU {ciou:.3f}")
-
-
-def selection_score(metrics: dict[str, Any], name: str) -> tuple[str, float]:
-    """(metric used, score where higher is better); losses are negated."""
-    if name not in metrics or not math.isfinite(float(metrics[name])):
-        name = "loss"
-    value = float(metrics.get(name, float("nan")))
-    return name, (-value if "loss" in name else value)
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -532,63 +358,6 @@ def _sync_loss_keys(cfg: TrainConfig, suffix: str = "") -> str:
     """The loss keys that read the training clips' sync maps, as the error names them."""
     keys = [f"model.loss.{k}{suffix}" for k in ("sync_guide", "sync_target") if getattr(cfg.model.loss, k) > 0]
     return " and ".join(keys)
-
-
-@torch.no_grad()
-def val_sync_map_cious(urls: list[str], cfg: TrainConfig, info: du.DistInfo) -> list[float]:
-    """cIoU of each val clip's sync map taken as a map, blurred as the model's map is
-    (model.map_blur), as the evaluator's ``sync`` baseline scores it; clips without boxes are
-    left out. Collective: every rank's clips are gathered, so every rank gets the same list."""
-    cious: list[float] = []
-    for _shard, sample in read_samples(urls[info.rank::info.world], warn_skipped):
-        if not sample.boxes:
-            continue
-        sync = sync_input(sample, cfg.model)[None]
-        if cfg.model.map_blur:
-            sync = smooth_maps(sync, cfg.model.map_blur)
-        cious.append(_scored_ciou(sync[0].numpy(), sample.boxes, sample.meta.box_format))
-    return [c for part in du.gather_objects(cious, info) for c in part]
-
-
-def sync_target_for_run(cfg: TrainConfig, val_urls: list[str],
-                        info: du.DistInfo) -> tuple[TrainConfig, dict[str, Any] | None]:
-    """(the config this run trains with, the measurement behind it) under
-    model.loss.sync_target_min_val: the target is switched off (sync_target 0) where the val
-    clips' sync maps score under it, and where there is no val split to score (a target
-    nothing vouched for stays off); no measurement where the key is not set."""
-    loss = cfg.model.loss
-    if loss.sync_target <= 0 or loss.sync_target_min_val <= 0:
-        return cfg, None
-    key = "model.loss.sync_target_min_val"
-    off = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, loss=dataclasses.replace(loss, sync_target=0.0)))
-    if not val_urls:
-        return off, {"sync_map_val_score": None, "sync_map_val_clips": 0,
-                     "sync_target_min_val": loss.sync_target_min_val, "sync_target": 0.0}
-    cious = val_sync_map_cious(val_urls, cfg, info)
-    if not cious:
-        raise ConfigError(f"{key} scores the val clips' sync maps against their boxes, and no clip of "
-                          f"{val_urls[0]} (or the other val shards) has boxes: give val shards with "
-                          f"annotations or set {key}=0", key=key)
-    score = float(summarize(cious)["ciou_at_0.5"])
-    record = {"sync_map_val_score": round(score, 6), "sync_map_val_clips": len(cious),
-              "sync_target_min_val": loss.sync_target_min_val}
-    if score >= loss.sync_target_min_val:
-        return cfg, {**record, "sync_target": loss.sync_target}
-    return off, {**record, "sync_target": 0.0}
-
-
-def sync_target_line(record: dict[str, Any]) -> str:
-    """The log's sentence on the decision ``sync_target_for_run`` recorded."""
-    if record["sync_map_val_score"] is None:
-        return ("sync target off for this run (model.loss.sync_target 0 in its checkpoints): no --val-shards "
-                "to score the sync maps on (model.loss.sync_target_min_val); give val shards to let val decide")
-    measured = (f"the val clips' sync maps score {record['sync_map_val_score']:.4f} cIoU@0.5 "
-                f"({record['sync_map_val_clips']} clips) against model.loss.sync_target_min_val "
-                f"{record['sync_target_min_val']:g}")
-    if record["sync_target"] > 0:
-        return f"sync target on (weight {record['sync_target']:g}): {measured}"
-    return (f"sync target off for this run (model.loss.sync_target 0 in its checkpoints): {measured}; a "
-            f"teacher that points elsewhere more often than at the source would mislead")
 
 
 def fit(cfg: TrainConfig, train_shards: str, val_shards: str | None, output: str | Path,
@@ -797,144 +566,6 @@ def _validate_and_select(model: HTFModel, val_urls: list[str], cfg: TrainConfig,
         + (" (best so far)" if improved else ""))
     if improved:
         save(ckpt.best_path(output))
-
-
-# Keys that act only after training (make_after_training_choices): runs that differ only in
-# these train exactly the same networks, so a kept best.pt can be ended with other values
-# (choose_after_training_again) instead of training again.
-AFTER_TRAINING_KEYS = ("model.motion_prior_weights", "model.motion_prior_floor", "model.motion_prior",
-                       "model.sync_smooth_frames", "model.sync_prior_without_flow", "model.mirror_average",
-                       "model.twin_average", "model.map_blur", "train.gate_both_margin",
-                       "train.gate_both_peer_gap", "train.gate_position", "train.motion_prior_min_gain")
-
-
-def choose_after_training_again(old_best: Path, new_best: Path, val_urls: list[str],
-                                changes: dict[str, Any]) -> dict[str, Any]:
-    """``old_best`` with after-training keys changed (``changes``: dotted key -> value, keys of
-    AFTER_TRAINING_KEYS only) and the after-training choices made again on ``val_urls``, in
-    this process, written to ``new_best``. Returns the step and the choices."""
-    from htf.config import load_config
-    from htf.model import model_from_state
-
-    others = sorted(set(changes) - set(AFTER_TRAINING_KEYS))
-    if others:
-        raise ValueError(f"{', '.join(others)} act(s) in training: train a run with the change instead")
-    saved = ckpt.load(old_best)
-    for dotted, value in changes.items():
-        section, key = dotted.split(".", 1)
-        saved["config"].setdefault(section, {})[key] = value
-    cfg = load_config(TrainConfig, base=saved["config"])
-    names = after_training_choices(HTFModel(cfg.model))
-    for name in names:
-        saved["model"].setdefault(name, torch.zeros(()))      # a buffer the old settings had not
-    model = model_from_state(saved["model"], cfg.model, str(old_best)).eval()
-    model.data_settings = saved.get("data_settings")
-    chosen = make_after_training_choices(model, val_urls, cfg, du.DistInfo())
-    for name in names:
-        saved["model"][name] = getattr(model, name).detach().clone()
-    saved["best_metrics"] = {**saved.get("best_metrics", {}), **chosen}
-    ckpt.save_atomic(saved, new_best)
-    return {"step": saved["step"], **chosen}
-
-
-def after_training_choices(model: HTFModel) -> list[str]:
-    """The buffers best.pt gets after training: the mirror average, the blur, the gate chosen again with
-    its third position (model.twin_average), the motion prior weight."""
-    names = [name for name in ("mirror_averaged", "map_blurred") if hasattr(model, name)]
-    if model.cfg.twin_average and hasattr(model, "twin"):
-        names.append("flow_gate")
-    return names + (["motion_prior_weight"] if hasattr(model, "motion_prior_weight") else [])
-
-
-def _first_best(scores: dict[float, float]) -> float:
-    """The candidate with the highest score; ties keep the earlier one."""
-    chosen = next(iter(scores))
-    for candidate, score in scores.items():
-        if score > scores[chosen]:
-            chosen = candidate
-    return chosen
-
-
-def prior_from_scores(scores: dict[float, float], min_gain: float) -> float:
-    """The motion prior's weight from its val scores (weight 0, the map alone, first): the best,
-    ties keeping the smaller, unless it beats weight 0 by ``min_gain`` or less, then 0."""
-    best = _first_best(scores)
-    return best if scores[best] > scores[0.0] + min_gain else 0.0
-
-
-GATE_POSITIONS = {"both": GATE_BOTH, "closed": 0.0, "open": 1.0}   # train.gate_position
-GATE_SCORE_NAMES = {GATE_BOTH: "both", 0.0: "off", 1.0: "on"}      # keys of the recorded flow_gate_scores
-
-
-def gate_scores_from_record(recorded: dict[str, float]) -> dict[float, float]:
-    """The gate's val scores by position, from a recorded ``flow_gate_scores``."""
-    return {position: recorded[name] for position, name in GATE_SCORE_NAMES.items()}
-
-
-def gate_from_scores(scores: dict[float, float], both_margin: float, peer_gap: float | None = None) -> float:
-    """The gate's position from its val scores: both, unless closed or open scores more than
-    ``both_margin`` above it; between those two the higher, ties keeping closed. With margin 0
-    this is the first best of both, closed, open. With ``peer_gap``, the margin shelters both
-    against closed only while open scores at least closed - peer_gap: an average with a net
-    that val already ranks lower has no claim to the benefit of the doubt."""
-    others = {position: score for position, score in scores.items() if position != GATE_BOTH}
-    challenger = _first_best(others)
-    if challenger == 0.0 and peer_gap is not None and others[1.0] < others[0.0] - peer_gap:
-        both_margin = 0.0
-    return challenger if others[challenger] > scores[GATE_BOTH] + both_margin else GATE_BOTH
-
-
-@torch.no_grad()
-def choose_gate_position(model: HTFModel, urls: list[str], cfg: TrainConfig, info: du.DistInfo) -> dict[str, Any]:
-    """Set ``model.flow_gate`` to the position whose maps score best on the val clips with boxes
-    by ``train.select_metric``: both (the mean of the flow net's and the twin's maps), closed or
-    open, both kept unless beaten by more than ``train.gate_both_margin`` (gate_from_scores),
-    or where ``train.gate_position`` names one, that one. Collective."""
-    positions = (GATE_BOTH, 0.0, 1.0)
-    was_training = model.training
-    model.eval()
-    mine: dict[float, list[float]] = {position: [] for position in positions}
-    for batch, metas in val_loader(urls, cfg.model, cfg.data, info.rank, info.world):
-        image, flow, spec = (batch[k].to(info.device) for k in ("image", "flow", "spec"))
-        boxed = [i for i, meta in enumerate(metas) if meta["boxes"]]
-        for position in positions:      # one read of the val split scores all three
-            model.flow_gate.fill_(position)
-            with autocast(cfg, info.device):
-                maps = model(image, flow, spec)["map"].float().cpu().numpy()
-            mine[position] += [_scored_ciou(maps[i], metas[i]["boxes"], metas[i]["box_format"]) for i in boxed]
-    model.train(was_training)
-    ranks = du.gather_objects(mine, info)
-    cious = {position: [c for part in ranks for c in part[position]] for position in positions}
-    scores = {position: _box_score(values, cfg)[0] for position, values in cious.items()} if cious[GATE_BOTH] else {}
-    if cfg.train.gate_position != "val":
-        chosen = GATE_POSITIONS[cfg.train.gate_position]
-    elif scores:
-        chosen = gate_from_scores(scores, cfg.train.gate_both_margin, cfg.train.gate_both_peer_gap)
-    else:       # no val clip has boxes
-        chosen = GATE_BOTH
-    model.flow_gate.fill_(chosen)
-    return {"flow_gate": chosen, "flow_gate_scores": {GATE_SCORE_NAMES[p]: round(s, 6) for p, s in scores.items()}}
-
-
-def make_after_training_choices(model: HTFModel, val_urls: list[str], cfg: TrainConfig,
-                                info: du.DistInfo) -> dict[str, Any]:
-    """Switch on the mirror average (model.mirror_average) and the blur (model.map_blur), choose the gate's position again
-    with its third, both (model.twin_average), then the motion prior weight for that map, all
-    on val. Collective."""
-    chosen: dict[str, Any] = {}
-    if hasattr(model, "motion_prior_weight"):
-        model.motion_prior_weight.zero_()     # the gate is chosen on the network's map (a resumed run had one)
-    if hasattr(model, "mirror_averaged"):
-        model.mirror_averaged.fill_(1.0)
-        chosen["mirror_averaged"] = 1
-    if hasattr(model, "map_blurred"):        # the gate and the prior are chosen for the map the model gives, blurred
-        model.map_blurred.fill_(1.0)
-        chosen["map_blur"] = model.cfg.map_blur
-    if "flow_gate" in after_training_choices(model):
-        chosen.update(choose_gate_position(model, val_urls, cfg, info))
-    if hasattr(model, "motion_prior_weight"):
-        chosen.update(calibrate_motion_prior(model, val_urls, cfg, info))
-    return chosen
 
 
 def _calibrate_best(model: HTFModel, val_urls: list[str], cfg: TrainConfig, info: du.DistInfo,
