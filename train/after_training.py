@@ -14,7 +14,8 @@ from typing import Any
 
 import torch
 
-from htf.model import GATE_BOTH, HTFModel
+from htf.config import load_config
+from htf.model import GATE_BOTH, HTFModel, model_from_state
 from train import checkpoint as ckpt
 from train import distributed as du
 from train.config import TrainConfig
@@ -23,42 +24,11 @@ from train.precision import autocast
 from train.validation import box_score, scored_ciou
 
 
-# Keys that act only after training (make_after_training_choices): runs that differ only in
-# these train exactly the same networks, so a kept best.pt can be ended with other values
-# (choose_after_training_again) instead of training again.
+# The keys make_after_training_choices reads (see the module's docstring).
 AFTER_TRAINING_KEYS = ("model.motion_prior_weights", "model.motion_prior_floor", "model.motion_prior",
                        "model.sync_smooth_frames", "model.sync_prior_without_flow", "model.mirror_average",
                        "model.twin_average", "model.map_blur", "train.gate_both_margin",
                        "train.gate_both_peer_gap", "train.gate_position", "train.motion_prior_min_gain")
-
-
-def choose_after_training_again(old_best: Path, new_best: Path, val_urls: list[str],
-                                changes: dict[str, Any]) -> dict[str, Any]:
-    """``old_best`` with after-training keys changed (``changes``: dotted key -> value, keys of
-    AFTER_TRAINING_KEYS only) and the after-training choices made again on ``val_urls``, in
-    this process, written to ``new_best``. Returns the step and the choices."""
-    from htf.config import load_config
-    from htf.model import model_from_state
-
-    others = sorted(set(changes) - set(AFTER_TRAINING_KEYS))
-    if others:
-        raise ValueError(f"{', '.join(others)} act(s) in training: train a run with the change instead")
-    saved = ckpt.load(old_best)
-    for dotted, value in changes.items():
-        section, key = dotted.split(".", 1)
-        saved["config"].setdefault(section, {})[key] = value
-    cfg = load_config(TrainConfig, base=saved["config"])
-    names = after_training_choices(HTFModel(cfg.model))
-    for name in names:
-        saved["model"].setdefault(name, torch.zeros(()))      # a buffer the old settings had not
-    model = model_from_state(saved["model"], cfg.model, str(old_best)).eval()
-    model.data_settings = saved.get("data_settings")
-    chosen = make_after_training_choices(model, val_urls, cfg, du.DistInfo())
-    for name in names:
-        saved["model"][name] = getattr(model, name).detach().clone()
-    saved["best_metrics"] = {**saved.get("best_metrics", {}), **chosen}
-    ckpt.save_atomic(saved, new_best)
-    return {"step": saved["step"], **chosen}
 
 
 def after_training_choices(model: HTFModel) -> list[str]:
@@ -70,6 +40,36 @@ def after_training_choices(model: HTFModel) -> list[str]:
     return names + (["motion_prior_weight"] if hasattr(model, "motion_prior_weight") else [])
 
 
+def make_after_training_choices(model: HTFModel, val_urls: list[str], cfg: TrainConfig,
+                                info: du.DistInfo) -> dict[str, Any]:
+    """Switch on the mirror average (model.mirror_average) and the blur (model.map_blur), choose the gate's position again
+    with its third, both (model.twin_average), then the motion prior weight for that map, all
+    on val. Collective."""
+    chosen: dict[str, Any] = {}
+    if hasattr(model, "motion_prior_weight"):
+        model.motion_prior_weight.zero_()     # the gate is chosen on the network's map (a resumed run had one)
+    if hasattr(model, "mirror_averaged"):
+        model.mirror_averaged.fill_(1.0)
+        chosen["mirror_averaged"] = 1
+    if hasattr(model, "map_blurred"):        # the gate and the prior are chosen for the map the model gives, blurred
+        model.map_blurred.fill_(1.0)
+        chosen["map_blur"] = model.cfg.map_blur
+    if "flow_gate" in after_training_choices(model):
+        chosen.update(choose_gate_position(model, val_urls, cfg, info))
+    if hasattr(model, "motion_prior_weight"):
+        chosen.update(calibrate_motion_prior(model, val_urls, cfg, info))
+    return chosen
+
+
+GATE_POSITIONS = {"both": GATE_BOTH, "closed": 0.0, "open": 1.0}   # train.gate_position
+GATE_SCORE_NAMES = {GATE_BOTH: "both", 0.0: "off", 1.0: "on"}      # keys of the recorded flow_gate_scores
+
+
+def gate_scores_from_record(recorded: dict[str, float]) -> dict[float, float]:
+    """The gate's val scores by position, from a recorded ``flow_gate_scores``."""
+    return {position: recorded[name] for position, name in GATE_SCORE_NAMES.items()}
+
+
 def first_best(scores: dict[float, float]) -> float:
     """The candidate with the highest score; ties keep the earlier one."""
     chosen = next(iter(scores))
@@ -77,24 +77,6 @@ def first_best(scores: dict[float, float]) -> float:
         if score > scores[chosen]:
             chosen = candidate
     return chosen
-
-
-def prior_from_scores(scores: dict[float, float], min_gain: float) -> float:
-    """The motion prior's weight from its val scores (weight 0, the map alone, first): the best,
-    ties keeping the smaller, unless it beats weight 0 by ``min_gain`` or less, then 0."""
-    best = first_best(scores)
-    return best if scores[best] > scores[0.0] + min_gain else 0.0
-
-
-GATE_POSITIONS = {"both": GATE_BOTH, "closed": 0.0, "open": 1.0}   # train.gate_position
-
-
-GATE_SCORE_NAMES = {GATE_BOTH: "both", 0.0: "off", 1.0: "on"}      # keys of the recorded flow_gate_scores
-
-
-def gate_scores_from_record(recorded: dict[str, float]) -> dict[float, float]:
-    """The gate's val scores by position, from a recorded ``flow_gate_scores``."""
-    return {position: recorded[name] for position, name in GATE_SCORE_NAMES.items()}
 
 
 def gate_from_scores(scores: dict[float, float], both_margin: float, peer_gap: float | None = None) -> float:
@@ -142,6 +124,13 @@ def choose_gate_position(model: HTFModel, urls: list[str], cfg: TrainConfig, inf
     return {"flow_gate": chosen, "flow_gate_scores": {GATE_SCORE_NAMES[p]: round(s, 6) for p, s in scores.items()}}
 
 
+def prior_from_scores(scores: dict[float, float], min_gain: float) -> float:
+    """The motion prior's weight from its val scores (weight 0, the map alone, first): the best,
+    ties keeping the smaller, unless it beats weight 0 by ``min_gain`` or less, then 0."""
+    best = first_best(scores)
+    return best if scores[best] > scores[0.0] + min_gain else 0.0
+
+
 @torch.no_grad()
 def calibrate_motion_prior(model: HTFModel, urls: list[str], cfg: TrainConfig,
                            info: du.DistInfo) -> dict[str, Any]:
@@ -179,22 +168,27 @@ def calibrate_motion_prior(model: HTFModel, urls: list[str], cfg: TrainConfig,
             "motion_prior_clips": len(clips)}
 
 
-def make_after_training_choices(model: HTFModel, val_urls: list[str], cfg: TrainConfig,
-                                info: du.DistInfo) -> dict[str, Any]:
-    """Switch on the mirror average (model.mirror_average) and the blur (model.map_blur), choose the gate's position again
-    with its third, both (model.twin_average), then the motion prior weight for that map, all
-    on val. Collective."""
-    chosen: dict[str, Any] = {}
-    if hasattr(model, "motion_prior_weight"):
-        model.motion_prior_weight.zero_()     # the gate is chosen on the network's map (a resumed run had one)
-    if hasattr(model, "mirror_averaged"):
-        model.mirror_averaged.fill_(1.0)
-        chosen["mirror_averaged"] = 1
-    if hasattr(model, "map_blurred"):        # the gate and the prior are chosen for the map the model gives, blurred
-        model.map_blurred.fill_(1.0)
-        chosen["map_blur"] = model.cfg.map_blur
-    if "flow_gate" in after_training_choices(model):
-        chosen.update(choose_gate_position(model, val_urls, cfg, info))
-    if hasattr(model, "motion_prior_weight"):
-        chosen.update(calibrate_motion_prior(model, val_urls, cfg, info))
-    return chosen
+def choose_after_training_again(old_best: Path, new_best: Path, val_urls: list[str],
+                                changes: dict[str, Any]) -> dict[str, Any]:
+    """``old_best`` with after-training keys changed (``changes``: dotted key -> value, keys of
+    AFTER_TRAINING_KEYS only) and the after-training choices made again on ``val_urls``, in
+    this process, written to ``new_best``. Returns the step and the choices."""
+    others = sorted(set(changes) - set(AFTER_TRAINING_KEYS))
+    if others:
+        raise ValueError(f"{', '.join(others)} act(s) in training: train a run with the change instead")
+    saved = ckpt.load(old_best)
+    for dotted, value in changes.items():
+        section, key = dotted.split(".", 1)
+        saved["config"].setdefault(section, {})[key] = value
+    cfg = load_config(TrainConfig, base=saved["config"])
+    names = after_training_choices(HTFModel(cfg.model))
+    for name in names:
+        saved["model"].setdefault(name, torch.zeros(()))      # a buffer the old settings had not
+    model = model_from_state(saved["model"], cfg.model, str(old_best)).eval()
+    model.data_settings = saved.get("data_settings")
+    chosen = make_after_training_choices(model, val_urls, cfg, du.DistInfo())
+    for name in names:
+        saved["model"][name] = getattr(model, name).detach().clone()
+    saved["best_metrics"] = {**saved.get("best_metrics", {}), **chosen}
+    ckpt.save_atomic(saved, new_best)
+    return {"step": saved["step"], **chosen}
