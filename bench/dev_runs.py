@@ -70,9 +70,8 @@ def run_one(folder: Path, world: str, seed: int, settings: dict[str, Any], prese
     return done
 
 
-# The flow gate's positions after training (train.gate_position) and the rules a study reads
-# from their val scores: the preset's margin, and that margin with each peer gap.
-GATE_POSITIONS = ("both", "closed", "open")
+# The rules a study reads from the gate positions' val scores (train.after_training.GATE_POSITIONS):
+# the preset's margin, and that margin with each peer gap.
 PEER_GAPS = (None, 0.0, 0.01, 0.02, 0.03, 0.05)
 
 
@@ -91,7 +90,7 @@ def gate_position_study(folder: Path, world: str, seed: int, n: int) -> dict[str
     best = out / "runs" / "htf" / "checkpoints" / "best.pt"
     val = [str(p) for p in sorted((out / "shards").glob("val-*.tar"))]
     study: dict[str, Any] = {"world": world, "seed": seed, "n": n, "positions": {}}
-    for position in GATE_POSITIONS:
+    for position in after_training.GATE_POSITIONS:
         moved = out / "runs" / "htf" / "gate_positions" / f"{position}.pt"
         moved.parent.mkdir(parents=True, exist_ok=True)
         chosen = after_training.choose_after_training_again(best, moved, val, {"train.gate_position": position})
@@ -106,17 +105,18 @@ def gate_position_study(folder: Path, world: str, seed: int, n: int) -> dict[str
 
 def rule_outcomes(study: dict[str, Any], margin: float) -> dict[str, tuple[str, float]]:
     """Per peer gap: the position train.after_training.gate_from_scores picks from the study's val scores, and its test score."""
-    from train.after_training import GATE_POSITIONS as AT
-    from train.after_training import gate_from_scores
+    from train.after_training import GATE_POSITIONS, gate_from_scores
 
-    scores = {AT[p]: study["positions"][p]["val"] for p in GATE_POSITIONS}
-    named = {v: k for k, v in AT.items()}
+    scores = {GATE_POSITIONS[p]: study["positions"][p]["val"] for p in GATE_POSITIONS}
+    named = {v: k for k, v in GATE_POSITIONS.items()}
     picked = {gap: named[gate_from_scores(scores, margin, gap)] for gap in PEER_GAPS}
     return {("none" if gap is None else f"{gap:g}"): (pos, study["positions"][pos]["test"]) for gap, pos in picked.items()}
 
 
 def render_gate_study(studies: list[dict[str, Any]], runs: list[dict[str, Any]], margin: float) -> str:
     """Per run: each position's val and test score, the no-flow run's test score, and what each peer gap picks."""
+    from train.after_training import GATE_POSITIONS
+
     noflow = {(r["world"], r["seed"]): r["results"]["noflow"] for r in runs}
     gaps = ["none" if g is None else f"{g:g}" for g in PEER_GAPS]
     header = (["dev run"] + [f"{p}: val / test" for p in GATE_POSITIONS] + ["no flow: test"]

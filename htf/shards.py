@@ -203,8 +203,20 @@ def shard_location(url: str) -> str:
     return tars[0] if tars else url
 
 
+def parse_sizes(text: str) -> dict[str, int] | None:
+    """``sizes.json``'s text as {shard name: samples}, or None when it is not that (damaged)."""
+    try:
+        sizes = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(sizes, dict) or not all(type(v) is int for v in sizes.values()):
+        return None
+    return sizes
+
+
 def read_sizes(folder: str) -> dict[str, int]:
-    """``folder/sizes.json`` through fsspec (or the local disk); {} when absent or unreadable."""
+    """``folder/sizes.json`` through fsspec (or the local disk); {} when absent or damaged
+    (readers then count the shards themselves)."""
     path = f"{folder}/sizes.json" if folder else "sizes.json"
     try:
         if scheme(path):
@@ -213,10 +225,9 @@ def read_sizes(folder: str) -> dict[str, int]:
         else:
             with open(path) as f:
                 text = f.read()
-        sizes = json.loads(text)
     except (OSError, ValueError):
         return {}
-    return {k: v for k, v in sizes.items() if isinstance(v, int)} if isinstance(sizes, dict) else {}
+    return parse_sizes(text) or {}
 
 
 class ShardReadError(ValueError):

@@ -14,7 +14,6 @@ order, once they are all done. So:
 from __future__ import annotations
 
 import io
-import json
 import os
 import sys
 import tarfile
@@ -23,7 +22,7 @@ from typing import Any, Iterable
 
 from htf.io import atomic_write_json, replace_into_place, set_aside, temp_path
 from htf.sample import ClipSample, encode_sample
-from htf.shards import ShardReadError, count_tar_samples
+from htf.shards import ShardReadError, count_tar_samples, parse_sizes
 from pipeline.audio import feature_shape
 from pipeline.config import PipelineConfig
 
@@ -155,7 +154,7 @@ def merge_sizes(out_dir: Path, prefix: str, sizes: dict[str, int]) -> dict[str, 
     """Update ``sizes.json``: entries of this prefix are replaced, other prefixes kept. A
     damaged file is set aside and other prefixes' counts are read again from their shards."""
     path = out_dir / "sizes.json"
-    current = _read_sizes(path) if path.exists() else {}
+    current = _sizes_in(path) if path.exists() else {}
     if current is None:
         aside = set_aside(path)
         current = _count_shards(out_dir, prefix)
@@ -168,15 +167,11 @@ def merge_sizes(out_dir: Path, prefix: str, sizes: dict[str, int]) -> dict[str, 
     return merged
 
 
-def _read_sizes(path: Path) -> dict[str, int] | None:
-    """{shard name: samples}, or None when the file is not that."""
+def _sizes_in(path: Path) -> dict[str, int] | None:
     try:
-        sizes = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError):
+        return parse_sizes(path.read_text())
+    except UnicodeDecodeError:
         return None
-    if not isinstance(sizes, dict) or not all(type(v) is int for v in sizes.values()):
-        return None
-    return sizes
 
 
 def _count_shards(out_dir: Path, prefix: str) -> dict[str, int]:

@@ -7,6 +7,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import dev_runs as dr  # noqa: E402
 import world_matrix as wm  # noqa: E402
+from train.after_training import GATE_POSITIONS  # noqa: E402
 
 
 def _fake_demo(calls: list):
@@ -61,7 +62,7 @@ def test_an_unknown_dev_run_is_refused_with_the_known_ones(tmp_path, capsys):
 
 def _study(world, seed, val, test):
     return {"world": world, "seed": seed, "n": 400,
-            "positions": {p: {"val": v, "test": t, "prior_weight": 0.0} for p, v, t in zip(dr.GATE_POSITIONS, val, test)}}
+            "positions": {p: {"val": v, "test": t, "prior_weight": 0.0} for p, v, t in zip(GATE_POSITIONS, val, test)}}
 
 
 def test_the_gate_study_shows_what_each_peer_gap_would_pick_from_val_and_its_test_score():

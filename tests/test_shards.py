@@ -57,6 +57,15 @@ def test_counts_come_from_sizes_json_beside_the_shards_for_paths_urls_and_pipes(
         (folder / "sizes.json").unlink()
 
 
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", '{"train-000000.tar": "30"}', '{"train-000000.tar": true}'])
+def test_a_damaged_sizes_json_is_ignored_and_the_shards_are_counted_from_their_headers(folder, text):
+    (folder / "sizes.json").write_text(text)
+    try:
+        assert count_samples(expand_shards(str(folder / "train-*.tar"))) == 9
+    finally:
+        (folder / "sizes.json").unlink()
+
+
 def test_a_failing_pipe_command_is_an_error_naming_it(folder):
     url = f"pipe:cat {folder}/absent.tar"
     with pytest.raises(OSError, match="absent.tar"):
