@@ -52,6 +52,18 @@ def test_the_sync_baseline_counts_as_a_baseline_where_cells_have_it_and_shows_a_
     assert "| 0.000 | — | +0.100 |" in wm.render_markdown([older], [], "abc", [])
 
 
+def test_a_row_whose_best_baseline_leaves_less_than_the_margin_below_one_is_named_out_of_reach():
+    easy = [_cell("indep", 400, s, 0.95, 0.9, 0.5) for s in range(3)]
+    for cell, sync in zip(easy, (0.9, 0.85, 0.86)):
+        cell["results"]["sync"] = {**cell["results"]["flow"], "ciou_at_0.5": sync}
+    row, fair = wm.summarize_row(easy), wm.summarize_row([_cell("demo", 400, s, 0.9, 0.7, 0.6) for s in range(3)])
+    assert not row["beats_baselines"] and not row["baseline_check_reachable"]
+    assert fair["baseline_check_reachable"]
+    page = wm.render_markdown([row, fair], [], "abc", [])
+    assert "out of reach" in page and "indep 400 (0.870)" in page and "demo 400 (" not in page
+    assert "out of reach" not in wm.render_markdown([fair], [], "abc", [])
+
+
 def test_partial_matrix_lists_the_cells_not_run_and_the_demo_report_reads_it(tmp_path):
     cell = _cell("indep", 1000, 0, 0.8, 0.7, 0.5)
     (tmp_path / "indep-1000-s0").mkdir()
