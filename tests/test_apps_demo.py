@@ -153,6 +153,15 @@ def test_the_demo_report_says_which_machine_made_its_numbers(miniature_demo):
     assert f"Machine: {describe_machine(machine)}" in (plan.output / "report.md").read_text()
 
 
+@pytest.mark.slow
+def test_the_demo_report_gives_each_committed_matrix_of_its_preset_a_section(miniature_demo):
+    from apps.demo import FRESH_SEED_RESULTS, MATRIX_RESULTS, matrix_sections
+    plan, _ = miniature_demo
+    report = (plan.output / "report.md").read_text()
+    for title, _, note in matrix_sections(MATRIX_RESULTS, FRESH_SEED_RESULTS):
+        assert f"## {title}" in report and note in report
+
+
 
 @pytest.mark.slow
 def test_a_second_miniature_demo_with_the_same_seed_gives_the_same_metrics(miniature_demo, tmp_path):

@@ -79,6 +79,25 @@ def test_partial_matrix_lists_the_cells_not_run_and_the_demo_report_reads_it(tmp
     assert "indep-1000-s1" in note
 
 
+def test_the_demo_report_shows_the_fresh_seed_matrix_only_when_it_is_the_claimed_presets(tmp_path):
+    from apps.demo import matrix_sections
+    for name, seeds in (("claimed", (3, 4, 5)), ("fresh", (8, 9))):
+        work = tmp_path / f"{name}-cells"
+        for seed in seeds:
+            (work / f"indep-1000-s{seed}").mkdir(parents=True)
+            (work / f"indep-1000-s{seed}" / "cell.json").write_text(json.dumps(_cell("indep", 1000, seed, 0.8, 0.7, 0.5)))
+        wm.write_results(work, [("indep", 1000, s) for s in seeds], tmp_path / f"{name}.json", tmp_path / f"{name}.md")
+    sections = matrix_sections(tmp_path / "claimed.json", tmp_path / "fresh.json")
+    assert [title.split(" (")[0] for title, _, _ in sections] == ["The claim on other worlds",
+                                                                 "The same preset on fresh seeds"]
+    assert sections[0][1][1][-1] == "yes" and sections[1][1][1][-1] == "yes (fewer than 3 seeds)"
+    other = json.loads((tmp_path / "fresh.json").read_text())
+    other["preset"]["sha256"] = "another"
+    (tmp_path / "fresh.json").write_text(json.dumps(other))
+    assert len(matrix_sections(tmp_path / "claimed.json", tmp_path / "fresh.json")) == 1
+    assert len(matrix_sections(tmp_path / "claimed.json", tmp_path / "absent.json")) == 1
+
+
 def test_unknown_world_is_refused_with_one_error_line(capsys):
     assert wm.main(["--worlds", "nope", "--report-only"]) == 2
     assert capsys.readouterr().err.startswith("error: unknown world")
