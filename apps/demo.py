@@ -284,22 +284,25 @@ FRESH_SEED_RESULTS = REPO / "bench" / "results_worlds_fresh-seeds.json"
 def matrix_sections(claimed: Path, fresh: Path) -> list[tuple[str, list[list[str]], str]]:
     """(title, table rows, note) for the claimed matrix and, where it was made with the same
     preset, for its run on fresh seeds; a fresh-seed file of another preset says nothing of this one."""
-    sections = [("The claim on other worlds (committed matrix, bench/results_worlds.md)", *matrix_claims(claimed))]
-    if claimed.is_file() and fresh.is_file():
-        preset = json.loads(claimed.read_text()).get("preset", {}).get("sha256")
-        if preset and json.loads(fresh.read_text()).get("preset", {}).get("sha256") == preset:
-            rows, note = matrix_claims(fresh)
-            sections.append((f"The same preset on fresh seeds ({fresh.with_suffix('.md').name}: seeds nothing "
-                             "was chosen on)", rows, note))
+    claimed_data, fresh_data = _read_matrix(claimed), _read_matrix(fresh)
+    sections = [("The claim on other worlds (committed matrix, bench/results_worlds.md)",
+                 *matrix_claims(claimed_data, claimed))]
+    preset = (claimed_data or {}).get("preset", {}).get("sha256")
+    if preset and fresh_data and fresh_data.get("preset", {}).get("sha256") == preset:
+        sections.append((f"The same preset on fresh seeds ({fresh.with_suffix('.md').name}: seeds nothing "
+                         "was chosen on)", *matrix_claims(fresh_data, fresh)))
     return sections
 
 
-def matrix_claims(path: Path) -> tuple[list[list[str]], str]:
-    """On which worlds of the committed matrix (bench/world_matrix.py) the claim holds, read
-    from its results: (table rows, a note); no rows and a note when it has not been run."""
-    if not path.is_file():
+def _read_matrix(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def matrix_claims(data: dict | None, path: Path) -> tuple[list[list[str]], str]:
+    """On which worlds of a matrix's results (``data``, read from ``path`` by bench/world_matrix.py's
+    output) the claim holds: (table rows, a note); no rows and a note when it has not been run."""
+    if data is None:
         return [], f"No world matrix at {path} (run `python bench/world_matrix.py`)."
-    data = json.loads(path.read_text())
     rows = [["world", "clips", "seeds", "HTF − no flow", "HTF − best baseline", "claim holds"]]
     for r in data.get("rows", []):
         checks = [r["never_costs"], r["beats_baselines"]] + ([r["motion_tells"]] if "motion_tells" in r else [])

@@ -203,10 +203,11 @@ def shard_location(url: str) -> str:
     return tars[0] if tars else url
 
 
-def parse_sizes(text: str) -> dict[str, int] | None:
-    """``sizes.json``'s text as {shard name: samples}, or None when it is not that (damaged)."""
+def parse_sizes(content: str | bytes) -> dict[str, int] | None:
+    """``sizes.json``'s content as {shard name: samples}, or None when it is not that (damaged,
+    not UTF-8 included)."""
     try:
-        sizes = json.loads(text)
+        sizes = json.loads(content)
     except ValueError:
         return None
     if not isinstance(sizes, dict) or not all(type(v) is int for v in sizes.values()):
@@ -221,13 +222,13 @@ def read_sizes(folder: str) -> dict[str, int]:
     try:
         if scheme(path):
             fs, inner = filesystem(path)
-            text = fs.cat_file(inner).decode()
+            content = fs.cat_file(inner)
         else:
-            with open(path) as f:
-                text = f.read()
-    except (OSError, ValueError):
+            with open(path, "rb") as f:
+                content = f.read()
+    except OSError:
         return {}
-    return parse_sizes(text) or {}
+    return parse_sizes(content) or {}
 
 
 class ShardReadError(ValueError):

@@ -154,7 +154,7 @@ def merge_sizes(out_dir: Path, prefix: str, sizes: dict[str, int]) -> dict[str, 
     """Update ``sizes.json``: entries of this prefix are replaced, other prefixes kept. A
     damaged file is set aside and other prefixes' counts are read again from their shards."""
     path = out_dir / "sizes.json"
-    current = _sizes_in(path) if path.exists() else {}
+    current = parse_sizes(path.read_bytes()) if path.exists() else {}
     if current is None:
         aside = set_aside(path)
         current = _count_shards(out_dir, prefix)
@@ -165,13 +165,6 @@ def merge_sizes(out_dir: Path, prefix: str, sizes: dict[str, int]) -> dict[str, 
     merged = dict(sorted(merged.items()))
     atomic_write_json(path, merged, indent=1)
     return merged
-
-
-def _sizes_in(path: Path) -> dict[str, int] | None:
-    try:
-        return parse_sizes(path.read_text())
-    except UnicodeDecodeError:
-        return None
 
 
 def _count_shards(out_dir: Path, prefix: str) -> dict[str, int]:

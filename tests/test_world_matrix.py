@@ -74,7 +74,7 @@ def test_partial_matrix_lists_the_cells_not_run_and_the_demo_report_reads_it(tmp
     assert "indep-1000-s1" in (tmp_path / "r.md").read_text()
     assert json.loads((tmp_path / "r.json").read_text())["not_run"] == ["indep-1000-s1"]
     from apps.demo import matrix_claims
-    table, note = matrix_claims(tmp_path / "r.json")
+    table, note = matrix_claims(json.loads((tmp_path / "r.json").read_text()), tmp_path / "r.json")
     assert table[1][0] == "indep" and table[1][-1] == "yes (fewer than 3 seeds)"
     assert "indep-1000-s1" in note
 
