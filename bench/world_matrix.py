@@ -359,7 +359,7 @@ def summarize_row(cells: list[dict[str, Any]]) -> dict[str, Any]:
         row[key] = _mean_sd(scores) if scores and len(scores) == len(cells) else None
     htf = [c["results"]["htf"]["ciou_at_0.5"] for c in cells]
     noflow = [c["results"]["noflow"]["ciou_at_0.5"] for c in cells]
-    best_base = [max(c["results"][b]["ciou_at_0.5"] for b in BASELINES if b in c["results"]) for c in cells]
+    best_base = [c["results"][best_baseline_of(c)]["ciou_at_0.5"] for c in cells]
     row["htf_minus_noflow"] = _mean_sd([h - f for h, f in zip(htf, noflow)])
     row["htf_minus_best_baseline"] = _mean_sd([h - b for h, b in zip(htf, best_base)])
     row["never_costs"] = row["htf_minus_noflow"][0] >= -NOFLOW_TOLERANCE - 1e-9   # float slack
@@ -375,11 +375,38 @@ def summarize_row(cells: list[dict[str, Any]]) -> dict[str, Any]:
         row["motion_tells"] = row["same_htf"][0] - row["same_noflow"][0] >= MOTION_MARGIN - 1e-9
         if all("same" in c["by_kind"].get(NOFLOW_SYNC, {}) for c in same):
             row["same_noflow_sync"] = _mean_sd([c["by_kind"][NOFLOW_SYNC]["same"]["ciou_at_0.5"] for c in same])
+        shares = [margin_by_kind(c) for c in cells]
+        if all(shares):
+            row["baseline_margin_by_kind"] = {key: statistics.fmean(s[key] for s in shares) for key in shares[0]}
     row["flow_gates"] = [c["selected"].get("flow_gate") for c in cells]
     row["motion_prior_weights"] = [c["selected"].get("motion_prior_weight") for c in cells]
     row["sync_targets"] = [c["selected"].get("sync_target") for c in cells]
     row["enough_seeds"] = len(cells) >= MIN_SEEDS
     return row
+
+
+def best_baseline_of(cell: dict[str, Any]) -> str:
+    """The training-free baseline with the cell's highest test cIoU@0.5."""
+    return max((b for b in BASELINES if b in cell["results"]), key=lambda b: cell["results"][b]["ciou_at_0.5"])
+
+
+def margin_by_kind(cell: dict[str, Any]) -> dict[str, float] | None:
+    """HTF - best baseline (cIoU@0.5) split into what the distinct-class and the same-class
+    test clips add (each kind's difference times its share of the clips: the two sum to the
+    cell's margin), and ``distinct_most``, the most the distinct-class clips can add (HTF right
+    on all of them). None where the cell has no same-class clips. Where ``distinct_most`` is
+    at most the margin, appearance alone meets it only by being right on every distinct-class
+    clip: otherwise HTF must beat the baseline where only motion can tell."""
+    base = best_baseline_of(cell)
+    htf, other = cell["by_kind"].get("htf", {}), cell["by_kind"].get(base, {})
+    kinds = ("distinct", "same")
+    if not all(k in htf and k in other for k in kinds) or any(k not in kinds for k in htf):
+        return None
+    total = sum(htf[k]["n"] for k in kinds)
+    share = {k: htf[k]["n"] / total for k in kinds}
+    out = {k: share[k] * (htf[k]["ciou_at_0.5"] - other[k]["ciou_at_0.5"]) for k in kinds}
+    out["distinct_most"] = share["distinct"] * (1.0 - other["distinct"]["ciou_at_0.5"])
+    return out
 
 
 def _fmt(ms: tuple[float, float | None] | None, signed: bool = False) -> str:
@@ -551,6 +578,21 @@ def render_markdown(rows: list[dict[str, Any]], missing: list[str], preset: str,
                   f"mean (per seed, the best of the baselines) is above {1 - BASELINE_MARGIN:.2f}, since "
                   "cIoU@0.5 is at most 1: " + "; ".join(out_of_reach) + ". There the world is too easy for that "
                   "comparison; the row's \"no\" stands as measured."]
+    split = [r for r in rows if "baseline_margin_by_kind" in r]
+    if split:
+        lines += ["", "HTF − best baseline split by kind of test clip (means over seeds; each kind's difference "
+                  "times its share of the clips, so the two add up to the margin), and the most the distinct-class "
+                  "clips can add (HTF right on every one): "
+                  + "; ".join(f"{r['world']} {r['n']}: distinct-class {m['distinct']:+.3f} (at most "
+                              f"{m['distinct_most']:+.3f}), same-class {m['same']:+.3f}"
+                              for r in split for m in [r["baseline_margin_by_kind"]]) + "."]
+        motion_only = [f"{r['world']} {r['n']} ({r['baseline_margin_by_kind']['distinct_most']:+.3f})" for r in split
+                       if r["baseline_margin_by_kind"]["distinct_most"] <= BASELINE_MARGIN + 1e-9]
+        if motion_only:
+            lines += ["", f"Where the distinct-class clips can add no more than the margin ({BASELINE_MARGIN}), what "
+                      "things look like meets it only with every distinct-class clip right and the same-class clips "
+                      "no worse than the baseline's; short of that, HTF must beat the baseline on the same-class "
+                      "clips, where only motion can tell: " + "; ".join(motion_only) + "."]
     targets = [f"{r['world']} {r['n']}: {_choices(r['sync_targets'])}" for r in rows
                if any(v is not None for v in r.get("sync_targets", []))]
     if targets:

@@ -64,6 +64,48 @@ def test_a_row_whose_best_baseline_leaves_less_than_the_margin_below_one_is_name
     assert "out of reach" not in wm.render_markdown([fair], [], "abc", [])
 
 
+def _kinds(cell, method, distinct, same, n_distinct=140, n_same=60):
+    k = lambda c, n: {"ciou_at_0.5": c, "mean_ciou": c, "auc": c, "n": n}  # noqa: E731
+    cell["by_kind"][method] = {"distinct": k(distinct, n_distinct), "same": k(same, n_same)}
+
+
+def test_the_baseline_margin_splits_by_kind_of_clip_and_bounds_what_distinct_clips_can_add():
+    cells = []
+    for seed in range(3):
+        cell = _cell("indep-same", 1000, seed, 0.86, 0.7, 0.5)
+        cell["results"]["sync"] = {**cell["results"]["flow"], "ciou_at_0.5": 0.74}
+        _kinds(cell, "htf", 0.98, 0.58)
+        _kinds(cell, "noflow", 0.98, 0.3)
+        _kinds(cell, "sync", 0.80, 0.60)
+        cells.append(cell)
+    row = wm.summarize_row(cells)
+    split = row["baseline_margin_by_kind"]
+    assert split["distinct"] == pytest.approx(0.7 * 0.18) and split["same"] == pytest.approx(0.3 * -0.02)
+    assert split["distinct"] + split["same"] == pytest.approx(row["htf_minus_best_baseline"][0])
+    assert split["distinct_most"] == pytest.approx(0.7 * 0.20)
+    page = wm.render_markdown([row], [], "abc", [])
+    assert "indep-same 1000: distinct-class +0.126 (at most +0.140), same-class -0.006" in page
+    assert "only motion can tell: indep-same 1000 (+0.140)" in page
+
+
+def test_a_row_whose_distinct_clips_can_add_more_than_the_margin_is_not_named_motion_only():
+    cell = _cell("indep-same", 1000, 0, 0.9, 0.7, 0.5)
+    cell["results"]["sync"] = {**cell["results"]["flow"], "ciou_at_0.5": 0.6}
+    _kinds(cell, "htf", 0.98, 0.7)
+    _kinds(cell, "noflow", 0.98, 0.3)
+    _kinds(cell, "sync", 0.6, 0.6)
+    page = wm.render_markdown([wm.summarize_row([cell])], [], "abc", [])
+    assert "at most +0.280" in page and "only motion can tell" not in page
+
+
+def test_a_row_without_same_class_clips_has_no_split_by_kind():
+    cell = _cell("indep", 1000, 0, 0.9, 0.7, 0.5)
+    cell["by_kind"]["htf"] = {"distinct": {"ciou_at_0.5": 0.9, "n": 200}}
+    cell["by_kind"]["flow"] = {"distinct": {"ciou_at_0.5": 0.5, "n": 200}}
+    row = wm.summarize_row([cell])
+    assert "baseline_margin_by_kind" not in row and "split by kind" not in wm.render_markdown([row], [], "abc", [])
+
+
 def test_partial_matrix_lists_the_cells_not_run_and_the_demo_report_reads_it(tmp_path):
     cell = _cell("indep", 1000, 0, 0.8, 0.7, 0.5)
     (tmp_path / "indep-1000-s0").mkdir()
