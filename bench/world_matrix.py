@@ -359,7 +359,8 @@ def summarize_row(cells: list[dict[str, Any]]) -> dict[str, Any]:
         row[key] = _mean_sd(scores) if scores and len(scores) == len(cells) else None
     htf = [c["results"]["htf"]["ciou_at_0.5"] for c in cells]
     noflow = [c["results"]["noflow"]["ciou_at_0.5"] for c in cells]
-    best_base = [c["results"][best_baseline_of(c)]["ciou_at_0.5"] for c in cells]
+    bases = [best_baseline_of(c) for c in cells]
+    best_base = [c["results"][b]["ciou_at_0.5"] for c, b in zip(cells, bases)]
     row["htf_minus_noflow"] = _mean_sd([h - f for h, f in zip(htf, noflow)])
     row["htf_minus_best_baseline"] = _mean_sd([h - b for h, b in zip(htf, best_base)])
     row["never_costs"] = row["htf_minus_noflow"][0] >= -NOFLOW_TOLERANCE - 1e-9   # float slack
@@ -375,7 +376,7 @@ def summarize_row(cells: list[dict[str, Any]]) -> dict[str, Any]:
         row["motion_tells"] = row["same_htf"][0] - row["same_noflow"][0] >= MOTION_MARGIN - 1e-9
         if all("same" in c["by_kind"].get(NOFLOW_SYNC, {}) for c in same):
             row["same_noflow_sync"] = _mean_sd([c["by_kind"][NOFLOW_SYNC]["same"]["ciou_at_0.5"] for c in same])
-        shares = [margin_by_kind(c) for c in cells]
+        shares = [margin_by_kind(c, b) for c, b in zip(cells, bases)]
         if all(shares):
             row["baseline_margin_by_kind"] = {key: statistics.fmean(s[key] for s in shares) for key in shares[0]}
     row["flow_gates"] = [c["selected"].get("flow_gate") for c in cells]
@@ -390,14 +391,13 @@ def best_baseline_of(cell: dict[str, Any]) -> str:
     return max((b for b in BASELINES if b in cell["results"]), key=lambda b: cell["results"][b]["ciou_at_0.5"])
 
 
-def margin_by_kind(cell: dict[str, Any]) -> dict[str, float] | None:
-    """HTF - best baseline (cIoU@0.5) split into what the distinct-class and the same-class
+def margin_by_kind(cell: dict[str, Any], base: str) -> dict[str, float] | None:
+    """HTF - ``base`` (the cell's best baseline; cIoU@0.5) split into what the distinct-class and the same-class
     test clips add (each kind's difference times its share of the clips: the two sum to the
     cell's margin), and ``distinct_most``, the most the distinct-class clips can add (HTF right
     on all of them). None where the cell has no same-class clips. Where ``distinct_most`` is
     at most the margin, appearance alone meets it only by being right on every distinct-class
     clip: otherwise HTF must beat the baseline where only motion can tell."""
-    base = best_baseline_of(cell)
     htf, other = cell["by_kind"].get("htf", {}), cell["by_kind"].get(base, {})
     kinds = ("distinct", "same")
     if not all(k in htf and k in other for k in kinds) or any(k not in kinds for k in htf):
