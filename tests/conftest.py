@@ -1,12 +1,22 @@
-"""Test-wide settings: the suite never downloads anything.
+"""Test-wide settings: the suite never downloads anything and leaves nothing behind.
 
 HTF_OFFLINE makes any request for weights by name fail at once instead of trying the
 network; the hub caches point into a throw-away folder so a developer's own cached
 weights cannot make a test pass that would fail on a fresh machine.
+
+Child processes (torchrun, ffmpeg, worker pools) get TMPDIR inside one scratch folder of
+the run, so what they fail to clean up goes when the run ends. pytest's own tmp_path
+folders stay where pytest puts them (the last runs' failures are kept for reading).
 """
 import os
 import tempfile
 
+from tests.scratch import process_scratch
+
+tempfile.gettempdir()            # this process keeps the system temp dir (and pytest's basetemp)
+_RUN_SCRATCH = process_scratch("htf-tests-")
+
 os.environ["HTF_OFFLINE"] = "1"
-os.environ.setdefault("TORCH_HOME", tempfile.mkdtemp(prefix="htf-test-torch-home-"))
+os.environ["TMPDIR"] = str(_RUN_SCRATCH)
+os.environ.setdefault("TORCH_HOME", str(_RUN_SCRATCH / "torch-home"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

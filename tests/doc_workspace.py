@@ -21,10 +21,11 @@ import functools
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
+
+from tests.scratch import process_scratch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,7 +101,7 @@ def make_vggsound_download(root: Path) -> Path:
 @functools.lru_cache(maxsize=None)
 def _workspace_template() -> Path:
     """The workspace's files, made once per test process (the pages copy it)."""
-    folder = Path(tempfile.mkdtemp(prefix="htf_doc_ws_"))
+    folder = process_scratch("htf_doc_ws_")
     plant_imagenet_weights(folder / "torch-home")
     save_official_weights(folder / "flickr.pth", seed=1)
     save_official_weights(folder / "vgg.pth", seed=2)

@@ -5,12 +5,12 @@ import functools
 import json
 import shutil
 import tarfile
-import tempfile
 from pathlib import Path
 
 from htf.config import load_config
 from htf.sample import decode_sample
 from pipeline.config import PipelineConfig
+from tests.scratch import process_scratch
 from apps.synth import WorldConfig, generate_world
 
 
@@ -23,7 +23,7 @@ HANG_LIMIT_S = 5.0
 @functools.lru_cache(maxsize=None)
 def world(n: int = 6, size: int = 64, seconds: float = 4.0, seed: int = 3) -> Path:
     """A synthetic world in a temp folder (reused by every test of the process)."""
-    out = Path(tempfile.mkdtemp(prefix=f"htf_world_{n}_{size}_"))
+    out = process_scratch(f"htf_world_{n}_{size}_")
     generate_world(WorldConfig(n=n, seed=seed, size=size, seconds=seconds, workers=1), out, progress=False)
     return out
 
