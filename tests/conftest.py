@@ -10,11 +10,14 @@ folders stay where pytest puts them (the last runs' failures are kept for readin
 """
 import os
 import tempfile
+from pathlib import Path
 
 from tests.scratch import process_scratch
 
 tempfile.gettempdir()            # this process keeps the system temp dir (and pytest's basetemp)
-_RUN_SCRATCH = process_scratch("htf-tests-")
+if "HTF_TEST_SCRATCH" not in os.environ:     # xdist workers share the controller's (short paths: Ray's sockets)
+    os.environ["HTF_TEST_SCRATCH"] = str(process_scratch("htf-tests-"))
+_RUN_SCRATCH = Path(os.environ["HTF_TEST_SCRATCH"])
 
 os.environ["HTF_OFFLINE"] = "1"
 os.environ["TMPDIR"] = str(_RUN_SCRATCH)
