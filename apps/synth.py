@@ -583,6 +583,37 @@ def split_ids(ids: list[str], fractions: tuple[float, float, float], seed: int) 
             "test": sorted(picked[n_train + n_val:])}
 
 
+def lookalikes(plan: dict[str, Any], cfg: WorldConfig) -> int:
+    """How many other large objects of clip ``plan`` nothing seen or heard tells from the
+    sounding one: they make its sound and move as it does (both still; both moving with the
+    sound's contour; both moving where the world has no contour and no class axis to tell
+    them apart). Small objects never sound, a rule a model can learn, so they never count."""
+    sounder = plan["objects"][plan["sounding"]]
+    return sum(1 for i, obj in enumerate(plan["objects"])
+               if i != plan["sounding"] and not obj["small"]
+               and sound_class(obj["class"], cfg) == sound_class(sounder["class"], cfg)
+               and _moves_alike(obj["motion"], sounder["motion"], cfg))
+
+
+def _moves_alike(motion: dict[str, Any], sounder: dict[str, Any], cfg: WorldConfig) -> bool:
+    still, sounder_still = motion["amp"] == 0, sounder["amp"] == 0
+    if still or sounder_still:
+        return still and sounder_still
+    if cfg.playing_motion:      # a silent mover never takes its class's playing axis
+        return False
+    return not cfg.envelope_motion or motion.get("envelope") == sounder.get("envelope")
+
+
+def best_possible_score(cfg: WorldConfig, split: str = "test") -> float:
+    """The most any map can score on the world's ``split`` (cIoU@0.5): every sounder that can
+    be told apart found, and a fair guess among lookalikes (1 / (1 + lookalikes) of a clip).
+    From the clips' plans alone: nothing is rendered."""
+    plans = [plan_clip(cfg, i) for i in range(cfg.n)]
+    wanted = set(split_ids([p["id"] for p in plans], cfg.split, cfg.seed)[split])
+    chances = [1.0 / (1 + lookalikes(p, cfg)) for p in plans if p["id"] in wanted]
+    return sum(chances) / len(chances)
+
+
 def generate_world(cfg: WorldConfig, out_dir: str | os.PathLike, progress: bool = True) -> dict[str, Any]:
     """Write the whole world to ``out_dir``; rerunning skips clips already written."""
     out = Path(out_dir)

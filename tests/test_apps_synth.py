@@ -395,3 +395,72 @@ def test_command_line_refuses_an_out_of_range_world_option_naming_it(tmp_path):
                              "--world", "indep", "--n-objects", "1", "5"], capture_output=True, text=True)
     assert result.returncode == 2 and "n_objects" in result.stderr
     assert not (tmp_path / "w" / "video").exists()
+
+
+# --------------------------------------------------------------- the most any map can score
+
+STILL = {"amp": 0.0}
+CONTOUR, OTHER_CONTOUR = [0.2, 0.9, 0.4], [0.7, 0.3, 0.8]
+
+
+def pair_plan(sounder_motion, twin_motion, twin_class=0, twin_small=False):
+    """A clip of two objects, the first sounding: the pair's motion is all that differs."""
+    return {"objects": [{"class": 0, "small": False, "motion": sounder_motion},
+                        {"class": twin_class, "small": twin_small, "motion": twin_motion}],
+            "sounding": 0}
+
+
+def moving(contour=None):
+    return {"amp": 5.0} if contour is None else {"amp": 5.0, "envelope": contour}
+
+
+def test_a_still_sounder_beside_a_still_twin_of_its_class_has_one_lookalike():
+    from apps.synth import lookalikes, world_config
+    assert lookalikes(pair_plan(STILL, STILL), world_config("indep-same")) == 1
+
+
+def test_a_twin_that_moves_or_stands_still_unlike_the_sounder_is_told_apart():
+    from apps.synth import lookalikes, world_config
+    cfg = world_config("indep-same")
+    assert lookalikes(pair_plan(STILL, moving(OTHER_CONTOUR)), cfg) == 0
+    assert lookalikes(pair_plan(moving(CONTOUR), STILL), cfg) == 0
+
+
+def test_a_moving_twin_is_a_lookalike_only_when_it_keeps_the_sounds_contour():
+    from apps.synth import lookalikes, world_config
+    assert lookalikes(pair_plan(moving(CONTOUR), moving(OTHER_CONTOUR)), world_config("indep-same")) == 0
+    assert lookalikes(pair_plan(moving(CONTOUR), moving(CONTOUR)), world_config("distractors-sync")) == 1
+
+
+def test_with_playing_motion_a_silent_mover_never_looks_like_a_moving_sounder():
+    from apps.synth import lookalikes, world_config
+    assert lookalikes(pair_plan(moving(), moving()), world_config("demo")) == 0
+    assert lookalikes(pair_plan(moving(), moving()), WorldConfig(p_same_class=0.35)) == 1   # nothing tells
+
+
+def test_other_classes_and_small_objects_are_never_lookalikes():
+    from apps.synth import lookalikes, world_config
+    cfg = world_config("indep-same")
+    assert lookalikes(pair_plan(STILL, STILL, twin_class=3), cfg) == 0
+    assert lookalikes(pair_plan(STILL, STILL, twin_small=True), cfg) == 0
+
+
+def test_sound_families_make_a_partner_class_a_possible_lookalike():
+    from apps.synth import family_partner, lookalikes
+    cfg = WorldConfig(sound_families=True, p_same_family=0.5)
+    assert lookalikes(pair_plan(STILL, STILL, twin_class=family_partner(0)), cfg) == 1
+
+
+def test_best_possible_score_is_one_where_every_sounder_can_be_told_apart():
+    from apps.synth import best_possible_score, world_config
+    assert best_possible_score(world_config("indep", n=200, seed=8)) == 1.0
+
+
+def test_best_possible_score_loses_half_a_clip_for_each_still_sounder_beside_a_still_twin():
+    from apps.synth import best_possible_score, lookalikes, split_ids, world_config
+    cfg = world_config("indep-same", n=200, seed=8)
+    plans = [plan_clip(cfg, i) for i in range(cfg.n)]
+    test = set(split_ids([p["id"] for p in plans], cfg.split, cfg.seed)["test"])
+    still_pairs = sum(lookalikes(p, cfg) == 1 for p in plans if p["id"] in test)
+    assert still_pairs > 0
+    assert best_possible_score(cfg) == pytest.approx(1.0 - 0.5 * still_pairs / len(test))

@@ -60,8 +60,35 @@ def test_a_row_whose_best_baseline_leaves_less_than_the_margin_below_one_is_name
     assert not row["beats_baselines"] and not row["baseline_check_reachable"]
     assert fair["baseline_check_reachable"]
     page = wm.render_markdown([row, fair], [], "abc", [])
-    assert "out of reach" in page and "indep 400 (0.870)" in page and "demo 400 (" not in page
+    assert "out of reach" in page and "indep 400 (0.870; at most 1.000)" in page and "demo 400 (" not in page
     assert "out of reach" not in wm.render_markdown([fair], [], "abc", [])
+
+
+def test_the_most_any_map_can_score_is_the_worlds_own_limit_on_each_seeds_test_split():
+    from apps.synth import best_possible_score, world_config
+    same = wm.summarize_row([_cell("indep-same", 400, s, 0.9, 0.7, 0.6) for s in range(3)])
+    expected = sum(best_possible_score(world_config("indep-same", n=400, seed=s)) for s in range(3)) / 3
+    assert same["best_possible"] == pytest.approx(expected) and same["best_possible"] < 1.0
+    assert wm.summarize_row([_cell("indep", 400, s, 0.9, 0.7, 0.6) for s in range(3)])["best_possible"] == 1.0
+
+
+def test_a_baseline_closer_than_the_margin_to_the_worlds_limit_is_named_out_of_reach():
+    cells = [_cell("indep-same", 400, s, 0.9, 0.7, 0.6) for s in range(3)]
+    limit = wm.summarize_row(cells)["best_possible"]
+    for cell in cells:       # below 1 - margin, but within the margin of what any map can score
+        cell["results"]["sync"] = {**cell["results"]["flow"], "ciou_at_0.5": limit - 0.14}
+    row = wm.summarize_row(cells)
+    assert row["best_baseline"] < 0.85 and not row["baseline_check_reachable"]
+    assert f"indep-same 400 ({limit - 0.14:.3f}; at most {limit:.3f})" in wm.render_markdown([row], [], "abc", [])
+
+
+def test_the_page_says_what_htf_took_of_the_room_over_the_baseline_where_the_limit_is_below_one():
+    same = wm.summarize_row([_cell("indep-same", 400, s, 0.9, 0.7, 0.6) for s in range(3)])
+    plain = wm.summarize_row([_cell("indep", 400, s, 0.9, 0.7, 0.6) for s in range(3)])
+    page = wm.render_markdown([same, plain], [], "abc", [])
+    room = same["best_possible"] - 0.6        # flow magnitude, the best baseline
+    assert f"indep-same 400: at most {same['best_possible']:.3f}, best baseline 0.600, HTF 0.900 (+0.300 of {room:+.3f})" in page
+    assert "indep 400: at most" not in page
 
 
 def _kinds(cell, method, distinct, same, n_distinct=140, n_same=60):
